@@ -1,0 +1,2 @@
+//! CIS Kubernetes Benchmark self-check: evaluates a rendered bundle against
+//! kube-bench's check definitions.

@@ -1,0 +1,145 @@
+//! The host inventory: parse the YAML, validate it, and hand out a typed [`Inventory`].
+//!
+//! Loading never touches the network. Every semantic problem is collected and
+//! reported together, each with its YAML path and line, before anything else runs.
+
+mod model;
+mod position;
+mod schema;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use model::*;
+pub use position::PositionIndex;
+pub use schema::RawInventory;
+pub use validate::validate;
+
+/// How bad a [`Problem`] is: errors stop the run, warnings are printed and the run goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// One thing wrong with the inventory, located by its YAML path (`hosts[2].address`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub severity: Severity,
+    pub path: String,
+    /// 1-based line of the offending node, when the source text is known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = match self.severity {
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        };
+        match self.line {
+            Some(line) => write!(f, "{level}: {} (line {line}): {}", self.path, self.message),
+            None => write!(f, "{level}: {}: {}", self.path, self.message),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("cannot read inventory {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bad YAML, an unknown field or a value of the wrong type: serde stops at the first.
+    #[error("{}: {message}", path.display())]
+    Syntax { path: PathBuf, message: String },
+    #[error("{}: {} problem(s) found\n{}", path.display(), problems.len(), render_problems(problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn render_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A valid inventory together with the warnings found while validating it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub inventory: Inventory,
+    pub warnings: Vec<Problem>,
+}
+
+/// Reads, parses and validates an inventory file.
+pub fn load(path: &Path) -> Result<Loaded, InventoryError> {
+    let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates inventory text; `path` is used in messages and to resolve
+/// relative file references (identity files, artifacts) against the inventory's folder.
+pub fn parse(text: &str, path: &Path) -> Result<Loaded, InventoryError> {
+    let raw: RawInventory = {
+        let de = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| InventoryError::Syntax {
+            path: path.to_path_buf(),
+            message: syntax_message(&e),
+        })?
+    };
+    let positions = PositionIndex::new(text);
+    let base = path.parent().unwrap_or(Path::new("."));
+    let (inventory, mut problems) = validate(&raw, base);
+    for p in &mut problems {
+        p.line = positions.line_of(&p.path);
+    }
+    let (errors, warnings): (Vec<_>, Vec<_>) = problems
+        .into_iter()
+        .partition(|p| p.severity == Severity::Error);
+    match inventory {
+        Some(inventory) if errors.is_empty() => Ok(Loaded {
+            inventory,
+            warnings,
+        }),
+        _ => {
+            let mut all = errors;
+            all.extend(warnings);
+            Err(InventoryError::Invalid {
+                path: path.to_path_buf(),
+                problems: all,
+            })
+        }
+    }
+}
+
+/// `hosts[1].roles (line 12, column 5): invalid type: …`
+fn syntax_message(e: &serde_path_to_error::Error<serde_yaml::Error>) -> String {
+    let inner = e.inner();
+    let path = e.path().to_string();
+    let loc = inner
+        .location()
+        .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+        .unwrap_or_default();
+    // serde_yaml appends "at line L column C" itself; we print the location once, our way.
+    let msg = inner.to_string();
+    let msg = msg
+        .rsplit_once(" at line ")
+        .map(|(m, _)| m.to_string())
+        .unwrap_or(msg);
+    if path == "." || path.is_empty() {
+        format!("{}{loc}", msg.trim())
+    } else {
+        format!("{path}{loc}: {}", msg.trim())
+    }
+}

@@ -1,0 +1,360 @@
+//! The validated inventory: what the rest of rampart works with.
+//!
+//! A value of these types has passed `validate`, so downstream code never
+//! re-checks addresses, roles or CIDRs. Defaults are applied here, once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+
+pub use super::schema::{Become, EncryptionProvider, KeyAlgorithm};
+
+/// A whole, valid cluster description.
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    pub cluster: Cluster,
+    /// In file order; names and addresses are unique.
+    pub hosts: Vec<Host>,
+    pub binaries: Binaries,
+    pub security: Security,
+    pub tenants: Vec<Tenant>,
+    pub backups: Option<Backups>,
+}
+
+impl Inventory {
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+    pub fn etcd_members(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.iter().filter(|h| h.roles.etcd)
+    }
+    pub fn control_planes(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.iter().filter(|h| h.roles.control_plane)
+    }
+    /// Hosts that run a kubelet: workers and control-plane nodes.
+    pub fn nodes(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.iter().filter(|h| h.roles.runs_kubelet())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub name: String,
+    pub version: KubeVersion,
+    /// Where clients (kubelets, kube-proxy, admins) reach the apiservers.
+    pub api_endpoint: Endpoint,
+    pub service_cidr: IpNet,
+    pub pod_cidr: IpNet,
+    pub domain: String,
+    pub node_network: Option<IpNet>,
+}
+
+impl Cluster {
+    /// The first usable address of the service CIDR: the `kubernetes` Service's ClusterIP.
+    pub fn kubernetes_service_ip(&self) -> IpAddr {
+        self.service_cidr
+            .hosts()
+            .next()
+            .unwrap_or_else(|| self.service_cidr.network())
+    }
+    /// The tenth address of the service CIDR, kubeadm's convention for cluster DNS.
+    pub fn dns_service_ip(&self) -> IpAddr {
+        self.service_cidr
+            .hosts()
+            .nth(9)
+            .unwrap_or_else(|| self.service_cidr.network())
+    }
+    /// `https://host:port` for kubeconfigs.
+    pub fn server_url(&self) -> String {
+        self.api_endpoint.url()
+    }
+}
+
+/// A supported Kubernetes version (1.32–1.34).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KubeVersion {
+    pub major: u32,
+    pub minor: u32,
+    /// None when the inventory said only `1.34`.
+    pub patch: Option<u32>,
+}
+
+impl fmt::Display for KubeVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.patch {
+            Some(p) => write!(f, "v{}.{}.{}", self.major, self.minor, p),
+            None => write!(f, "v{}.{}", self.major, self.minor),
+        }
+    }
+}
+
+/// `host:port`; host is a DNS name or an IP address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn url(&self) -> String {
+        match self.host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => format!("https://[{v6}]:{}", self.port),
+            _ => format!("https://{}:{}", self.host, self.port),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Roles {
+    pub etcd: bool,
+    pub control_plane: bool,
+    pub worker: bool,
+}
+
+impl Roles {
+    /// Control-plane hosts run a kubelet too (tainted), so every node is reachable
+    /// by the apiserver the same way; a pure etcd host does not.
+    pub fn runs_kubelet(&self) -> bool {
+        self.control_plane || self.worker
+    }
+}
+
+impl fmt::Display for Roles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = [
+            (self.etcd, "etcd"),
+            (self.control_plane, "control-plane"),
+            (self.worker, "worker"),
+        ]
+        .into_iter()
+        .filter_map(|(on, n)| on.then_some(n))
+        .collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+/// A subject alternative name given by the admin.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum San {
+    Dns(String),
+    Ip(IpAddr),
+}
+
+impl San {
+    /// Parses an IP literal as an IP SAN, anything else as a DNS SAN.
+    pub fn parse(s: &str) -> San {
+        match s.parse::<IpAddr>() {
+            Ok(ip) => San::Ip(ip),
+            Err(_) => San::Dns(s.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for San {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            San::Dns(d) => write!(f, "DNS:{d}"),
+            San::Ip(ip) => write!(f, "IP:{ip}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub name: String,
+    pub address: IpAddr,
+    pub roles: Roles,
+    pub extra_sans: Vec<San>,
+    pub labels: BTreeMap<String, String>,
+    /// SSH settings with the inventory defaults already applied.
+    pub ssh: SshTarget,
+}
+
+/// How to reach one host (defaults merged with the host's overrides).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshTarget {
+    pub user: String,
+    pub port: u16,
+    pub identity_file: Option<PathBuf>,
+    pub agent: bool,
+    pub become_: Become,
+    pub known_hosts_file: Option<PathBuf>,
+    pub bastion: Option<Bastion>,
+    /// Pinned public key in OpenSSH format.
+    pub host_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bastion {
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    pub identity_file: Option<PathBuf>,
+    pub host_key: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// Kubernetes binaries on the hosts.
+    pub dir: String,
+    /// etcd and etcdctl on the hosts.
+    pub etcd_dir: String,
+    pub artifacts: Option<PathBuf>,
+    pub sha256: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Security {
+    pub key_algorithm: KeyAlgorithm,
+    pub ca_validity_days: u32,
+    pub leaf_validity_days: u32,
+    pub encryption_provider: EncryptionProvider,
+    pub audit_log: AuditLog,
+    pub tls: Tls,
+    pub pod_security: PodSecurity,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditLog {
+    pub max_age_days: u32,
+    pub max_backups: u32,
+    pub max_size_mb: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl TlsVersion {
+    /// The spelling Kubernetes components accept (`VersionTLS12`).
+    pub fn kube_name(self) -> &'static str {
+        match self {
+            TlsVersion::Tls12 => "VersionTLS12",
+            TlsVersion::Tls13 => "VersionTLS13",
+        }
+    }
+    /// The spelling etcd accepts (`TLS1.2`); etcd 3.4 has no such flag and ignores it.
+    pub fn etcd_name(self) -> &'static str {
+        match self {
+            TlsVersion::Tls12 => "TLS1.2",
+            TlsVersion::Tls13 => "TLS1.3",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub min_version: TlsVersion,
+    pub cipher_suites: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodSecurityLevel {
+    Privileged,
+    Baseline,
+    Restricted,
+}
+
+impl PodSecurityLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodSecurityLevel::Privileged => "privileged",
+            PodSecurityLevel::Baseline => "baseline",
+            PodSecurityLevel::Restricted => "restricted",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PodSecurity {
+    pub level: PodSecurityLevel,
+    pub exempt_namespaces: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub namespace: String,
+    pub quota: Quota,
+    pub limits: Limits,
+    pub allow_dns: bool,
+    pub allow_same_namespace: bool,
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    pub requests_cpu: String,
+    pub requests_memory: String,
+    pub limits_cpu: String,
+    pub limits_memory: String,
+    pub pods: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub default_cpu: String,
+    pub default_memory: String,
+    pub default_request_cpu: String,
+    pub default_request_memory: String,
+    pub max_cpu: String,
+    pub max_memory: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    User(String),
+    Group(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantRole {
+    Admin,
+    Edit,
+    View,
+}
+
+impl TenantRole {
+    /// The built-in ClusterRole a RoleBinding for this role refers to.
+    pub fn cluster_role(self) -> &'static str {
+        match self {
+            TenantRole::Admin => "admin",
+            TenantRole::Edit => "edit",
+            TenantRole::View => "view",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub subject: Subject,
+    pub role: TenantRole,
+}
+
+#[derive(Debug, Clone)]
+pub struct Backups {
+    pub schedule: String,
+    pub randomized_delay: String,
+    pub retention: Retention,
+    /// Recipients as written (validated to parse as age X25519 or SSH recipients).
+    pub recipients: Vec<String>,
+    pub dir: String,
+    pub target: Option<BackupTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    pub count: Option<u32>,
+    pub max_age_days: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupTarget {
+    pub host: String,
+    pub path: String,
+    pub retention: Retention,
+}

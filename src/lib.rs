@@ -1,0 +1,11 @@
+//! rampart: bootstrap hardened Kubernetes clusters over SSH and keep them healthy.
+//!
+//! The core is pure: [`inventory`] → [`pki`] → [`render`] (a per-host bundle of
+//! files). I/O lives at the edges: the state dir, the bundle writer, and (later)
+//! the hosts.
+
+pub mod cis;
+pub mod inventory;
+pub mod pki;
+pub mod render;
+pub mod secret;

@@ -1,0 +1,3 @@
+//! The `rampart` command line: argument parsing, output, exit codes.
+
+fn main() {}

@@ -1,0 +1,209 @@
+//! The rendered bundle: per host, the exact files (and directories) it must hold.
+//!
+//! A bundle is data. `render` builds it purely from the inventory and the PKI;
+//! `rampart render` writes it to disk; `plan` (later) diffs it against hosts.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::secret::Secret;
+
+/// A systemd service a file feeds: when the file changes, the service restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Service {
+    Etcd,
+    KubeApiserver,
+    KubeControllerManager,
+    KubeScheduler,
+    Kubelet,
+    KubeProxy,
+}
+
+impl Service {
+    pub const ALL: [Service; 6] = [
+        Service::Etcd,
+        Service::KubeApiserver,
+        Service::KubeControllerManager,
+        Service::KubeScheduler,
+        Service::Kubelet,
+        Service::KubeProxy,
+    ];
+    /// The systemd unit name without `.service` (also the binary's name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Etcd => "etcd",
+            Service::KubeApiserver => "kube-apiserver",
+            Service::KubeControllerManager => "kube-controller-manager",
+            Service::KubeScheduler => "kube-scheduler",
+            Service::Kubelet => "kubelet",
+            Service::KubeProxy => "kube-proxy",
+        }
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// File contents: plain text/bytes, or a secret that is never printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Contents {
+    Plain(Vec<u8>),
+    Secret(Secret),
+}
+
+impl Contents {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Contents::Plain(b) => b,
+            Contents::Secret(s) => s.expose(),
+        }
+    }
+    pub fn is_secret(&self) -> bool {
+        matches!(self, Contents::Secret(_))
+    }
+}
+
+/// One file on one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct File {
+    /// Absolute path on the host.
+    pub path: String,
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+    pub contents: Contents,
+    /// Services to restart when this file changes.
+    pub services: Vec<Service>,
+}
+
+impl File {
+    pub fn sha256(&self) -> String {
+        hex::encode(Sha256::digest(self.contents.bytes()))
+    }
+}
+
+/// A directory the host must have, with its mode and owner (e.g. the etcd data dir).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Dir {
+    pub path: String,
+    #[serde(serialize_with = "octal")]
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+}
+
+/// Everything one host must hold.
+#[derive(Debug, Clone, Default)]
+pub struct HostBundle {
+    /// Sorted by path, unique.
+    pub files: Vec<File>,
+    /// Sorted by path, unique; parents before children.
+    pub dirs: Vec<Dir>,
+    /// Services this host runs, in start order.
+    pub services: Vec<Service>,
+}
+
+impl HostBundle {
+    pub fn file(&self, path: &str) -> Option<&File> {
+        self.files.iter().find(|f| f.path == path)
+    }
+}
+
+/// Per host name, in inventory order of names (BTreeMap: sorted, stable output).
+#[derive(Debug, Clone, Default)]
+pub struct Bundle {
+    pub hosts: BTreeMap<String, HostBundle>,
+}
+
+/// The manifest entry of one file: what the host must end up with, minus the bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ManifestEntry {
+    pub path: String,
+    #[serde(serialize_with = "octal")]
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+    pub sha256: String,
+    pub secret: bool,
+    pub services: Vec<Service>,
+}
+
+/// `manifest.json` of one host.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    pub host: String,
+    pub services: Vec<Service>,
+    pub dirs: Vec<Dir>,
+    pub files: Vec<ManifestEntry>,
+}
+
+impl HostBundle {
+    pub fn manifest(&self, host: &str) -> Manifest {
+        Manifest {
+            host: host.to_string(),
+            services: self.services.clone(),
+            dirs: self.dirs.clone(),
+            files: self
+                .files
+                .iter()
+                .map(|f| ManifestEntry {
+                    path: f.path.clone(),
+                    mode: f.mode,
+                    owner: f.owner.clone(),
+                    group: f.group.clone(),
+                    sha256: f.sha256(),
+                    secret: f.contents.is_secret(),
+                    services: f.services.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn octal<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{mode:04o}"))
+}
+
+/// Writes `<out>/<host>/<absolute path>` for every file plus `<out>/<host>/manifest.json`.
+///
+/// Local copies keep the rendered mode (so secrets are 0600 here too); owners
+/// are not applied locally, they are in the manifest.
+pub fn write_bundle(bundle: &Bundle, out: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let mut dirs = std::fs::DirBuilder::new();
+    dirs.recursive(true).mode(0o700);
+    for (host, hb) in &bundle.hosts {
+        let root = out.join(host);
+        dirs.create(&root)?;
+        for f in &hb.files {
+            let dest = root.join(f.path.trim_start_matches('/'));
+            if let Some(parent) = dest.parent() {
+                dirs.create(parent)?;
+            }
+            // Write to a temp name, then rename: a re-render never leaves a half file.
+            let tmp = dest.with_extension("rampart-tmp");
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            std::io::Write::write_all(&mut file, f.contents.bytes())?;
+            drop(file);
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(f.mode))?;
+            std::fs::rename(&tmp, &dest)?;
+        }
+        let manifest =
+            serde_json::to_vec_pretty(&hb.manifest(host)).map_err(std::io::Error::other)?;
+        std::fs::write(root.join("manifest.json"), manifest)?;
+    }
+    Ok(())
+}
