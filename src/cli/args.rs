@@ -1,0 +1,121 @@
+//! Command-line arguments (clap derive): every command, flag and environment variable.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rampart",
+    version,
+    about = "Bootstrap hardened Kubernetes clusters over SSH and keep them healthy",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// More detail on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate an inventory and print what it describes (no state, no network).
+    Check(InventoryArgs),
+    /// Create or update the cluster state dir: CAs, certificates, keys, kubeconfigs.
+    Init(StateArgs),
+    /// Render every host's hardened files into a directory (`<out>/<host>/<path>` + manifest.json).
+    Render(RenderArgs),
+    /// Certificates of the cluster.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Tenant users.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// CIS Kubernetes Benchmark self-check.
+    #[command(subcommand)]
+    Cis(CisCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct InventoryArgs {
+    /// The inventory file.
+    #[arg(short, long, env = "RAMPART_INVENTORY")]
+    pub inventory: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    #[command(flatten)]
+    pub inv: InventoryArgs,
+    /// The cluster state dir (default: ~/.local/share/rampart/<cluster name>).
+    #[arg(long, env = "RAMPART_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// age identity file that unlocks the state dir (else: RAMPART_PASSPHRASE or a prompt).
+    #[arg(long, env = "RAMPART_IDENTITY")]
+    pub identity: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Where to write the bundle; it holds private keys in plaintext (files 0600).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// The certificate catalogue: name, CA, subject, SANs, expiry, status.
+    List(StateArgsNoUnlock),
+}
+
+#[derive(Debug, Args)]
+pub struct StateArgsNoUnlock {
+    #[command(flatten)]
+    pub inv: InventoryArgs,
+    /// The cluster state dir (default: ~/.local/share/rampart/<cluster name>).
+    #[arg(long, env = "RAMPART_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Issue a client certificate for a tenant user and print a kubeconfig for it.
+    Kubeconfig {
+        /// The user, as named in `tenants[].members[].user`.
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Write the kubeconfig here (0600) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CisCommand {
+    /// Evaluate a rendered bundle (`rampart render --out DIR`) against the CIS checks.
+    Check {
+        /// A directory written by `rampart render`.
+        #[arg(long)]
+        bundle: PathBuf,
+        /// kube-bench's CIS 1.12 checks in digested JSON form (checks.json).
+        #[arg(long, env = "RAMPART_CIS_BENCHMARK")]
+        benchmark: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
