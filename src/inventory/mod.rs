@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 pub use model::*;
 pub use position::PositionIndex;
 pub use schema::RawInventory;
-pub use validate::validate;
+pub use validate::{
+    validate, validate_with, Disk, LocalFiles, DEFAULT_CIPHER_SUITES, SUPPORTED_MINORS,
+};
 
 /// How bad a [`Problem`] is: errors stop the run, warnings are printed and the run goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -91,6 +93,15 @@ pub fn load(path: &Path) -> Result<Loaded, InventoryError> {
 /// Parses and validates inventory text; `path` is used in messages and to resolve
 /// relative file references (identity files, artifacts) against the inventory's folder.
 pub fn parse(text: &str, path: &Path) -> Result<Loaded, InventoryError> {
+    parse_with(text, path, &Disk)
+}
+
+/// [`parse`] with local files (SSH identity files) checked by `files` instead of the disk.
+pub fn parse_with(
+    text: &str,
+    path: &Path,
+    files: &dyn LocalFiles,
+) -> Result<Loaded, InventoryError> {
     let raw: RawInventory = {
         let de = serde_yaml::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| InventoryError::Syntax {
@@ -100,10 +111,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded, InventoryError> {
     };
     let positions = PositionIndex::new(text);
     let base = path.parent().unwrap_or(Path::new("."));
-    let (inventory, mut problems) = validate(&raw, base);
+    let (inventory, mut problems) = validate_with(&raw, base, files);
     for p in &mut problems {
         p.line = positions.line_of(&p.path);
     }
+    // Errors first, each group in file order (stable: checks on one line keep their order).
+    problems.sort_by_key(|p| (std::cmp::Reverse(p.severity), p.line.unwrap_or(usize::MAX)));
     let (errors, warnings): (Vec<_>, Vec<_>) = problems
         .into_iter()
         .partition(|p| p.severity == Severity::Error);
