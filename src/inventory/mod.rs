@@ -136,23 +136,39 @@ pub fn parse_with(
     }
 }
 
-/// `hosts[1].roles (line 12, column 5): invalid type: …`
+/// `hosts[1].roles (line 12, column 5): invalid type: …; see docs/inventory.md`
 fn syntax_message(e: &serde_path_to_error::Error<serde_yaml::Error>) -> String {
     let inner = e.inner();
     let path = e.path().to_string();
-    let loc = inner
-        .location()
-        .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
-        .unwrap_or_default();
-    // serde_yaml appends "at line L column C" itself; we print the location once, our way.
-    let msg = inner.to_string();
-    let msg = msg
-        .rsplit_once(" at line ")
-        .map(|(m, _)| m.to_string())
-        .unwrap_or(msg);
-    if path == "." || path.is_empty() {
-        format!("{}{loc}", msg.trim())
+    let mut msg = inner.to_string();
+    let mut loc = String::new();
+    if let Some(l) = inner.location() {
+        // serde_yaml appends "at line L column C" itself; we print the location once, our way.
+        let theirs = format!(" at line {} column {}", l.line(), l.column());
+        if let Some(m) = msg.strip_suffix(&theirs) {
+            msg = m.to_string();
+        }
+        // A YAML scanner error names its own lines ("… while scanning a quoted scalar at
+        // line 3"): leave it whole rather than add a second, different location.
+        if !msg.contains(" at line ") {
+            loc = format!(" (line {}, column {})", l.line(), l.column());
+        }
+    }
+    // serde_yaml also prefixes its own (parent) path: `hosts[0]: unknown field …`;
+    // ours is more precise, so drop theirs. A path has no spaces; a message does.
+    if let Some((prefix, rest)) = msg.split_once(": ") {
+        if !prefix.contains(char::is_whitespace) {
+            msg = rest.to_string();
+        }
+    }
+    let hint = if loc.is_empty() {
+        ""
     } else {
-        format!("{path}{loc}: {}", msg.trim())
+        "; fields and types are listed in docs/inventory.md"
+    };
+    if path == "." || path.is_empty() {
+        format!("{}{loc}{hint}", msg.trim())
+    } else {
+        format!("{path}{loc}: {}{hint}", msg.trim())
     }
 }
