@@ -115,9 +115,7 @@ impl MarkedEventReceiver for Walker {
                 path,
                 pending_value: None,
             }),
-            Event::SequenceStart(..) => {
-                self.open(line, |path| Frame::Sequence { path, next: 0 })
-            }
+            Event::SequenceStart(..) => self.open(line, |path| Frame::Sequence { path, next: 0 }),
             Event::MappingEnd | Event::SequenceEnd => {
                 self.stack.pop();
             }

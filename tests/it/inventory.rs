@@ -67,9 +67,13 @@ fn bad_fixtures_fail_with_the_exact_message() {
 #[test]
 fn warning_fixtures_load_with_the_exact_warnings() {
     for file in fixtures("warn") {
-        let loaded = parse_fixture(&file)
-            .unwrap_or_else(|e| panic!("{} must load: {e}", file.display()));
-        assert!(!loaded.warnings.is_empty(), "{}: no warnings", file.display());
+        let loaded =
+            parse_fixture(&file).unwrap_or_else(|e| panic!("{} must load: {e}", file.display()));
+        assert!(
+            !loaded.warnings.is_empty(),
+            "{}: no warnings",
+            file.display()
+        );
         let text: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
         insta::with_settings!({
             snapshot_path => Path::new(ROOT).join("tests/fixtures/inventories/warn"),
@@ -115,7 +119,10 @@ fn example_shapes_match_their_description() {
 
     let lab = load("lab.yaml");
     let addrs: Vec<String> = lab.hosts.iter().map(|h| h.address.to_string()).collect();
-    assert_eq!(addrs, ["10.77.0.11", "10.77.0.12", "10.77.0.13", "10.77.0.14"]);
+    assert_eq!(
+        addrs,
+        ["10.77.0.11", "10.77.0.12", "10.77.0.13", "10.77.0.14"]
+    );
     let ssh = &lab.hosts[3].ssh;
     assert_eq!(ssh.user, "root");
     assert_eq!(
@@ -148,7 +155,9 @@ fn lab_inventory_needs_only_the_lab_key() {
             Err("No such file or directory (os error 2)".into())
         }
     }
-    let err = inventory::parse_with(&text, shown, &NoFiles).unwrap_err().to_string();
+    let err = inventory::parse_with(&text, shown, &NoFiles)
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         err,
         "inventories/lab.yaml: 2 problem(s) found\n  \
@@ -184,6 +193,16 @@ fn docs_mention_every_schema_field() {
         .and_then(|s| s.split("```yaml").nth(1))
         .and_then(|s| s.split("```").next())
         .expect("docs/inventory.md has a ```yaml block after <!-- full-example -->");
+    // The example is also a valid inventory (any identity file counts as present).
+    struct AllReadable;
+    impl LocalFiles for AllReadable {
+        fn check_readable(&self, _: &Path) -> Result<(), String> {
+            Ok(())
+        }
+    }
+    let loaded = inventory::parse_with(example, Path::new("docs/inventory.md"), &AllReadable)
+        .unwrap_or_else(|e| panic!("the full example does not load: {e}"));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     let raw: RawInventory = serde_yaml::from_str(example).unwrap_or_else(|e| panic!("{e}"));
     let value = serde_yaml::to_value(&raw).unwrap();
     let (mut set, mut null) = (BTreeSet::new(), BTreeSet::new());
@@ -191,7 +210,10 @@ fn docs_mention_every_schema_field() {
     // A field left out of the example serializes as null; one set anywhere is covered
     // (e.g. `user` on one member, `group` on another).
     let unset: Vec<&String> = null.difference(&set).collect();
-    assert!(unset.is_empty(), "fields not set in the full example: {unset:?}");
+    assert!(
+        unset.is_empty(),
+        "fields not set in the full example: {unset:?}"
+    );
     for field in &set {
         assert!(
             full.contains(&format!("`{field}`")),

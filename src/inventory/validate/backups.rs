@@ -25,15 +25,15 @@ pub(super) fn binaries(b: &RawBinaries, base: &Path, p: &mut Problems) -> Binari
     for (name, sum) in &b.sha256 {
         let at = format!("binaries.sha256.{name}");
         if sum.len() != 64 || !sum.bytes().all(|c| c.is_ascii_hexdigit()) {
-            p.error(
-                &at,
-                "not a sha256 (64 hex digits, as printed by sha256sum)",
-            );
+            p.error(&at, "not a sha256 (64 hex digits, as printed by sha256sum)");
         }
         if !KNOWN_BINARIES.contains(&name.as_str()) {
             p.warning(
                 &at,
-                format!("`{name}` is not a binary rampart installs (expected one of {})", KNOWN_BINARIES.join(", ")),
+                format!(
+                    "`{name}` is not a binary rampart installs (expected one of {})",
+                    KNOWN_BINARIES.join(", ")
+                ),
             );
         }
     }
@@ -86,7 +86,10 @@ pub(super) fn backups(b: &RawBackups, p: &mut Problems) -> Backups {
         if t.host.parse::<IpAddr>().is_err() && !is_dns_name(&t.host) {
             p.error(
                 "backups.target.host",
-                format!("`{}` is neither an IP address, a DNS name nor a host name", t.host),
+                format!(
+                    "`{}` is neither an IP address, a DNS name nor a host name",
+                    t.host
+                ),
             );
         }
         check_host_path(&t.path, "backups.target.path", p);
@@ -115,8 +118,8 @@ fn recipients(rs: &[String], p: &mut Problems) {
     }
     for (i, r) in rs.iter().enumerate() {
         let r = r.trim();
-        let ok = r.parse::<age::x25519::Recipient>().is_ok()
-            || r.parse::<age::ssh::Recipient>().is_ok();
+        let ok =
+            r.parse::<age::x25519::Recipient>().is_ok() || r.parse::<age::ssh::Recipient>().is_ok();
         if !ok {
             let why = if r.starts_with("AGE-SECRET-KEY-") {
                 "this is an age secret key: give its public key (age-keygen -y), and keep the secret offline"
@@ -154,8 +157,8 @@ fn retention(r: &Option<RawRetention>, at: &str, p: &mut Problems) -> Retention 
 fn is_timespan(s: &str) -> bool {
     const UNITS: &[&str] = &[
         "", "usec", "us", "msec", "ms", "seconds", "second", "sec", "s", "minutes", "minute",
-        "min", "m", "hours", "hour", "hr", "h", "days", "day", "d", "weeks", "week", "w",
-        "months", "month", "M", "years", "year", "y",
+        "min", "m", "hours", "hour", "hr", "h", "days", "day", "d", "weeks", "week", "w", "months",
+        "month", "M", "years", "year", "y",
     ];
     let mut rest = s.trim();
     if rest.is_empty() {
@@ -169,7 +172,9 @@ fn is_timespan(s: &str) -> bool {
             return false;
         }
         rest = rest[digits..].trim_start();
-        let unit = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        let unit = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
         if !UNITS.contains(&&rest[..unit]) {
             return false;
         }

@@ -63,7 +63,11 @@ pub(super) fn cluster(raw: &RawInventory, p: &mut Problems) -> Option<Cluster> {
         let nodes = raw
             .hosts
             .iter()
-            .filter(|h| h.roles.iter().any(|r| r == "control-plane" || r == "worker"))
+            .filter(|h| {
+                h.roles
+                    .iter()
+                    .any(|r| r == "control-plane" || r == "worker")
+            })
             .count();
         pod_cidr_room(pod, nodes, p);
     }
@@ -165,13 +169,17 @@ fn service_cidr_size(net: IpNet, p: &mut Problems) {
         let smallest = net.max_prefix_len() - 20;
         p.error(
             "cluster.serviceCidr",
-            format!("{net} is too large: kube-apiserver accepts at most /{smallest} (2^20 addresses)"),
+            format!(
+                "{net} is too large: kube-apiserver accepts at most /{smallest} (2^20 addresses)"
+            ),
         );
     } else if host_bits < 4 {
         let largest = net.max_prefix_len() - 4;
         p.error(
             "cluster.serviceCidr",
-            format!("{net} is too small: cluster DNS takes the tenth address, use /{largest} or larger"),
+            format!(
+                "{net} is too small: cluster DNS takes the tenth address, use /{largest} or larger"
+            ),
         );
     }
 }
@@ -206,7 +214,10 @@ fn endpoint(s: &str, p: &mut Problems) -> Option<Endpoint> {
         return None;
     }
     let Some((host, port)) = s.rsplit_once(':') else {
-        p.error(AT, format!("`{s}` has no port: write host:port (e.g. {s}:6443)"));
+        p.error(
+            AT,
+            format!("`{s}` has no port: write host:port (e.g. {s}:6443)"),
+        );
         return None;
     };
     let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
@@ -295,7 +306,9 @@ pub(super) fn endpoint_placement(c: &Cluster, hosts: &[Host], p: &mut Problems) 
         if net.contains(&ip) {
             p.error(
                 "cluster.apiEndpoint",
-                format!("{ip} is inside cluster.{name} ({net}); use an address on the node network"),
+                format!(
+                    "{ip} is inside cluster.{name} ({net}); use an address on the node network"
+                ),
             );
         }
     }

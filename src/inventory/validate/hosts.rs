@@ -76,7 +76,10 @@ pub(super) fn hosts(
         if !h.labels.is_empty() && !roles.runs_kubelet() && !roles_unknown(&h.roles) {
             p.warning(
                 format!("{at}.labels"),
-                format!("`{}` runs no kubelet (etcd only), so its labels are never applied", h.name),
+                format!(
+                    "`{}` runs no kubelet (etcd only), so its labels are never applied",
+                    h.name
+                ),
             );
         }
         if let Some(address) = address {
@@ -133,7 +136,10 @@ fn roles(raw: &[String], at: &str, p: &mut Problems) -> Roles {
     let mut seen = HashSet::new();
     for (j, r) in raw.iter().enumerate() {
         if !seen.insert(r.as_str()) {
-            p.warning(format!("{at}.roles[{j}]"), format!("role `{r}` is listed twice"));
+            p.warning(
+                format!("{at}.roles[{j}]"),
+                format!("role `{r}` is listed twice"),
+            );
             continue;
         }
         match r.as_str() {
@@ -186,7 +192,9 @@ fn labels(raw: &BTreeMap<String, String>, at: &str, p: &mut Problems) {
             Some((prefix, name)) => (Some(prefix), name),
             None => (None, key.as_str()),
         };
-        if prefix.is_some_and(|pre| !is_dns_name(pre) || pre.bytes().any(|c| c.is_ascii_uppercase())) {
+        if prefix
+            .is_some_and(|pre| !is_dns_name(pre) || pre.bytes().any(|c| c.is_ascii_uppercase()))
+        {
             p.error(
                 &path,
                 format!("label key `{key}`: the prefix must be a lowercase DNS subdomain (e.g. example.com/rack)"),
@@ -230,14 +238,17 @@ fn is_label_name(s: &str) -> bool {
     s.len() <= 63
         && edge(s.chars().next())
         && edge(s.chars().last())
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Counted on the raw roles so that a host with a bad address still counts.
 pub(super) fn topology(raw: &[RawHost], p: &mut Problems) {
-    let count = |role: &str| raw.iter().filter(|h| h.roles.iter().any(|r| r == role)).count();
+    let count = |role: &str| {
+        raw.iter()
+            .filter(|h| h.roles.iter().any(|r| r == role))
+            .count()
+    };
     let (etcd, cps, workers) = (count("etcd"), count("control-plane"), count("worker"));
     if cps == 0 {
         p.error(

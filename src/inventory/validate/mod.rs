@@ -160,9 +160,7 @@ pub(super) fn is_dns_label(s: &str) -> bool {
 
 /// A DNS name (case-insensitive labels joined by dots).
 pub(super) fn is_dns_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| is_dns_label(&l.to_ascii_lowercase()))
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(|l| is_dns_label(&l.to_ascii_lowercase()))
 }
 
 /// An absolute path on a Linux host.

@@ -16,7 +16,8 @@ pub const DEFAULT_CIPHER_SUITES: &[&str] = &[
 ];
 
 /// CIS minimums for the apiserver's audit log rotation: (field, default = minimum).
-const AUDIT_MINIMUMS: [(&str, u32); 3] = [("maxAgeDays", 30), ("maxBackups", 10), ("maxSizeMb", 100)];
+const AUDIT_MINIMUMS: [(&str, u32); 3] =
+    [("maxAgeDays", 30), ("maxBackups", 10), ("maxSizeMb", 100)];
 
 pub(super) fn security(s: &RawSecurity, p: &mut Problems) -> Security {
     let ca_validity_days = s.ca_validity_days.unwrap_or(3650);
@@ -34,7 +35,11 @@ pub(super) fn security(s: &RawSecurity, p: &mut Problems) -> Security {
         max_backups: a.max_backups.unwrap_or(AUDIT_MINIMUMS[1].1),
         max_size_mb: a.max_size_mb.unwrap_or(AUDIT_MINIMUMS[2].1),
     };
-    let values = [audit_log.max_age_days, audit_log.max_backups, audit_log.max_size_mb];
+    let values = [
+        audit_log.max_age_days,
+        audit_log.max_backups,
+        audit_log.max_size_mb,
+    ];
     for ((field, min), value) in AUDIT_MINIMUMS.into_iter().zip(values) {
         if value < min {
             p.error(
@@ -90,7 +95,9 @@ fn tls(t: RawTls, p: &mut Problems) -> Tls {
         Some(other) => {
             p.error(
                 "security.tls.minVersion",
-                format!("`{other}` is not VersionTLS12 or VersionTLS13 (older versions are insecure)"),
+                format!(
+                    "`{other}` is not VersionTLS12 or VersionTLS13 (older versions are insecure)"
+                ),
             );
             TlsVersion::Tls12
         }
@@ -107,9 +114,12 @@ fn tls(t: RawTls, p: &mut Problems) -> Tls {
             "an empty list lets Go pick any suite, including weak ones; remove the field for the defaults",
         );
     }
-    let cipher_suites = t
-        .cipher_suites
-        .unwrap_or_else(|| DEFAULT_CIPHER_SUITES.iter().map(|s| s.to_string()).collect());
+    let cipher_suites = t.cipher_suites.unwrap_or_else(|| {
+        DEFAULT_CIPHER_SUITES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
     for (i, c) in cipher_suites.iter().enumerate() {
         // TLS 1.3 names are accepted by Kubernetes (and ignored by Go): harmless.
         let tls13 = matches!(

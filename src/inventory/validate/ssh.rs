@@ -35,7 +35,10 @@ pub(super) fn check_block(
         check_user(user, &format!("{at}.user"), p);
     }
     if s.port == Some(0) {
-        p.error(format!("{at}.port"), "0 is not a port: use 1-65535 (22 by default)");
+        p.error(
+            format!("{at}.port"),
+            "0 is not a port: use 1-65535 (22 by default)",
+        );
     }
     if let Some(f) = &s.identity_file {
         check_identity_file(f, &format!("{at}.identityFile"), base, files, p);
@@ -89,7 +92,10 @@ fn check_bastion(b: &RawBastion, at: &str, base: &Path, files: &dyn LocalFiles, 
         );
     }
     if b.port == Some(0) {
-        p.error(format!("{at}.port"), "0 is not a port: use 1-65535 (22 by default)");
+        p.error(
+            format!("{at}.port"),
+            "0 is not a port: use 1-65535 (22 by default)",
+        );
     }
     if let Some(user) = &b.user {
         check_user(user, &format!("{at}.user"), p);
@@ -113,7 +119,10 @@ pub(super) fn check_public_key(line: &str) -> Result<(), String> {
         return Err(format!("not an OpenSSH public key: {HINT}"));
     };
     if algo == "ssh-dss" {
-        return Err("ssh-dss (DSA) keys are insecure and disabled in OpenSSH: pin the host's ed25519 key".into());
+        return Err(
+            "ssh-dss (DSA) keys are insecure and disabled in OpenSSH: pin the host's ed25519 key"
+                .into(),
+        );
     }
     if !KEY_ALGORITHMS.contains(&algo) {
         if KEY_ALGORITHMS.contains(&blob) {
@@ -132,13 +141,15 @@ pub(super) fn check_public_key(line: &str) -> Result<(), String> {
         .and_then(|n| bytes.get(4..4 + n));
     match embedded {
         Some(name) if name == algo.as_bytes() => {}
-        Some(name) => {
+        Some(name) => return Err(format!(
+            "the key data is a `{}` key but the line says `{algo}`: copy the whole line unchanged",
+            String::from_utf8_lossy(name)
+        )),
+        None => {
             return Err(format!(
-                "the key data is a `{}` key but the line says `{algo}`: copy the whole line unchanged",
-                String::from_utf8_lossy(name)
+                "the {algo} key data is truncated: copy the whole line"
             ))
         }
-        None => return Err(format!("the {algo} key data is truncated: copy the whole line")),
     }
     // ed25519: string algo, string key(32).
     if algo == "ssh-ed25519" && bytes.len() != 4 + algo.len() + 4 + 32 {
@@ -227,7 +238,8 @@ pub(super) fn target(
 mod tests {
     use super::check_public_key;
 
-    const ED: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAFak579m9EgHWEcB8fG5b3nojFXrSvEjhpggp0os6kx cp1";
+    const ED: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAFak579m9EgHWEcB8fG5b3nojFXrSvEjhpggp0os6kx cp1";
     const ECDSA: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBFK2wmwQs4rN0zlrK36bCQ6uXt4trvCOGNxkYemMRwWkmB2nv0xjgYpAuhp4hhBcP8ChRBKJGXdcSZYydlSxqzQ= root@vm";
 
     #[test]
@@ -239,10 +251,18 @@ mod tests {
     #[test]
     fn rejects_mismatched_and_broken_keys() {
         let swapped = ED.replace("ssh-ed25519", "ssh-rsa");
-        assert!(check_public_key(&swapped).unwrap_err().contains("is a `ssh-ed25519` key"));
-        assert!(check_public_key("ssh-ed25519 AAAA!!").unwrap_err().contains("base64"));
-        assert!(check_public_key(&format!("cp1 {ED}")).unwrap_err().contains("known_hosts"));
-        assert!(check_public_key("ssh-dss AAAA").unwrap_err().contains("DSA"));
+        assert!(check_public_key(&swapped)
+            .unwrap_err()
+            .contains("is a `ssh-ed25519` key"));
+        assert!(check_public_key("ssh-ed25519 AAAA!!")
+            .unwrap_err()
+            .contains("base64"));
+        assert!(check_public_key(&format!("cp1 {ED}"))
+            .unwrap_err()
+            .contains("known_hosts"));
+        assert!(check_public_key("ssh-dss AAAA")
+            .unwrap_err()
+            .contains("DSA"));
         assert!(check_public_key("ssh-ed25519").is_err());
         assert!(check_public_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMq")
             .unwrap_err()

@@ -116,12 +116,18 @@ fn quota(q: RawQuota, at: &str, p: &mut Problems) -> Quota {
         pods: q.pods.unwrap_or(50),
     };
     if quota.pods == 0 {
-        p.error(format!("{at}.pods"), "0 pods leaves the tenant unusable; give at least 1");
+        p.error(
+            format!("{at}.pods"),
+            "0 pods leaves the tenant unusable; give at least 1",
+        );
     }
     ordered(
         p,
         &at,
-        &[("requestsCpu", &quota.requests_cpu), ("limitsCpu", &quota.limits_cpu)],
+        &[
+            ("requestsCpu", &quota.requests_cpu),
+            ("limitsCpu", &quota.limits_cpu),
+        ],
     );
     ordered(
         p,
