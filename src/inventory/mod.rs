@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 pub use model::*;
 pub use position::PositionIndex;
 pub use schema::RawInventory;
-pub use validate::validate;
+pub use validate::{
+    validate, validate_with, Disk, LocalFiles, DEFAULT_CIPHER_SUITES, SUPPORTED_MINORS,
+};
 
 /// How bad a [`Problem`] is: errors stop the run, warnings are printed and the run goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -91,6 +93,15 @@ pub fn load(path: &Path) -> Result<Loaded, InventoryError> {
 /// Parses and validates inventory text; `path` is used in messages and to resolve
 /// relative file references (identity files, artifacts) against the inventory's folder.
 pub fn parse(text: &str, path: &Path) -> Result<Loaded, InventoryError> {
+    parse_with(text, path, &Disk)
+}
+
+/// [`parse`] with local files (SSH identity files) checked by `files` instead of the disk.
+pub fn parse_with(
+    text: &str,
+    path: &Path,
+    files: &dyn LocalFiles,
+) -> Result<Loaded, InventoryError> {
     let raw: RawInventory = {
         let de = serde_yaml::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| InventoryError::Syntax {
@@ -100,10 +111,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded, InventoryError> {
     };
     let positions = PositionIndex::new(text);
     let base = path.parent().unwrap_or(Path::new("."));
-    let (inventory, mut problems) = validate(&raw, base);
+    let (inventory, mut problems) = validate_with(&raw, base, files);
     for p in &mut problems {
         p.line = positions.line_of(&p.path);
     }
+    // Errors first, each group in file order (stable: checks on one line keep their order).
+    problems.sort_by_key(|p| (std::cmp::Reverse(p.severity), p.line.unwrap_or(usize::MAX)));
     let (errors, warnings): (Vec<_>, Vec<_>) = problems
         .into_iter()
         .partition(|p| p.severity == Severity::Error);
@@ -123,23 +136,39 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded, InventoryError> {
     }
 }
 
-/// `hosts[1].roles (line 12, column 5): invalid type: …`
+/// `hosts[1].roles (line 12, column 5): invalid type: …; see docs/inventory.md`
 fn syntax_message(e: &serde_path_to_error::Error<serde_yaml::Error>) -> String {
     let inner = e.inner();
     let path = e.path().to_string();
-    let loc = inner
-        .location()
-        .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
-        .unwrap_or_default();
-    // serde_yaml appends "at line L column C" itself; we print the location once, our way.
-    let msg = inner.to_string();
-    let msg = msg
-        .rsplit_once(" at line ")
-        .map(|(m, _)| m.to_string())
-        .unwrap_or(msg);
-    if path == "." || path.is_empty() {
-        format!("{}{loc}", msg.trim())
+    let mut msg = inner.to_string();
+    let mut loc = String::new();
+    if let Some(l) = inner.location() {
+        // serde_yaml appends "at line L column C" itself; we print the location once, our way.
+        let theirs = format!(" at line {} column {}", l.line(), l.column());
+        if let Some(m) = msg.strip_suffix(&theirs) {
+            msg = m.to_string();
+        }
+        // A YAML scanner error names its own lines ("… while scanning a quoted scalar at
+        // line 3"): leave it whole rather than add a second, different location.
+        if !msg.contains(" at line ") {
+            loc = format!(" (line {}, column {})", l.line(), l.column());
+        }
+    }
+    // serde_yaml also prefixes its own (parent) path: `hosts[0]: unknown field …`;
+    // ours is more precise, so drop theirs. A path has no spaces; a message does.
+    if let Some((prefix, rest)) = msg.split_once(": ") {
+        if !prefix.contains(char::is_whitespace) {
+            msg = rest.to_string();
+        }
+    }
+    let hint = if loc.is_empty() {
+        ""
     } else {
-        format!("{path}{loc}: {}", msg.trim())
+        "; fields and types are listed in docs/inventory.md"
+    };
+    if path == "." || path.is_empty() {
+        format!("{}{loc}{hint}", msg.trim())
+    } else {
+        format!("{path}{loc}: {}{hint}", msg.trim())
     }
 }

@@ -1,0 +1,199 @@
+//! The `binaries` and `backups` sections: where things live on the hosts, and
+//! how etcd snapshots are scheduled, encrypted, kept and shipped.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use super::{check_host_path, is_dns_name, resolve, Problems};
+use crate::inventory::model::*;
+use crate::inventory::schema::*;
+
+/// Binaries rampart installs or runs; a checksum for anything else is a typo.
+const KNOWN_BINARIES: &[&str] = &[
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+    "kubectl",
+    "etcd",
+    "etcdctl",
+    "etcdutl",
+];
+
+pub(super) fn binaries(b: &RawBinaries, base: &Path, p: &mut Problems) -> Binaries {
+    for (name, sum) in &b.sha256 {
+        let at = format!("binaries.sha256.{name}");
+        if sum.len() != 64 || !sum.bytes().all(|c| c.is_ascii_hexdigit()) {
+            p.error(&at, "not a sha256 (64 hex digits, as printed by sha256sum)");
+        }
+        if !KNOWN_BINARIES.contains(&name.as_str()) {
+            p.warning(
+                &at,
+                format!(
+                    "`{name}` is not a binary rampart installs (expected one of {})",
+                    KNOWN_BINARIES.join(", ")
+                ),
+            );
+        }
+    }
+    if !b.sha256.is_empty() && b.artifacts.is_none() {
+        p.warning(
+            "binaries.sha256",
+            "checksums are only used when uploading from binaries.artifacts, which is not set",
+        );
+    }
+    if b.artifacts.as_deref() == Some("") {
+        p.error(
+            "binaries.artifacts",
+            "empty path: give the local folder holding the binaries, or remove the field",
+        );
+    }
+    let dir = b.dir.clone().unwrap_or_else(|| "/usr/local/bin".into());
+    check_host_path(&dir, "binaries.dir", p);
+    let etcd_dir = b.etcd_dir.clone().unwrap_or_else(|| "/usr/bin".into());
+    check_host_path(&etcd_dir, "binaries.etcdDir", p);
+    Binaries {
+        dir,
+        etcd_dir,
+        artifacts: b.artifacts.as_deref().map(|a| resolve(a, base)),
+        sha256: b.sha256.clone(),
+    }
+}
+
+pub(super) fn backups(b: &RawBackups, p: &mut Problems) -> Backups {
+    recipients(&b.recipients, p);
+    let schedule = b
+        .schedule
+        .clone()
+        .unwrap_or_else(|| "*-*-* 00/6:00:00".into());
+    if schedule.trim().is_empty() || schedule.contains('\n') {
+        p.error(
+            "backups.schedule",
+            "must be one systemd OnCalendar expression (e.g. `*-*-* 00/6:00:00` or `daily`); check it with systemd-analyze calendar",
+        );
+    }
+    let randomized_delay = b.randomized_delay.clone().unwrap_or_else(|| "30min".into());
+    if !is_timespan(&randomized_delay) {
+        p.error(
+            "backups.randomizedDelay",
+            format!("`{randomized_delay}` is not a systemd time span (e.g. 30min, 1h, 0)"),
+        );
+    }
+    let dir = b.dir.clone().unwrap_or_else(|| "/var/backups/etcd".into());
+    check_host_path(&dir, "backups.dir", p);
+    let target = b.target.as_ref().map(|t| {
+        if t.host.parse::<IpAddr>().is_err() && !is_dns_name(&t.host) {
+            p.error(
+                "backups.target.host",
+                format!(
+                    "`{}` is neither an IP address, a DNS name nor a host name",
+                    t.host
+                ),
+            );
+        }
+        check_host_path(&t.path, "backups.target.path", p);
+        BackupTarget {
+            host: t.host.clone(),
+            path: t.path.clone(),
+            retention: retention(&t.retention, "backups.target.retention", p),
+        }
+    });
+    Backups {
+        schedule,
+        randomized_delay,
+        retention: retention(&b.retention, "backups.retention", p),
+        recipients: b.recipients.clone(),
+        dir,
+        target,
+    }
+}
+
+fn recipients(rs: &[String], p: &mut Problems) {
+    if rs.is_empty() {
+        p.error(
+            "backups.recipients",
+            "at least one age recipient is needed: backups are always encrypted (create one with age-keygen)",
+        );
+    }
+    for (i, r) in rs.iter().enumerate() {
+        let r = r.trim();
+        let ok =
+            r.parse::<age::x25519::Recipient>().is_ok() || r.parse::<age::ssh::Recipient>().is_ok();
+        if !ok {
+            let why = if r.starts_with("AGE-SECRET-KEY-") {
+                "this is an age secret key: give its public key (age-keygen -y), and keep the secret offline"
+            } else {
+                "not an age recipient (age1…) or an SSH public key (ssh-ed25519 …, ssh-rsa …)"
+            };
+            p.error(format!("backups.recipients[{i}]"), why);
+        }
+    }
+}
+
+/// Defaults: keep 28 backups when neither a count nor an age is given.
+fn retention(r: &Option<RawRetention>, at: &str, p: &mut Problems) -> Retention {
+    let r = r.clone().unwrap_or_default();
+    if r.count == Some(0) {
+        p.error(format!("{at}.count"), "must keep at least one backup");
+    }
+    if r.max_age_days == Some(0) {
+        p.error(
+            format!("{at}.maxAgeDays"),
+            "0 days would delete every backup; give at least 1",
+        );
+    }
+    Retention {
+        count: r.count.or(if r.max_age_days.is_none() {
+            Some(28)
+        } else {
+            None
+        }),
+        max_age_days: r.max_age_days,
+    }
+}
+
+/// A systemd time span (`30min`, `1h 30min`, `90`, `1.5h`): numbers, each with an optional unit.
+fn is_timespan(s: &str) -> bool {
+    const UNITS: &[&str] = &[
+        "", "usec", "us", "msec", "ms", "seconds", "second", "sec", "s", "minutes", "minute",
+        "min", "m", "hours", "hour", "hr", "h", "days", "day", "d", "weeks", "week", "w", "months",
+        "month", "M", "years", "year", "y",
+    ];
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if rest[..digits].parse::<f64>().is_err() {
+            return false;
+        }
+        rest = rest[digits..].trim_start();
+        let unit = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        if !UNITS.contains(&&rest[..unit]) {
+            return false;
+        }
+        rest = rest[unit..].trim_start();
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_timespan;
+
+    #[test]
+    fn timespans() {
+        for ok in ["30min", "1h 30min", "0", "90", "2 h", "1d12h", "1.5h"] {
+            assert!(is_timespan(ok), "{ok}");
+        }
+        for bad in ["", "soon", "30 minutes later", "-5min", "1..5h"] {
+            assert!(!is_timespan(bad), "{bad}");
+        }
+    }
+}

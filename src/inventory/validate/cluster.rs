@@ -1,0 +1,327 @@
+//! The `cluster` section: name, version, API endpoint and the three networks.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::{is_dns_label, is_dns_name, Problems, SUPPORTED_MINORS};
+use crate::inventory::model::*;
+use crate::inventory::schema::*;
+
+/// The per-node pod range kube-controller-manager carves out of an IPv4 pod CIDR
+/// (its default `--node-cidr-mask-size`).
+const NODE_CIDR_PREFIX_V4: u8 = 24;
+
+pub(super) fn cluster(raw: &RawInventory, p: &mut Problems) -> Option<Cluster> {
+    let c = &raw.cluster;
+    if !is_dns_label(&c.name) {
+        p.error(
+            "cluster.name",
+            format!(
+                "`{}` is not a valid name: use lowercase letters, digits and '-' (at most 63)",
+                c.name
+            ),
+        );
+    }
+    let version = parse_version(&c.kubernetes_version);
+    match version {
+        None => p.error(
+            "cluster.kubernetesVersion",
+            format!(
+                "`{}` is not a Kubernetes version (expected e.g. 1.34 or v1.34.1)",
+                c.kubernetes_version
+            ),
+        ),
+        Some(v) if v.major != 1 || !SUPPORTED_MINORS.contains(&v.minor) => p.error(
+            "cluster.kubernetesVersion",
+            format!("unsupported Kubernetes version {v}: rampart supports v1.32 to v1.34"),
+        ),
+        Some(_) => {}
+    }
+    let service_cidr = cidr(
+        c.service_cidr.as_deref().unwrap_or("10.96.0.0/12"),
+        "cluster.serviceCidr",
+        p,
+    );
+    if let Some(net) = service_cidr {
+        service_cidr_size(net, p);
+    }
+    let pod_cidr = cidr(
+        c.pod_cidr.as_deref().unwrap_or("10.244.0.0/16"),
+        "cluster.podCidr",
+        p,
+    );
+    if let (Some(svc), Some(pod)) = (service_cidr, pod_cidr) {
+        if svc.addr().is_ipv4() != pod.addr().is_ipv4() {
+            p.error(
+                "cluster.podCidr",
+                format!("{pod} and cluster.serviceCidr ({svc}) are of different IP families; dual-stack is not supported"),
+            );
+        }
+    }
+    if let Some(pod) = pod_cidr {
+        let nodes = raw
+            .hosts
+            .iter()
+            .filter(|h| {
+                h.roles
+                    .iter()
+                    .any(|r| r == "control-plane" || r == "worker")
+            })
+            .count();
+        pod_cidr_room(pod, nodes, p);
+    }
+    let node_network = c
+        .node_network
+        .as_deref()
+        .and_then(|n| cidr(n, "cluster.nodeNetwork", p));
+    let domain = c
+        .cluster_domain
+        .clone()
+        .unwrap_or_else(|| "cluster.local".into());
+    if !is_dns_name(&domain) || domain.ends_with('.') {
+        p.error(
+            "cluster.clusterDomain",
+            format!("`{domain}` is not a valid DNS domain (e.g. cluster.local)"),
+        );
+    }
+    let control_planes: Vec<&RawHost> = raw
+        .hosts
+        .iter()
+        .filter(|h| h.roles.iter().any(|r| r == "control-plane"))
+        .collect();
+    let api_endpoint = match &c.api_endpoint {
+        Some(e) => endpoint(e, p),
+        None if control_planes.len() > 1 => {
+            p.error(
+                "cluster.apiEndpoint",
+                format!(
+                    "required with {} control-plane hosts: give the VIP or load balancer as host:port",
+                    control_planes.len()
+                ),
+            );
+            None
+        }
+        None => control_planes.first().map(|h| Endpoint {
+            host: h.address.clone(),
+            port: 6443,
+        }),
+    };
+    Some(Cluster {
+        name: c.name.clone(),
+        version: version?,
+        // Only reached without an endpoint when another error was reported.
+        api_endpoint: api_endpoint.unwrap_or(Endpoint {
+            host: "127.0.0.1".into(),
+            port: 6443,
+        }),
+        service_cidr: service_cidr?,
+        pod_cidr: pod_cidr?,
+        domain,
+        node_network,
+    })
+}
+
+pub(super) fn parse_version(s: &str) -> Option<KubeVersion> {
+    let s = s.strip_prefix('v').unwrap_or(s);
+    let mut parts = s.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    let patch = match parts.next() {
+        Some(x) => Some(x.parse().ok()?),
+        None => None,
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(KubeVersion {
+        major,
+        minor,
+        patch,
+    })
+}
+
+fn cidr(s: &str, path: &str, p: &mut Problems) -> Option<IpNet> {
+    match s.parse::<IpNet>() {
+        Ok(net) if net != net.trunc() => {
+            p.error(
+                path,
+                format!("`{s}` has host bits set; did you mean {}?", net.trunc()),
+            );
+            None
+        }
+        Ok(net) => Some(net),
+        Err(_) => {
+            p.error(
+                path,
+                format!("`{s}` is not a CIDR (expected e.g. 10.96.0.0/12)"),
+            );
+            None
+        }
+    }
+}
+
+/// kube-apiserver refuses service ranges over 2^20 addresses, and cluster DNS
+/// takes the tenth address, so the range must hold at least that many.
+fn service_cidr_size(net: IpNet, p: &mut Problems) {
+    let host_bits = u32::from(net.max_prefix_len() - net.prefix_len());
+    if host_bits > 20 {
+        let smallest = net.max_prefix_len() - 20;
+        p.error(
+            "cluster.serviceCidr",
+            format!(
+                "{net} is too large: kube-apiserver accepts at most /{smallest} (2^20 addresses)"
+            ),
+        );
+    } else if host_bits < 4 {
+        let largest = net.max_prefix_len() - 4;
+        p.error(
+            "cluster.serviceCidr",
+            format!(
+                "{net} is too small: cluster DNS takes the tenth address, use /{largest} or larger"
+            ),
+        );
+    }
+}
+
+/// Every node gets a /24 of an IPv4 pod CIDR; make sure there are enough of them.
+fn pod_cidr_room(net: IpNet, nodes: usize, p: &mut Problems) {
+    let IpNet::V4(v4) = net else { return };
+    let prefix = v4.prefix_len();
+    let room = if prefix > NODE_CIDR_PREFIX_V4 {
+        0
+    } else {
+        1usize << (NODE_CIDR_PREFIX_V4 - prefix)
+    };
+    if room < nodes.max(1) {
+        p.error(
+            "cluster.podCidr",
+            format!(
+                "{net} has room for {room} node(s) at /{NODE_CIDR_PREFIX_V4} each, but {nodes} host(s) run a kubelet; use a larger range (e.g. 10.244.0.0/16)"
+            ),
+        );
+    }
+}
+
+/// `host:port` or `[v6]:port`, each part checked with its own message.
+fn endpoint(s: &str, p: &mut Problems) -> Option<Endpoint> {
+    const AT: &str = "cluster.apiEndpoint";
+    if s.parse::<IpAddr>().is_ok_and(|ip| ip.is_ipv6()) {
+        p.error(
+            AT,
+            format!("`{s}` has no port: write an IPv6 endpoint as [{s}]:6443"),
+        );
+        return None;
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        p.error(
+            AT,
+            format!("`{s}` has no port: write host:port (e.g. {s}:6443)"),
+        );
+        return None;
+    };
+    let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) if v6.parse::<std::net::Ipv6Addr>().is_ok() => v6,
+        Some(_) => {
+            p.error(AT, format!("`{host}` is not an IPv6 address"));
+            return None;
+        }
+        None if host.contains(':') => {
+            p.error(
+                AT,
+                format!("`{s}` is ambiguous: write an IPv6 endpoint as [address]:port"),
+            );
+            return None;
+        }
+        None => host,
+    };
+    let port = match port.parse::<u16>() {
+        Ok(n) if n != 0 => Some(n),
+        _ => {
+            p.error(
+                AT,
+                format!("`{port}` is not a port: use 1-65535 (the apiserver listens on 6443)"),
+            );
+            None
+        }
+    };
+    let host_ok = host.parse::<IpAddr>().is_ok() || is_dns_name(host);
+    if !host_ok {
+        p.error(
+            AT,
+            format!("`{host}` is neither an IP address nor a DNS name"),
+        );
+    }
+    Some(Endpoint {
+        host: host.to_string(),
+        port: port?,
+    })
+    .filter(|_| host_ok)
+}
+
+/// The service, pod and node networks must not overlap, and hosts live outside
+/// the first two and inside the last.
+pub(super) fn networks(c: &Cluster, hosts: &[Host], p: &mut Problems) {
+    let mut nets = vec![
+        ("cluster.serviceCidr", c.service_cidr),
+        ("cluster.podCidr", c.pod_cidr),
+    ];
+    if let Some(n) = c.node_network {
+        nets.push(("cluster.nodeNetwork", n));
+    }
+    for (i, (an, a)) in nets.iter().enumerate() {
+        for (bn, b) in &nets[i + 1..] {
+            if a.contains(&b.network()) || b.contains(&a.network()) {
+                p.error(*bn, format!("{b} overlaps {an} ({a})"));
+            }
+        }
+    }
+    for (i, h) in hosts.iter().enumerate() {
+        if let Some(n) = c.node_network {
+            if !n.contains(&h.address) {
+                p.error(
+                    format!("hosts[{i}].address"),
+                    format!("{} is outside cluster.nodeNetwork ({n})", h.address),
+                );
+            }
+        }
+        for (name, net) in [("serviceCidr", c.service_cidr), ("podCidr", c.pod_cidr)] {
+            if net.contains(&h.address) {
+                p.error(
+                    format!("hosts[{i}].address"),
+                    format!("{} is inside cluster.{name} ({net})", h.address),
+                );
+            }
+        }
+    }
+}
+
+/// An HA endpoint that is one control plane's own address defeats the point of HA,
+/// and an endpoint inside a cluster-internal range is unreachable from the hosts.
+pub(super) fn endpoint_placement(c: &Cluster, hosts: &[Host], p: &mut Problems) {
+    let Ok(ip) = c.api_endpoint.host.parse::<IpAddr>() else {
+        return;
+    };
+    for (name, net) in [("serviceCidr", c.service_cidr), ("podCidr", c.pod_cidr)] {
+        if net.contains(&ip) {
+            p.error(
+                "cluster.apiEndpoint",
+                format!(
+                    "{ip} is inside cluster.{name} ({net}); use an address on the node network"
+                ),
+            );
+        }
+    }
+    let cps: Vec<&Host> = hosts.iter().filter(|h| h.roles.control_plane).collect();
+    if cps.len() > 1 {
+        if let Some(h) = cps.iter().find(|h| h.address == ip) {
+            p.warning(
+                "cluster.apiEndpoint",
+                format!(
+                    "{ip} is the address of {} alone: when it is down, nodes lose the API; use a VIP or load balancer",
+                    h.name
+                ),
+            );
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Raw inventory → validated [`Inventory`], collecting every problem on the way.
+//!
+//! Each check pushes a [`Problem`] and carries on; the caller decides what is
+//! fatal. Conversion returns `None` only when the result would be unusable.
+//! One file per section of the inventory; this one holds the shared helpers and
+//! the cross-section checks.
+
+mod backups;
+mod cluster;
+mod hosts;
+mod security;
+mod ssh;
+mod tenants;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use super::model::*;
+use super::schema::*;
+use super::{Problem, Severity};
+
+pub use security::DEFAULT_CIPHER_SUITES;
+
+/// Kubernetes minor versions this release renders for.
+pub const SUPPORTED_MINORS: std::ops::RangeInclusive<u32> = 32..=34;
+
+/// How validation looks at files on the admin's machine (SSH identity files).
+///
+/// Validation is otherwise pure; this seam lets tests and the lab validate an
+/// inventory whose key files do not exist yet (see docs/inventory.md).
+pub trait LocalFiles {
+    /// `Ok` when `path` is a file that can be opened for reading, else why not.
+    fn check_readable(&self, path: &Path) -> Result<(), String>;
+}
+
+/// [`LocalFiles`] backed by the real file system.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Disk;
+
+impl LocalFiles for Disk {
+    fn check_readable(&self, path: &Path) -> Result<(), String> {
+        let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+        if meta.is_dir() {
+            return Err("it is a directory".into());
+        }
+        std::fs::File::open(path)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Problems(pub Vec<Problem>);
+
+impl Problems {
+    pub fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.push(Severity::Error, path, message);
+    }
+    pub fn warning(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.push(Severity::Warning, path, message);
+    }
+    fn push(&mut self, severity: Severity, path: impl Into<String>, message: impl Into<String>) {
+        let problem = Problem {
+            severity,
+            path: path.into(),
+            line: None,
+            message: message.into(),
+        };
+        // Defaults are merged into every host; a bad default is reported once.
+        if !self.0.contains(&problem) {
+            self.0.push(problem);
+        }
+    }
+}
+
+/// Validates `raw` against the real file system; relative paths are resolved
+/// against `base` (the inventory's folder).
+///
+/// Returns the inventory when it could be built at all, and every problem found
+/// (errors and warnings). An inventory returned alongside errors must not be used.
+pub fn validate(raw: &RawInventory, base: &Path) -> (Option<Inventory>, Vec<Problem>) {
+    validate_with(raw, base, &Disk)
+}
+
+/// [`validate`] with the local file checks done by `files`.
+pub fn validate_with(
+    raw: &RawInventory,
+    base: &Path,
+    files: &dyn LocalFiles,
+) -> (Option<Inventory>, Vec<Problem>) {
+    let mut p = Problems::default();
+    let cluster = cluster::cluster(raw, &mut p);
+    let hosts = hosts::hosts(raw, base, files, &mut p);
+    hosts::topology(&raw.hosts, &mut p);
+    let security = security::security(&raw.security, &mut p);
+    let tenants = tenants::tenants(&raw.tenants, &mut p);
+    let binaries = backups::binaries(&raw.binaries, base, &mut p);
+    let backups = raw.backups.as_ref().map(|b| backups::backups(b, &mut p));
+    if let Some(c) = &cluster {
+        cluster::networks(c, &hosts, &mut p);
+        cluster::endpoint_placement(c, &hosts, &mut p);
+    }
+    exempt_tenants(&security, &tenants, &mut p);
+    let inventory = cluster.map(|cluster| Inventory {
+        cluster,
+        hosts,
+        binaries,
+        security,
+        tenants,
+        backups,
+    });
+    (inventory, p.0)
+}
+
+/// A tenant exempt from Pod Security gets none of the isolation it was declared for.
+fn exempt_tenants(security: &Security, tenants: &[Tenant], p: &mut Problems) {
+    let exempt: HashSet<&str> = security
+        .pod_security
+        .exempt_namespaces
+        .iter()
+        .map(String::as_str)
+        .collect();
+    for (i, t) in tenants.iter().enumerate() {
+        if exempt.contains(t.namespace.as_str()) {
+            p.error(
+                format!("tenants[{i}].namespace"),
+                format!(
+                    "tenant `{}` is listed in security.podSecurity.exemptNamespaces; remove it from there",
+                    t.namespace
+                ),
+            );
+        }
+    }
+}
+
+/// `~/x` → `$HOME/x`; relative → against the inventory's folder.
+pub(super) fn resolve(f: &str, base: &Path) -> PathBuf {
+    if let Some(rest) = f.strip_prefix("~/") {
+        if let Some(home) = std::env::var_os("HOME") {
+            return PathBuf::from(home).join(rest);
+        }
+    }
+    let path = PathBuf::from(f);
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    }
+}
+
+/// An RFC 1123 label: what Kubernetes accepts for namespace and node names.
+pub(super) fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A DNS name (case-insensitive labels joined by dots).
+pub(super) fn is_dns_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(|l| is_dns_label(&l.to_ascii_lowercase()))
+}
+
+/// An absolute path on a Linux host.
+pub(super) fn check_host_path(s: &str, path: &str, p: &mut Problems) {
+    if !s.starts_with('/') {
+        p.error(
+            path,
+            format!("`{s}` must be an absolute path on the hosts (starting with /)"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_names() {
+        assert!(is_dns_label("cp-1"));
+        assert!(!is_dns_label("Cp1"));
+        assert!(!is_dns_label("-a"));
+        assert!(is_dns_name("K8s.Example.internal"));
+        assert!(!is_dns_name("a..b"));
+        assert!(!is_dns_name(""));
+    }
+
+    #[test]
+    fn duplicate_problems_are_reported_once() {
+        let mut p = Problems::default();
+        p.error("ssh.user", "x");
+        p.error("ssh.user", "x");
+        p.warning("ssh.user", "x");
+        assert_eq!(p.0.len(), 2);
+    }
+}
