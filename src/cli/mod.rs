@@ -1,0 +1,106 @@
+//! Command implementations: each turns parsed arguments into library calls and
+//! prints the result as a table or JSON. Library errors bubble up as `anyhow`.
+
+pub mod args;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use args::{Cli, Command, InventoryArgs, Output};
+use rampart::inventory::{self, InventoryError, Loaded};
+
+/// Documented exit codes (see docs/getting-started.md).
+pub mod code {
+    /// Something failed at run time (I/O, PKI, rendering).
+    pub const FAILURE: u8 = 1;
+    // 2 is clap's: bad command-line usage.
+    /// The inventory is invalid; nothing was done.
+    pub const INVALID_INVENTORY: u8 = 3;
+    /// The CIS self-check found failing automated checks.
+    pub const CIS_FAILED: u8 = 4;
+}
+
+/// An error that carries its own exit code (e.g. "CIS checks failed").
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if let Some(e) = err.downcast_ref::<Exit>() {
+        return e.code;
+    }
+    if err
+        .chain()
+        .any(|e| matches!(e.downcast_ref::<InventoryError>(), Some(_)))
+    {
+        return code::INVALID_INVENTORY;
+    }
+    code::FAILURE
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check(a) => check(&a),
+        _ => anyhow::bail!("not yet wired"),
+    }
+}
+
+/// Loads the inventory and prints its warnings to stderr.
+fn load_inventory(path: &Path) -> Result<Loaded> {
+    let loaded = inventory::load(path)?;
+    for w in &loaded.warnings {
+        eprintln!("{w}");
+    }
+    Ok(loaded)
+}
+
+fn check(a: &InventoryArgs) -> Result<ExitCode> {
+    let loaded = load_inventory(&a.inventory)?;
+    let inv = &loaded.inventory;
+    match a.output {
+        Output::Json => {
+            let hosts: Vec<_> = inv
+                .hosts
+                .iter()
+                .map(|h| serde_json::json!({"name": h.name, "address": h.address, "roles": h.roles.to_string()}))
+                .collect();
+            let out = serde_json::json!({
+                "cluster": inv.cluster.name,
+                "kubernetesVersion": inv.cluster.version.to_string(),
+                "apiEndpoint": inv.cluster.server_url(),
+                "hosts": hosts,
+                "warnings": loaded.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Output::Table => {
+            println!(
+                "{}: cluster {} ({}), API at {}, {} hosts: {} etcd, {} control plane, {} nodes",
+                a.inventory.display(),
+                inv.cluster.name,
+                inv.cluster.version,
+                inv.cluster.server_url(),
+                inv.hosts.len(),
+                inv.etcd_members().count(),
+                inv.control_planes().count(),
+                inv.nodes().count()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The state dir: the flag, else `~/.local/share/rampart/<cluster>`.
+#[allow(dead_code)]
+fn state_dir(flag: Option<&PathBuf>, cluster: &str) -> Result<PathBuf> {
+    if let Some(d) = flag {
+        return Ok(d.clone());
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set; pass --state-dir")?;
+    Ok(PathBuf::from(home).join(".local/share/rampart").join(cluster))
+}
