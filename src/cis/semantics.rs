@@ -324,3 +324,7 @@ fn all_elements_valid(s: &[&str], t: &[&str]) -> bool {
     }
     s.iter().all(|e| t.contains(e))
 }
+
+#[cfg(test)]
+#[path = "semantics_tests.rs"]
+mod tests;
