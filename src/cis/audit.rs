@@ -37,7 +37,9 @@ pub fn run(check: &Check, host: &HostView) -> Audited {
         };
         match host.ps_c(bin).first() {
             Some(p) => p.environ.clone(),
-            None => return Audited::Failed(format!("no {bin} process: its environment cannot be read")),
+            None => {
+                return Audited::Failed(format!("no {bin} process: its environment cannot be read"))
+            }
         }
     } else {
         String::new()
@@ -56,7 +58,11 @@ pub fn run(check: &Check, host: &HostView) -> Audited {
 type CommandOutput = Result<(String, Option<String>), Audited>;
 
 fn command_output(e: &Emulation, host: &HostView) -> CommandOutput {
-    let missing = |what: &str| Err(Audited::Failed(format!("no {what} process on this host (no unit with ExecStart)")));
+    let missing = |what: &str| {
+        Err(Audited::Failed(format!(
+            "no {what} process on this host (no unit with ExecStart)"
+        )))
+    };
     Ok(match e {
         Emulation::PsEfGrep { pattern, .. } => {
             let ps = host.ps_ef_grep(pattern);
@@ -71,9 +77,16 @@ fn command_output(e: &Emulation, host: &HostView) -> CommandOutput {
                 return missing(process);
             }
             let header = "UID PID PPID C STIME TTY TIME CMD".to_string();
-            (lines(std::iter::once(header).chain(ps.iter().map(|p| p.cmdline.clone()))), None)
+            (
+                lines(std::iter::once(header).chain(ps.iter().map(|p| p.cmdline.clone()))),
+                None,
+            )
         }
-        Emulation::Stat { role, format, if_missing } => {
+        Emulation::Stat {
+            role,
+            format,
+            if_missing,
+        } => {
             let path = role_path(host, role)?;
             let out = match host.stat(&path) {
                 Some(st) => format_stat(format, &st),
@@ -81,21 +94,29 @@ fn command_output(e: &Emulation, host: &HostView) -> CommandOutput {
             };
             (out, Some(path))
         }
-        Emulation::FindStat { role, name_glob, format } => {
+        Emulation::FindStat {
+            role,
+            name_glob,
+            format,
+        } => {
             let path = role_path(host, role)?;
             (find_stat(host, &path, Some(name_glob), format), Some(path))
         }
-        Emulation::PkiFind { default_path, name_glob, format } => {
-            (find_stat(host, default_path, name_glob.as_deref(), format), Some(default_path.clone()))
-        }
+        Emulation::PkiFind {
+            default_path,
+            name_glob,
+            format,
+        } => (
+            find_stat(host, default_path, name_glob.as_deref(), format),
+            Some(default_path.clone()),
+        ),
         Emulation::EtcdDataDir { format } => {
             let from_ps = host
                 .ps_ef_grep("etcd")
                 .into_iter()
                 .filter(|p| p.cmdline.contains("--data-dir"))
                 .filter_map(|p| sed_last_value(&p.cmdline, "data-dir"))
-                .filter(|d| host.stat(d).is_some_and(|s| s.is_dir))
-                .last();
+                .rfind(|d| host.stat(d).is_some_and(|s| s.is_dir));
             let dir = match from_ps {
                 Some(d) => d,
                 None => role_path(host, "etcddatadir")?,
@@ -106,7 +127,10 @@ fn command_output(e: &Emulation, host: &HostView) -> CommandOutput {
             };
             (out, Some(dir))
         }
-        Emulation::AdminConf { default_paths, format } => {
+        Emulation::AdminConf {
+            default_paths,
+            format,
+        } => {
             let found: Vec<String> = default_paths
                 .iter()
                 .filter_map(|p| host.stat(p))
@@ -116,7 +140,10 @@ fn command_output(e: &Emulation, host: &HostView) -> CommandOutput {
         }
         Emulation::KubeletCafile { role, format } => {
             let path = kubelet_cafile(host).map_or_else(|| role_path(host, role), Ok)?;
-            let out = host.stat(&path).map(|st| format_stat(format, &st)).unwrap_or_default();
+            let out = host
+                .stat(&path)
+                .map(|st| format_stat(format, &st))
+                .unwrap_or_default();
             (out, Some(path))
         }
         Emulation::EncryptionProviders { process } => {
@@ -134,7 +161,9 @@ fn command_output(e: &Emulation, host: &HostView) -> CommandOutput {
             (out, path)
         }
         Emulation::KubeletConfig { .. } | Emulation::ProxyConfig { .. } => {
-            return Err(Audited::NotEvaluable("a config emulation used as the audit".into()))
+            return Err(Audited::NotEvaluable(
+                "a config emulation used as the audit".into(),
+            ))
         }
         Emulation::Kubectl => {
             return Err(Audited::NotEvaluable(
@@ -147,10 +176,14 @@ fn command_output(e: &Emulation, host: &HostView) -> CommandOutput {
             ))
         }
         Emulation::None => {
-            return Err(Audited::NotEvaluable("the benchmark has no audit for it".into()))
+            return Err(Audited::NotEvaluable(
+                "the benchmark has no audit for it".into(),
+            ))
         }
         Emulation::Unknown => {
-            return Err(Audited::NotEvaluable("audit kind unknown to this rampart version".into()))
+            return Err(Audited::NotEvaluable(
+                "audit kind unknown to this rampart version".into(),
+            ))
         }
     })
 }
@@ -170,7 +203,9 @@ fn config_output(e: &Emulation, host: &HostView) -> (String, Option<String>) {
 
 fn role_path(host: &HostView, role: &str) -> Result<String, Audited> {
     host.role_path(role).ok_or_else(|| {
-        Audited::NotEvaluable(format!("kube-bench role ${role} is not in the benchmark's roles"))
+        Audited::NotEvaluable(format!(
+            "kube-bench role ${role} is not in the benchmark's roles"
+        ))
     })
 }
 
@@ -253,7 +288,10 @@ mod tests {
     fn providers_line_reads_the_line_after_the_last_providers_key() {
         let cfg = "resources:\n  - resources: [secrets]\n    providers:\n      - aescbc:\n          keys: []\n      - identity: {}\n";
         assert_eq!(providers_line(cfg), "provider=aescbc\n");
-        assert_eq!(providers_line("providers:\n  - identity: {}\n"), "provider=identity\n");
+        assert_eq!(
+            providers_line("providers:\n  - identity: {}\n"),
+            "provider=identity\n"
+        );
         assert_eq!(providers_line("nothing"), "");
     }
 

@@ -11,12 +11,18 @@ use crate::render::{HostBundle, Service};
 /// kube-bench roles we point at our files, as an admin would in kube-bench's config.yaml.
 /// We run components as systemd units, so their "pod specification" is the unit file.
 pub const ROLE_OVERRIDES: &[(&str, &str)] = &[
-    ("apiserverconf", "/etc/systemd/system/kube-apiserver.service"),
+    (
+        "apiserverconf",
+        "/etc/systemd/system/kube-apiserver.service",
+    ),
     (
         "controllermanagerconf",
         "/etc/systemd/system/kube-controller-manager.service",
     ),
-    ("schedulerconf", "/etc/systemd/system/kube-scheduler.service"),
+    (
+        "schedulerconf",
+        "/etc/systemd/system/kube-scheduler.service",
+    ),
     ("etcdconf", "/etc/systemd/system/etcd.service"),
     ("kubeletsvc", "/etc/systemd/system/kubelet.service"),
 ];
@@ -83,7 +89,12 @@ impl<'a> HostView<'a> {
                 is_dir: false,
             });
         }
-        if let Some(d) = self.bundle.dirs.iter().find(|d| d.path.trim_end_matches('/') == path) {
+        if let Some(d) = self
+            .bundle
+            .dirs
+            .iter()
+            .find(|d| d.path.trim_end_matches('/') == path)
+        {
             return Some(Stat {
                 path: path.to_string(),
                 mode: d.mode,
@@ -93,7 +104,11 @@ impl<'a> HostView<'a> {
             });
         }
         let prefix = format!("{path}/");
-        let implied = self.bundle.files.iter().any(|f| f.path.starts_with(&prefix))
+        let implied = self
+            .bundle
+            .files
+            .iter()
+            .any(|f| f.path.starts_with(&prefix))
             || self.bundle.dirs.iter().any(|d| d.path.starts_with(&prefix));
         implied.then(|| Stat {
             path: path.to_string(),
@@ -115,7 +130,13 @@ impl<'a> HostView<'a> {
         }
         let prefix = format!("{root}/");
         let mut paths = BTreeSet::new();
-        for p in self.bundle.files.iter().map(|f| &f.path).chain(self.bundle.dirs.iter().map(|d| &d.path)) {
+        for p in self
+            .bundle
+            .files
+            .iter()
+            .map(|f| &f.path)
+            .chain(self.bundle.dirs.iter().map(|d| &d.path))
+        {
             if let Some(rel) = p.trim_end_matches('/').strip_prefix(&prefix) {
                 // Every intermediate directory is found too.
                 let mut acc = root.to_string();
@@ -190,7 +211,9 @@ fn process_of(bundle: &HostBundle, service: Service) -> Option<Process> {
     let mut env: Vec<(String, String)> = Vec::new();
     for path in &u.environment_files {
         if let Some(f) = bundle.file(path) {
-            env.extend(unit::parse_env_file(std::str::from_utf8(f.contents.bytes()).unwrap_or("")));
+            env.extend(unit::parse_env_file(
+                std::str::from_utf8(f.contents.bytes()).unwrap_or(""),
+            ));
         }
     }
     env.extend(u.environment.iter().cloned());
@@ -202,7 +225,12 @@ fn process_of(bundle: &HostBundle, service: Service) -> Option<Process> {
     }
     let map: BTreeMap<String, String> = env.iter().cloned().collect();
     let argv = unit::expand(argv, &map);
-    let comm = argv.first()?.rsplit('/').next().unwrap_or_default().to_string();
+    let comm = argv
+        .first()?
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     Some(Process {
         comm,
         cmdline: argv.join(" "),

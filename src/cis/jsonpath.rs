@@ -82,7 +82,9 @@ fn steps(path: &str) -> Result<Vec<Step>, String> {
             out.push(Step::Key(key.to_string()));
         }
         while let Some(s) = subs.strip_prefix('[') {
-            let end = s.find(']').ok_or_else(|| format!("unclosed [ in {path:?}"))?;
+            let end = s
+                .find(']')
+                .ok_or_else(|| format!("unclosed [ in {path:?}"))?;
             let inner = &s[..end];
             out.push(match inner {
                 "*" | ":" => Step::All,
@@ -187,7 +189,10 @@ mod tests {
     #[test]
     fn dotted_paths_print_scalars_like_go() {
         let d = doc("authentication:\n  anonymous:\n    enabled: false\nreadOnlyPort: 0\nqps: 5.5\nname: x\n");
-        assert_eq!(execute("{.authentication.anonymous.enabled}", &d).unwrap(), "false");
+        assert_eq!(
+            execute("{.authentication.anonymous.enabled}", &d).unwrap(),
+            "false"
+        );
         assert_eq!(execute("{.readOnlyPort}", &d).unwrap(), "0");
         assert_eq!(execute("{.qps}", &d).unwrap(), "5.5");
         assert_eq!(execute("{.name}", &d).unwrap(), "x");

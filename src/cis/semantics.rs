@@ -256,10 +256,8 @@ pub fn compare_op(op: &str, flag_val: &str, want: &str, name: &str) -> (String, 
             }
         }
         "gt" | "gte" | "lt" | "lte" => {
-            let (Ok(a), Ok(b)) = (
-                flag_val.trim().parse::<i64>(),
-                want.trim().parse::<i64>(),
-            ) else {
+            let (Ok(a), Ok(b)) = (flag_val.trim().parse::<i64>(), want.trim().parse::<i64>())
+            else {
                 return (
                     format!("Invalid Number(s) used for comparison: '{flag_val}' '{want}'"),
                     false,

@@ -18,7 +18,10 @@ fn cmd(t: &TestItem, s: &str) -> bool {
 
 #[test]
 fn compare_op_eq_and_noteq_fold_booleans_only() {
-    assert_eq!(compare_op("eq", "", "", "x"), ("'x' is equal to ''".into(), true));
+    assert_eq!(
+        compare_op("eq", "", "", "x"),
+        ("'x' is equal to ''".into(), true)
+    );
     assert!(compare_op("eq", "TRUE", "true", "x").1);
     assert!(!compare_op("eq", "false", "true", "x").1);
     assert!(!compare_op("eq", "Kubelet", "kubelet", "x").1);
@@ -81,19 +84,45 @@ fn compare_op_bitmask_is_more_restrictive_or_equal() {
 
 #[test]
 fn unknown_op_fails_without_words() {
-    assert_eq!(compare_op("blah", "foo", "bar", "x"), (String::new(), false));
+    assert_eq!(
+        compare_op("blah", "foo", "bar", "x"),
+        (String::new(), false)
+    );
 }
 
 #[test]
 fn flag_values_follow_equals_colon_space_or_default_to_true() {
     assert_eq!(flag_value("--a", "", "x --a=1 --b").as_deref(), Some("1"));
-    assert_eq!(flag_value("some-arg", "eq", "k some-arg: some-val --x").as_deref(), Some("some-val"));
-    assert_eq!(flag_value("some-arg", "eq", "k some-arg:some-val").as_deref(), Some("some-val"));
-    assert_eq!(flag_value("--peer-client-cert-auth", "eq", "--abc --peer-client-cert-auth --efg").as_deref(), Some("true"));
-    assert_eq!(flag_value("--port", "eq", "k --port 6443 --x").as_deref(), Some("6443"));
+    assert_eq!(
+        flag_value("some-arg", "eq", "k some-arg: some-val --x").as_deref(),
+        Some("some-val")
+    );
+    assert_eq!(
+        flag_value("some-arg", "eq", "k some-arg:some-val").as_deref(),
+        Some("some-val")
+    );
+    assert_eq!(
+        flag_value(
+            "--peer-client-cert-auth",
+            "eq",
+            "--abc --peer-client-cert-auth --efg"
+        )
+        .as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        flag_value("--port", "eq", "k --port 6443 --x").as_deref(),
+        Some("6443")
+    );
     // Without a comparison the space form is not read: "--bool-flag next" is ambiguous.
-    assert_eq!(flag_value("--port", "", "k --port 6443").as_deref(), Some("true"));
-    assert_eq!(flag_value("root:root", "", "root:root").as_deref(), Some("root:root"));
+    assert_eq!(
+        flag_value("--port", "", "k --port 6443").as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        flag_value("root:root", "", "root:root").as_deref(),
+        Some("root:root")
+    );
     assert_eq!(flag_value("--a", "", ""), None);
     assert_eq!(flag_value("--absent", "", "k --a=1"), None);
 }
@@ -109,16 +138,46 @@ fn flags_match_as_substrings_like_kube_bench() {
 
 #[test]
 fn test_items_from_kube_bench_cases() {
-    assert!(cmd(&item("--allow-privileged", true, "eq", "false"), "2:45 kube-apiserver --allow-privileged=false --option1=20,30,40"));
-    assert!(cmd(&item("--insecure-port", true, "eq", "0"), "./kube-apiserver --insecure-port=0 --anonymous-auth"));
-    assert!(cmd(&item("--audit-log-maxage", true, "gte", "30"), "kube-apiserver --secure-port=0 --audit-log-maxage=40 --option"));
-    assert!(cmd(&item("--admission-control", true, "has", "RBAC"), "kube-apiserver --option --admission-control=WebHook,RBAC"));
-    assert!(cmd(&item("--admission-control", true, "nothave", "AlwaysAdmit"), "kube-apiserver --admission-control=WebHook,RBAC"));
-    assert!(cmd(&item("--kubelet-client-key", false, "", ""), "--kubelet-clientkey=foo --kubelet-client-certificate=bar"));
-    assert!(cmd(&item("permissions", true, "bitmask", "644"), "permissions=644"));
-    assert!(!cmd(&item("permissions", true, "bitmask", "600"), "permissions=644"));
-    assert!(cmd(&item("--peer-client-cert-auth", true, "eq", "true"), "--abc=true --peer-client-cert-auth --efg=false"));
-    assert!(!cmd(&item("--peer-client-cert-auth", true, "eq", "true"), "--abc --peer-client-cert-auth=false --efg"));
+    assert!(cmd(
+        &item("--allow-privileged", true, "eq", "false"),
+        "2:45 kube-apiserver --allow-privileged=false --option1=20,30,40"
+    ));
+    assert!(cmd(
+        &item("--insecure-port", true, "eq", "0"),
+        "./kube-apiserver --insecure-port=0 --anonymous-auth"
+    ));
+    assert!(cmd(
+        &item("--audit-log-maxage", true, "gte", "30"),
+        "kube-apiserver --secure-port=0 --audit-log-maxage=40 --option"
+    ));
+    assert!(cmd(
+        &item("--admission-control", true, "has", "RBAC"),
+        "kube-apiserver --option --admission-control=WebHook,RBAC"
+    ));
+    assert!(cmd(
+        &item("--admission-control", true, "nothave", "AlwaysAdmit"),
+        "kube-apiserver --admission-control=WebHook,RBAC"
+    ));
+    assert!(cmd(
+        &item("--kubelet-client-key", false, "", ""),
+        "--kubelet-clientkey=foo --kubelet-client-certificate=bar"
+    ));
+    assert!(cmd(
+        &item("permissions", true, "bitmask", "644"),
+        "permissions=644"
+    ));
+    assert!(!cmd(
+        &item("permissions", true, "bitmask", "600"),
+        "permissions=644"
+    ));
+    assert!(cmd(
+        &item("--peer-client-cert-auth", true, "eq", "true"),
+        "--abc=true --peer-client-cert-auth --efg=false"
+    ));
+    assert!(!cmd(
+        &item("--peer-client-cert-auth", true, "eq", "true"),
+        "--abc --peer-client-cert-auth=false --efg"
+    ));
 }
 
 fn path_item(path: &str, op: &str, value: &str) -> TestItem {
@@ -134,18 +193,42 @@ fn path_item(path: &str, op: &str, value: &str) -> TestItem {
 #[test]
 fn config_paths_read_json_and_yaml() {
     let cfg = |t: &TestItem, s: &str| execute_item(t, Source::Config, s, false);
-    assert!(cfg(&path_item("{.readOnlyPort}", "eq", "15000"), "{\"readOnlyPort\": 15000}").pass);
-    assert!(cfg(&path_item("{.readOnlyPort}", "eq", "15000"), "readOnlyPort: 15000").pass);
-    assert!(cfg(&path_item("{.authentication.anonymous.enabled}", "eq", "false"), "authentication:\n  anonymous:\n    enabled: false").pass);
+    assert!(
+        cfg(
+            &path_item("{.readOnlyPort}", "eq", "15000"),
+            "{\"readOnlyPort\": 15000}"
+        )
+        .pass
+    );
+    assert!(
+        cfg(
+            &path_item("{.readOnlyPort}", "eq", "15000"),
+            "readOnlyPort: 15000"
+        )
+        .pass
+    );
+    assert!(
+        cfg(
+            &path_item("{.authentication.anonymous.enabled}", "eq", "false"),
+            "authentication:\n  anonymous:\n    enabled: false"
+        )
+        .pass
+    );
     assert!(cfg(&path_item("{.trueValue}", "", ""), "{\"trueValue\": true}").pass);
-    let broken = cfg(&path_item("{.enabled}", "eq", "true"), "broken } yaml\nenabled: true");
+    let broken = cfg(
+        &path_item("{.enabled}", "eq", "true"),
+        "broken } yaml\nenabled: true",
+    );
     assert!(!broken.pass && broken.error.is_some());
     assert!(!cfg(&path_item("{.missing}", "", ""), "{\"key\": \"value\"}").pass);
 }
 
 #[test]
 fn env_values_are_the_rest_of_the_line() {
-    assert_eq!(env_value("ETCD_AUTO_TLS", "A=1\nETCD_AUTO_TLS=false\n").as_deref(), Some("false"));
+    assert_eq!(
+        env_value("ETCD_AUTO_TLS", "A=1\nETCD_AUTO_TLS=false\n").as_deref(),
+        Some("false")
+    );
     assert_eq!(env_value("ETCD_AUTO_TLS", "ETCD_AUTO_TLS=\n"), None);
     assert_eq!(env_value("ETCD_AUTO_TLS", ""), None);
 }
@@ -153,12 +236,33 @@ fn env_values_are_the_rest_of_the_line() {
 #[test]
 fn multiple_values_require_every_line() {
     let t = item("permissions", true, "bitmask", "600");
-    assert!(execute_item(&t, Source::Command, "permissions=600\npermissions=400\n", true).pass);
-    let r = execute_item(&t, Source::Command, "permissions=600\npermissions=644\npermissions=600", true);
+    assert!(
+        execute_item(
+            &t,
+            Source::Command,
+            "permissions=600\npermissions=400\n",
+            true
+        )
+        .pass
+    );
+    let r = execute_item(
+        &t,
+        Source::Command,
+        "permissions=600\npermissions=644\npermissions=600",
+        true,
+    );
     assert!(!r.pass);
     assert_eq!(r.value, "644");
     // Without use_multiple_values only the first occurrence counts.
-    assert!(execute_item(&t, Source::Command, "permissions=600\npermissions=644", false).pass);
+    assert!(
+        execute_item(
+            &t,
+            Source::Command,
+            "permissions=600\npermissions=644",
+            false
+        )
+        .pass
+    );
 }
 
 #[test]
@@ -177,10 +281,20 @@ fn command_line_flag_overrides_config_then_env_is_tried() {
         env: String::new(),
     };
     // Flag wins even when the config says otherwise.
-    let o = execute(&[t.clone()], BinOp::And, false, &out("kubelet --read-only-port=0", Some("readOnlyPort: 10255")));
+    let o = execute(
+        std::slice::from_ref(&t),
+        BinOp::And,
+        false,
+        &out("kubelet --read-only-port=0", Some("readOnlyPort: 10255")),
+    );
     assert!(o.pass && o.items[0].source == Source::Command);
     // No flag: the config is used.
-    let o = execute(&[t.clone()], BinOp::And, false, &out("kubelet --config=/c", Some("readOnlyPort: 10255")));
+    let o = execute(
+        std::slice::from_ref(&t),
+        BinOp::And,
+        false,
+        &out("kubelet --config=/c", Some("readOnlyPort: 10255")),
+    );
     assert!(!o.pass && o.items[0].source == Source::Config);
     assert_eq!(o.expected, "'{.readOnlyPort}' is equal to '0'");
     // An empty config output is not consulted.
@@ -232,7 +346,10 @@ fn bin_op_and_or_combine_and_join_words() {
 
 #[test]
 fn file_not_found_is_a_flag_like_any_other() {
-    let items = [item("root:root", true, "", ""), item("File not found", true, "", "")];
+    let items = [
+        item("root:root", true, "", ""),
+        item("File not found", true, "", ""),
+    ];
     let out = |s: &str| AuditOutputs {
         command: s.into(),
         ..AuditOutputs::default()

@@ -226,15 +226,31 @@ mod tests {
     #[test]
     fn expand_resolves_braced_and_whole_word_variables() {
         let env = BTreeMap::from([
-            ("CREDENTIALS_DIRECTORY".to_string(), "/run/credentials/etcd.service".to_string()),
+            (
+                "CREDENTIALS_DIRECTORY".to_string(),
+                "/run/credentials/etcd.service".to_string(),
+            ),
             ("ARGS".to_string(), "--a=1 --b=2".to_string()),
         ]);
-        let argv: Vec<String> = ["etcd", "--key=${CREDENTIALS_DIRECTORY}/k", "$ARGS", "${NOPE}x", "$$y"]
-            .map(String::from)
-            .to_vec();
+        let argv: Vec<String> = [
+            "etcd",
+            "--key=${CREDENTIALS_DIRECTORY}/k",
+            "$ARGS",
+            "${NOPE}x",
+            "$$y",
+        ]
+        .map(String::from)
+        .to_vec();
         assert_eq!(
             expand(&argv, &env),
-            vec!["etcd", "--key=/run/credentials/etcd.service/k", "--a=1", "--b=2", "x", "$y"]
+            vec![
+                "etcd",
+                "--key=/run/credentials/etcd.service/k",
+                "--a=1",
+                "--b=2",
+                "x",
+                "$y"
+            ]
         );
     }
 
