@@ -238,3 +238,67 @@ fn process_of(bundle: &HostBundle, service: Service) -> Option<Process> {
         environ: map.iter().map(|(k, v)| format!("{k}={v}\n")).collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::{Contents, File};
+
+    fn file(path: &str, mode: u32, text: &str) -> File {
+        File {
+            path: path.into(),
+            mode,
+            owner: "root".into(),
+            group: "root".into(),
+            contents: Contents::Plain(text.as_bytes().to_vec()),
+            services: vec![],
+        }
+    }
+
+    #[test]
+    fn processes_come_from_units_and_find_walks_implied_dirs() {
+        let hb = HostBundle {
+            files: vec![
+                file("/etc/kubernetes/pki/ca.crt", 0o644, ""),
+                file("/etc/kubernetes/pki/etcd/ca.key", 0o600, ""),
+                file(
+                    "/etc/systemd/system/kubelet.service",
+                    0o600,
+                    "[Service]\nExecStart=/usr/bin/kubelet \\\n  --config=/c\n",
+                ),
+            ],
+            dirs: vec![],
+            services: vec![Service::Kubelet],
+        };
+        let roles = BTreeMap::new();
+        let view = HostView::new(&hb, &roles);
+        assert_eq!(
+            view.ps_c("kubelet")[0].cmdline,
+            "/usr/bin/kubelet --config=/c"
+        );
+        let found: Vec<String> = view
+            .find("/etc/kubernetes/pki/")
+            .into_iter()
+            .map(|s| s.path)
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "/etc/kubernetes/pki",
+                "/etc/kubernetes/pki/ca.crt",
+                "/etc/kubernetes/pki/etcd",
+                "/etc/kubernetes/pki/etcd/ca.key"
+            ]
+        );
+        let st = view.stat("/etc/kubernetes/pki/ca.crt").unwrap();
+        assert_eq!(
+            format_stat("permissions=%a %U:%G %n", &st),
+            "permissions=644 root:root /etc/kubernetes/pki/ca.crt"
+        );
+        assert_eq!(
+            view.role_path("kubeletsvc").as_deref(),
+            Some("/etc/systemd/system/kubelet.service")
+        );
+        assert_eq!(view.role_path("nope"), None);
+    }
+}
