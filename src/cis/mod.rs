@@ -1,2 +1,154 @@
-//! CIS Kubernetes Benchmark self-check: evaluates a rendered bundle against
-//! kube-bench's check definitions.
+//! CIS Kubernetes Benchmark self-check: evaluates a rendered bundle against kube-bench's
+//! own check definitions, as kube-bench would see each host once the bundle is installed.
+//!
+//! [`Benchmark`] is kube-bench's checks digest; [`evaluate`] emulates each check's audit
+//! on each host ([`host`], [`audit`]) and applies kube-bench's test semantics
+//! ([`semantics`]) to the emulated output. Pure: no disk, no network. See docs/cis.md.
+
+mod audit;
+mod benchmark;
+pub mod host;
+mod jsonpath;
+mod report;
+pub mod semantics;
+mod unit;
+
+pub use benchmark::{
+    Benchmark, BenchmarkError, BinOp, Check, Emulation, OneOrMany, Role, Target, TestItem,
+};
+pub use report::{CheckResult, HostReport, KubeBenchState, Report, Status, Summary};
+
+use crate::render::{Bundle, HostBundle, Service};
+use audit::Audited;
+use host::HostView;
+use semantics::Source;
+
+/// Evaluates every applicable check on every host of `bundle`.
+pub fn evaluate(benchmark: &Benchmark, bundle: &Bundle) -> Report {
+    let hosts = bundle
+        .hosts
+        .iter()
+        .map(|(name, hb)| evaluate_host(benchmark, name, hb))
+        .collect();
+    Report::new(benchmark.benchmark.clone(), hosts)
+}
+
+/// The benchmark targets a host is checked as, from the services it runs: the API server
+/// makes it a control-plane host (`master`, `controlplane`, `policies`), etcd an etcd member,
+/// and every control-plane host or kubelet host is a `node`.
+pub fn targets_of(hb: &HostBundle) -> Vec<Target> {
+    let runs = |s| hb.services.contains(&s);
+    let cp = runs(Service::KubeApiserver);
+    let mut t = Vec::new();
+    if cp {
+        t.push(Target::Master);
+    }
+    if runs(Service::Etcd) {
+        t.push(Target::Etcd);
+    }
+    if cp {
+        t.push(Target::Controlplane);
+    }
+    if cp || runs(Service::Kubelet) {
+        t.push(Target::Node);
+    }
+    if cp {
+        t.push(Target::Policies);
+    }
+    t
+}
+
+fn evaluate_host(benchmark: &Benchmark, name: &str, hb: &HostBundle) -> HostReport {
+    let targets = targets_of(hb);
+    let view = HostView::new(hb, &benchmark.roles);
+    let checks = benchmark
+        .checks
+        .iter()
+        .filter(|c| targets.contains(&c.target))
+        .map(|c| evaluate_check(c, &view))
+        .collect();
+    HostReport::new(name.to_string(), targets, checks)
+}
+
+/// Evaluates one check on one host.
+pub fn evaluate_check(check: &Check, host: &HostView) -> CheckResult {
+    let mut r = CheckResult {
+        id: check.id.clone(),
+        text: check.text.clone(),
+        target: check.target,
+        automated: check.automated,
+        status: Status::NotEvaluable,
+        kube_bench: KubeBenchState::Warn,
+        file: None,
+        observed: None,
+        expected: None,
+        reason: None,
+    };
+    // kube-bench never runs manual or skipped checks (WARN / INFO).
+    if matches!(check.check_type.as_str(), "manual" | "skip") {
+        r.reason = Some("marked manual in the benchmark: review by hand".into());
+        return r;
+    }
+    let fail = |r: &mut CheckResult| {
+        r.status = Status::Fail;
+        r.kube_bench = if check.scored {
+            KubeBenchState::Fail
+        } else {
+            KubeBenchState::Warn
+        };
+    };
+    if check.tests.is_empty() {
+        fail(&mut r);
+        r.reason = Some("the benchmark defines no tests for this check".into());
+        return r;
+    }
+    match audit::run(check, host) {
+        Audited::NotEvaluable(reason) => r.reason = Some(reason),
+        Audited::Failed(reason) => {
+            fail(&mut r);
+            r.reason = Some(reason);
+        }
+        Audited::Ran { outputs, file } => {
+            let outcome = semantics::execute(
+                &check.tests,
+                check.bin_op,
+                check.use_multiple_values,
+                &outputs,
+            );
+            r.file = file;
+            r.expected = Some(outcome.expected.clone());
+            r.observed = Some(observed(check, &outcome));
+            if outcome.pass {
+                r.status = Status::Pass;
+                r.kube_bench = KubeBenchState::Pass;
+            } else {
+                fail(&mut r);
+                r.reason = outcome.items.iter().find_map(|i| i.error.clone());
+            }
+        }
+    }
+    r
+}
+
+/// `name=value` per test item (deduplicated), saying where it came from when not the
+/// command line. Only values are reported, never whole files (they may hold keys).
+fn observed(check: &Check, outcome: &semantics::Outcome) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for (t, o) in check.tests.iter().zip(&outcome.items) {
+        let name = o.name(t);
+        let from = match o.source {
+            Source::Command => "",
+            Source::Config => " (config)",
+            Source::Env => " (env)",
+        };
+        let p = if o.found {
+            format!("{name}={}{from}", o.value)
+        } else {
+            format!("{name} not found")
+        };
+        if !parts.contains(&p) {
+            parts.push(p);
+        }
+    }
+    parts.join("; ")
+}

@@ -1,1 +1,4 @@
+//! rampart integration tests: one binary, one module per capability.
+
+mod cis;
 mod inventory;
