@@ -64,10 +64,30 @@ fn evaluate_host(benchmark: &Benchmark, name: &str, hb: &HostBundle) -> HostRepo
     let checks = benchmark
         .checks
         .iter()
-        .filter(|c| targets.contains(&c.target))
+        .filter(|c| applies(c, &targets, hb))
         .map(|c| evaluate_check(c, &view))
         .collect();
     HostReport::new(name.to_string(), targets, checks)
+}
+
+/// Whether `check` is about this host. kube-bench's master section assumes etcd is
+/// stacked on the control plane: its checks of etcd's own files (1.1.7, 1.1.8, 1.1.11,
+/// 1.1.12) describe wherever etcd runs. So they apply to etcd members, also to
+/// dedicated ones, and not to a control-plane host whose etcd is elsewhere.
+fn applies(check: &Check, targets: &[Target], hb: &HostBundle) -> bool {
+    if is_etcd_file_check(check) {
+        return hb.services.contains(&Service::Etcd);
+    }
+    targets.contains(&check.target)
+}
+
+fn is_etcd_file_check(check: &Check) -> bool {
+    check.target == Target::Master
+        && match &check.audit_emulation {
+            Emulation::Stat { role, .. } => role == "etcdconf" || role == "etcddatadir",
+            Emulation::EtcdDataDir { .. } => true,
+            _ => false,
+        }
 }
 
 /// Evaluates one check on one host.
