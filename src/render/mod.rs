@@ -5,3 +5,6 @@
 mod bundle;
 
 pub use bundle::*;
+
+mod read;
+pub use read::{read_bundle, ReadBundleError};
