@@ -28,8 +28,8 @@ pub fn quoted(s: &str) -> String {
 /// endpoint is this host itself (single node, no load balancer), else 6443.
 pub fn secure_port(inv: &Inventory, host: &Host) -> u16 {
     let ep = &inv.cluster.api_endpoint;
-    let is_local = ep.host == host.name
-        || ep.host.parse::<IpAddr>().is_ok_and(|ip| ip == host.address);
+    let is_local =
+        ep.host == host.name || ep.host.parse::<IpAddr>().is_ok_and(|ip| ip == host.address);
     if is_local {
         ep.port
     } else {

@@ -31,7 +31,10 @@ struct Builder {
 impl Builder {
     fn file(&mut self, path: &str, mode: u32, contents: Contents, services: &[Service]) {
         if let Some(existing) = self.files.get_mut(path) {
-            debug_assert_eq!(existing.contents, contents, "{path} rendered twice, differently");
+            debug_assert_eq!(
+                existing.contents, contents,
+                "{path} rendered twice, differently"
+            );
             existing.services.extend_from_slice(services);
             return;
         }
@@ -66,7 +69,12 @@ impl Builder {
     }
 
     fn cert(&mut self, path: &str, pem: &str, services: &[Service]) {
-        self.file(path, 0o600, Contents::Plain(pem.as_bytes().to_vec()), services);
+        self.file(
+            path,
+            0o600,
+            Contents::Plain(pem.as_bytes().to_vec()),
+            services,
+        );
     }
 
     fn dir(&mut self, path: &str, mode: u32, owner: &str) {
@@ -140,7 +148,10 @@ fn etcd(
     host: &Host,
 ) -> Result<(), RenderError> {
     let n = &host.name;
-    let unit = render(templates::ETCD_UNIT, &EtcdUnit::new(inv, host, &shared.etcd))?;
+    let unit = render(
+        templates::ETCD_UNIT,
+        &EtcdUnit::new(inv, host, &shared.etcd),
+    )?;
     b.config(&unit_path(Etcd), unit, &[Etcd]);
     b.dir(&format!("{PKI}/etcd"), 0o700, "root");
     // The etcd CA's key stays in the state dir: nothing on a host signs etcd certs.
@@ -149,8 +160,16 @@ fn etcd(
         &cert(pki, names::ETCD_CA, n)?.cert_pem,
         &[Etcd, KubeApiserver],
     );
-    b.pair(&format!("{PKI}/etcd/server"), cert(pki, &names::etcd_server(n), n)?, &[Etcd]);
-    b.pair(&format!("{PKI}/etcd/peer"), cert(pki, &names::etcd_peer(n), n)?, &[Etcd]);
+    b.pair(
+        &format!("{PKI}/etcd/server"),
+        cert(pki, &names::etcd_server(n), n)?,
+        &[Etcd],
+    );
+    b.pair(
+        &format!("{PKI}/etcd/peer"),
+        cert(pki, &names::etcd_peer(n), n)?,
+        &[Etcd],
+    );
     // For health checks and etcdctl by the admin; no service reads it.
     b.pair(
         &format!("{PKI}/etcd/healthcheck-client"),
@@ -176,7 +195,11 @@ fn control_plane(
         templates::CONTROLLER_MANAGER_UNIT,
         &ControlPlaneUnit::new(inv, host, "kube-controller-manager"),
     )?;
-    b.config(&unit_path(KubeControllerManager), unit, &[KubeControllerManager]);
+    b.config(
+        &unit_path(KubeControllerManager),
+        unit,
+        &[KubeControllerManager],
+    );
     let unit = render(
         templates::SCHEDULER_UNIT,
         &ControlPlaneUnit::new(inv, host, "kube-scheduler"),
@@ -187,7 +210,11 @@ fn control_plane(
     b.dir(&format!("{PKI}/etcd"), 0o700, "root");
     let ca = cert(pki, names::CA, n)?;
     // ca.key is the controller-manager's CSR signer (kubelet certificate rotation).
-    b.pair(&format!("{PKI}/ca"), ca, &[KubeApiserver, KubeControllerManager, Kubelet]);
+    b.pair(
+        &format!("{PKI}/ca"),
+        ca,
+        &[KubeApiserver, KubeControllerManager, Kubelet],
+    );
     b.cert(
         &format!("{PKI}/front-proxy-ca.crt"),
         &cert(pki, names::FRONT_PROXY_CA, n)?.cert_pem,
@@ -199,7 +226,11 @@ fn control_plane(
         (names::APISERVER_ETCD_CLIENT, "apiserver-etcd-client"),
         (names::FRONT_PROXY_CLIENT, "front-proxy-client"),
     ] {
-        b.pair(&format!("{PKI}/{base}"), cert(pki, name, n)?, &[KubeApiserver]);
+        b.pair(
+            &format!("{PKI}/{base}"),
+            cert(pki, name, n)?,
+            &[KubeApiserver],
+        );
     }
     b.cert(
         &format!("{PKI}/etcd/ca.crt"),
@@ -211,7 +242,11 @@ fn control_plane(
         pki.service_account_key.clone(),
         &[KubeApiserver, KubeControllerManager],
     );
-    b.cert(&format!("{PKI}/sa.pub"), &pki.service_account_pub, &[KubeApiserver]);
+    b.cert(
+        &format!("{PKI}/sa.pub"),
+        &pki.service_account_pub,
+        &[KubeApiserver],
+    );
 
     b.secret(
         "/etc/kubernetes/encryption-config.yaml",
@@ -220,8 +255,14 @@ fn control_plane(
     );
     for (path, text) in [
         ("/etc/kubernetes/audit-policy.yaml", &shared.audit_policy),
-        ("/etc/kubernetes/admission-config.yaml", &shared.admission_config),
-        ("/etc/kubernetes/event-rate-limit.yaml", &shared.event_rate_limit),
+        (
+            "/etc/kubernetes/admission-config.yaml",
+            &shared.admission_config,
+        ),
+        (
+            "/etc/kubernetes/event-rate-limit.yaml",
+            &shared.event_rate_limit,
+        ),
     ] {
         b.config(path, text.clone(), &[KubeApiserver]);
     }
@@ -245,18 +286,23 @@ fn control_plane(
             KubeScheduler,
         ),
     ] {
-        let conf = kubeconfig(cluster, &local, &ca.cert_pem, user, cert(pki, name, n)?)
-            .map_err(|source| RenderError::Yaml {
+        let conf = kubeconfig(cluster, &local, &ca.cert_pem, user, cert(pki, name, n)?).map_err(
+            |source| RenderError::Yaml {
                 host: n.clone(),
                 path,
                 source,
-            })?;
+            },
+        )?;
         b.secret(path, conf, &[service]);
     }
     b.secret("/etc/kubernetes/admin.conf", shared.admin_conf.clone(), &[]);
 
     b.dir("/etc/kubernetes/addons", 0o700, "root");
-    b.config("/etc/kubernetes/addons/rbac.yaml", shared.addon_rbac.clone(), &[]);
+    b.config(
+        "/etc/kubernetes/addons/rbac.yaml",
+        shared.addon_rbac.clone(),
+        &[],
+    );
     if let Some(tenants) = &shared.addon_tenants {
         b.config("/etc/kubernetes/addons/tenants.yaml", tenants.clone(), &[]);
     }
@@ -271,15 +317,25 @@ fn node(
     host: &Host,
 ) -> Result<(), RenderError> {
     let n = &host.name;
-    let unit = render(templates::KUBELET_UNIT, &NodeUnit::new(inv, host, "kubelet"))?;
+    let unit = render(
+        templates::KUBELET_UNIT,
+        &NodeUnit::new(inv, host, "kubelet"),
+    )?;
     b.config(&unit_path(Kubelet), unit, &[Kubelet]);
-    let unit = render(templates::KUBE_PROXY_UNIT, &NodeUnit::new(inv, host, "kube-proxy"))?;
+    let unit = render(
+        templates::KUBE_PROXY_UNIT,
+        &NodeUnit::new(inv, host, "kube-proxy"),
+    )?;
     b.config(&unit_path(KubeProxy), unit, &[KubeProxy]);
 
     b.dir(PKI, 0o700, "root");
     let ca = cert(pki, names::CA, n)?;
     b.cert(&format!("{PKI}/ca.crt"), &ca.cert_pem, &[Kubelet]);
-    b.config("/var/lib/kubelet/config.yaml", shared.kubelet_config.clone(), &[Kubelet]);
+    b.config(
+        "/var/lib/kubelet/config.yaml",
+        shared.kubelet_config.clone(),
+        &[Kubelet],
+    );
     b.file(
         "/etc/sysctl.d/90-rampart-kubelet.conf",
         0o644,
@@ -311,6 +367,10 @@ fn node(
         shared.kube_proxy_config.clone(),
         &[KubeProxy],
     );
-    b.secret("/etc/kubernetes/proxy.conf", shared.proxy_conf.clone(), &[KubeProxy]);
+    b.secret(
+        "/etc/kubernetes/proxy.conf",
+        shared.proxy_conf.clone(),
+        &[KubeProxy],
+    );
     Ok(())
 }

@@ -118,12 +118,21 @@ mod tests {
         let v: serde_yaml::Value = serde_yaml::from_slice(out.expose()).unwrap();
         assert_eq!(v["current-context"], "admin@demo");
         assert_eq!(v["contexts"][0]["context"]["cluster"], "demo");
-        assert_eq!(v["clusters"][0]["cluster"]["server"], "https://10.0.0.1:6443");
+        assert_eq!(
+            v["clusters"][0]["cluster"]["server"],
+            "https://10.0.0.1:6443"
+        );
         assert_eq!(
             v["clusters"][0]["cluster"]["certificate-authority-data"],
             STANDARD.encode("CA")
         );
-        assert_eq!(v["users"][0]["user"]["client-certificate-data"], STANDARD.encode("CERT"));
-        assert_eq!(v["users"][0]["user"]["client-key-data"], STANDARD.encode("KEY"));
+        assert_eq!(
+            v["users"][0]["user"]["client-certificate-data"],
+            STANDARD.encode("CERT")
+        );
+        assert_eq!(
+            v["users"][0]["user"]["client-key-data"],
+            STANDARD.encode("KEY")
+        );
     }
 }

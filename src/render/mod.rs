@@ -27,7 +27,9 @@ use crate::pki::Pki;
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     /// A template shipped in the binary does not parse: a rampart bug.
-    #[error("built-in templates do not parse: {message}; this is a bug in rampart, please report it")]
+    #[error(
+        "built-in templates do not parse: {message}; this is a bug in rampart, please report it"
+    )]
     TemplateParse { message: String },
     #[error("cannot render template {template}: {message}")]
     Template {

@@ -56,7 +56,8 @@ fn tera() -> Result<&'static Tera, RenderError> {
     TERA.get_or_init(|| {
         let mut tera = Tera::default();
         tera.autoescape_on(vec![]);
-        tera.add_raw_templates(SOURCES).map_err(|e| error_chain(&e))?;
+        tera.add_raw_templates(SOURCES)
+            .map_err(|e| error_chain(&e))?;
         Ok(tera)
     })
     .as_ref()

@@ -70,7 +70,10 @@ mod tests {
     #[test]
     fn etcd_drops_tls13_suites() {
         assert_eq!(
-            etcd(&v(&["TLS_CHACHA20_POLY1305_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"])),
+            etcd(&v(&[
+                "TLS_CHACHA20_POLY1305_SHA256",
+                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+            ])),
             "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
         );
     }

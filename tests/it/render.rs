@@ -168,7 +168,10 @@ fn plain_text(bundle: &Bundle, host: &str) -> String {
 
 fn redactions() -> Vec<(&'static str, &'static str)> {
     vec![
-        (r"-----BEGIN [A-Z ]+-----[\s\S]*?-----END [A-Z ]+-----", "[PEM]"),
+        (
+            r"-----BEGIN [A-Z ]+-----[\s\S]*?-----END [A-Z ]+-----",
+            "[PEM]",
+        ),
         (
             r"(certificate-authority-data|client-certificate-data|client-key-data|secret): \S+",
             "$1: [redacted]",
@@ -218,7 +221,11 @@ fn golden_secret_files_redacted() {
 #[test]
 fn workers_hold_no_signing_keys_etcd_material_or_encryption_key() {
     let (inv, bundle) = rendered(HA);
-    for w in inv.hosts.iter().filter(|h| !h.roles.control_plane && !h.roles.etcd) {
+    for w in inv
+        .hosts
+        .iter()
+        .filter(|h| !h.roles.control_plane && !h.roles.etcd)
+    {
         let hb = &bundle.hosts[&w.name];
         for f in &hb.files {
             let p = f.path.as_str();
@@ -241,7 +248,10 @@ fn no_host_gets_the_etcd_or_front_proxy_ca_key() {
         for (host, hb) in &bundle.hosts {
             for f in &hb.files {
                 assert!(
-                    !f.contents.bytes().windows(14).any(|w| w == b"FAKE etcd-ca k")
+                    !f.contents
+                        .bytes()
+                        .windows(14)
+                        .any(|w| w == b"FAKE etcd-ca k")
                         && !f
                             .contents
                             .bytes()
@@ -263,7 +273,11 @@ fn pki_files_are_root_owned_and_keys_are_0600_secrets() {
             for f in &hb.files {
                 let p = &f.path;
                 if p.starts_with("/etc/kubernetes/pki/") {
-                    assert_eq!((f.owner.as_str(), f.group.as_str()), ("root", "root"), "{host}: {p}");
+                    assert_eq!(
+                        (f.owner.as_str(), f.group.as_str()),
+                        ("root", "root"),
+                        "{host}: {p}"
+                    );
                     assert_eq!(f.mode & 0o077, 0, "{host}: {p} readable by others");
                 }
                 if p.ends_with(".key") {
@@ -314,14 +328,19 @@ fn services_in_start_order_and_etcd_data_dir_is_etcd_owned() {
             .iter()
             .find(|d| d.path == "/var/lib/etcd")
             .expect("etcd data dir");
-        assert_eq!((d.mode, d.owner.as_str(), d.group.as_str()), (0o700, "etcd", "etcd"));
+        assert_eq!(
+            (d.mode, d.owner.as_str(), d.group.as_str()),
+            (0o700, "etcd", "etcd")
+        );
     }
 }
 
 #[test]
 fn etcd_unit_uses_credentials_and_lists_every_member() {
     let (_, bundle) = rendered(HA);
-    let unit = bundle.hosts["cp2"].file("/etc/systemd/system/etcd.service").unwrap();
+    let unit = bundle.hosts["cp2"]
+        .file("/etc/systemd/system/etcd.service")
+        .unwrap();
     let text = std::str::from_utf8(unit.contents.bytes()).unwrap();
     assert!(text.contains("LoadCredential=server.key:/etc/kubernetes/pki/etcd/server.key"));
     assert!(text.contains("--key-file=${CREDENTIALS_DIRECTORY}/server.key"));
@@ -332,12 +351,18 @@ fn etcd_unit_uses_credentials_and_lists_every_member() {
     assert!(text.contains("--listen-peer-urls=https://10.0.0.12:2380 \\"));
     // etcd 3.4 refuses unknown flags.
     assert!(!text.contains("--tls-min-version"));
-    let api = bundle.hosts["cp2"].file("/etc/systemd/system/kube-apiserver.service").unwrap();
+    let api = bundle.hosts["cp2"]
+        .file("/etc/systemd/system/kube-apiserver.service")
+        .unwrap();
     let api = std::str::from_utf8(api.contents.bytes()).unwrap();
     assert!(api.contains(
         "--etcd-servers=https://10.0.0.11:2379,https://10.0.0.12:2379,https://10.0.0.13:2379"
     ));
-    for removed in ["--insecure-port", "--kubelet-https", "--insecure-bind-address"] {
+    for removed in [
+        "--insecure-port",
+        "--kubelet-https",
+        "--insecure-bind-address",
+    ] {
         assert!(!api.contains(removed), "{removed}");
     }
 }
@@ -369,13 +394,19 @@ fn render_of_1000_nodes_is_fast_and_complete() {
     assert_eq!(bundle.hosts.len(), 1003);
     let w999 = &bundle.hosts["w999"];
     let unit = std::str::from_utf8(
-        w999.file("/etc/systemd/system/kubelet.service").unwrap().contents.bytes(),
+        w999.file("/etc/systemd/system/kubelet.service")
+            .unwrap()
+            .contents
+            .bytes(),
     )
     .unwrap();
     assert!(unit.contains("--hostname-override=w999"));
     // Debug builds of the crate are several times slower than release; the
     // budget for release is 0.5 s, this guards against accidental quadratic work.
     let budget = if cfg!(debug_assertions) { 2.0 } else { 0.5 };
-    assert!(took.as_secs_f64() < budget, "render of 1,003 hosts took {took:?}");
+    assert!(
+        took.as_secs_f64() < budget,
+        "render of 1,003 hosts took {took:?}"
+    );
     eprintln!("render of 1,003 hosts took {took:?}");
 }

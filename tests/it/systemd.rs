@@ -113,7 +113,11 @@ fn rendered_units_pass_systemd_analyze_verify() {
                     Some((name.to_string(), text))
                 })
                 .collect();
-            assert_eq!(units.len(), hb.services.len(), "{host}: one unit per service");
+            assert_eq!(
+                units.len(),
+                hb.services.len(),
+                "{host}: one unit per service"
+            );
             if let Err(e) = verify(&units) {
                 panic!("{host}: systemd-analyze verify failed:\n{e}");
             }
@@ -137,7 +141,10 @@ fn verify_catches_unknown_keys_and_missing_binaries() {
     let good = String::from_utf8(unit.contents.bytes().to_vec()).unwrap();
     let typo = good.replace("NoNewPrivileges=yes", "NoNewPrivilege=yes");
     assert!(verify(&[("etcd.service".into(), typo)]).is_err());
-    let missing = good.replace("ExecStart=", "ExecStartPre=/usr/bin/does-not-exist\nExecStart=");
+    let missing = good.replace(
+        "ExecStart=",
+        "ExecStartPre=/usr/bin/does-not-exist\nExecStart=",
+    );
     assert!(verify(&[("etcd.service".into(), missing)]).is_err());
     verify(&[("etcd.service".into(), good)]).unwrap();
 }
