@@ -410,3 +410,16 @@ fn render_of_1000_nodes_is_fast_and_complete() {
     );
     eprintln!("render of 1,003 hosts took {took:?}");
 }
+
+#[test]
+fn a_missing_certificate_names_the_host_and_the_cert() {
+    let inv = inventory(HA);
+    let mut pki = fake_pki(&inv);
+    pki.certs.remove(&names::kubelet_serving("w2"));
+    let err = render::render(&inv, &pki).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the PKI has no certificate `kubelet-serving-w2` needed by w2; \
+         the state dir is incomplete or was issued for another inventory"
+    );
+}
