@@ -1,10 +1,63 @@
 //! Rendering: inventory + PKI → per-host [`Bundle`] of hardened configuration files.
 //!
 //! Pure: no network, no clock, no disk (templates are compiled into the binary).
+//!
+//! - `templates`: the embedded tera templates, parsed once per process.
+//! - `context`: the typed context each template is rendered with.
+//! - `shared`: files identical on every host of a role, rendered once per cluster.
+//! - `host`: which files, dirs and services each host gets, by role.
+//! - `kubeconfig`, `encryption`: secret-bearing YAML built with serde.
+//! - `tls`: how each component spells the cipher-suite list.
 
 mod bundle;
+mod context;
+mod encryption;
+mod host;
+pub mod kubeconfig;
+mod shared;
+mod templates;
+mod tls;
 
 pub use bundle::*;
+
+use crate::inventory::Inventory;
+use crate::pki::Pki;
+
+/// Why a bundle could not be rendered. Each names the template, file or certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// A template shipped in the binary does not parse: a rampart bug.
+    #[error(
+        "built-in templates do not parse: {message}; this is a bug in rampart, please report it"
+    )]
+    TemplateParse { message: String },
+    #[error("cannot render template {template}: {message}")]
+    Template {
+        template: &'static str,
+        message: String,
+    },
+    #[error("cannot serialize {path} for {host}")]
+    Yaml {
+        host: String,
+        path: &'static str,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("the PKI has no certificate `{name}` needed by {host}; the state dir is incomplete or was issued for another inventory")]
+    MissingCert { host: String, name: String },
+}
+
+/// Renders every host's bundle. Files that are the same on many hosts are
+/// rendered once and copied, so a 1,000-node inventory stays fast.
+pub fn render(inv: &Inventory, pki: &Pki) -> Result<Bundle, RenderError> {
+    let shared = shared::Shared::new(inv, pki)?;
+    let mut bundle = Bundle::default();
+    for h in &inv.hosts {
+        let hb = host::host_bundle(inv, pki, &shared, h)?;
+        bundle.hosts.insert(h.name.clone(), hb);
+    }
+    Ok(bundle)
+}
 
 mod read;
 pub use read::{read_bundle, ReadBundleError};

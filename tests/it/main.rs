@@ -2,3 +2,5 @@
 
 mod cis;
 mod inventory;
+mod render;
+mod systemd;

@@ -1,0 +1,376 @@
+//! Which files, directories and services each host gets, by role.
+//!
+//! etcd members get etcd; control-plane hosts the apiserver, controller-manager
+//! and scheduler with their keys; every node (control plane and workers) the
+//! kubelet and kube-proxy. Workers never receive CA keys, the service-account
+//! key, the encryption key or any etcd material: nothing in `node` adds them.
+
+use std::collections::BTreeMap;
+
+use crate::inventory::{Host, Inventory};
+use crate::pki::{names, Issued, Pki};
+use crate::secret::Secret;
+
+use super::context::{https_url, secure_port, ApiserverUnit, ControlPlaneUnit, EtcdUnit, NodeUnit};
+use super::kubeconfig::kubeconfig;
+use super::shared::{cert, Shared};
+use super::templates::{self, render};
+use super::{Contents, Dir, File, HostBundle, RenderError, Service};
+
+use Service::*;
+
+const PKI: &str = "/etc/kubernetes/pki";
+
+/// Files and dirs of one host, keyed by path; a path added twice (e.g. `ca.crt`
+/// by two roles) keeps one copy and feeds the union of services.
+struct Builder {
+    files: BTreeMap<String, File>,
+    dirs: BTreeMap<String, Dir>,
+}
+
+impl Builder {
+    fn file(&mut self, path: &str, mode: u32, contents: Contents, services: &[Service]) {
+        if let Some(existing) = self.files.get_mut(path) {
+            debug_assert_eq!(
+                existing.contents, contents,
+                "{path} rendered twice, differently"
+            );
+            existing.services.extend_from_slice(services);
+            return;
+        }
+        self.files.insert(
+            path.to_string(),
+            File {
+                path: path.to_string(),
+                mode,
+                owner: "root".into(),
+                group: "root".into(),
+                contents,
+                services: services.to_vec(),
+            },
+        );
+    }
+
+    /// Unit files, configs and kubeconfigs: root:root 0600 (CIS 1.1.x, 4.1.x).
+    fn config(&mut self, path: &str, text: String, services: &[Service]) {
+        self.file(path, 0o600, Contents::Plain(text.into_bytes()), services);
+    }
+
+    fn secret(&mut self, path: &str, secret: Secret, services: &[Service]) {
+        self.file(path, 0o600, Contents::Secret(secret), services);
+    }
+
+    /// A certificate and (when `key` is set) its key, as `<base>.crt` / `<base>.key`.
+    /// Certificates are 0600 too: nothing but root reads them, and 0600 passes
+    /// both CIS 1.1.20 (certs ≤ 644) and 1.1.21 (keys 600).
+    fn pair(&mut self, base: &str, issued: &Issued, services: &[Service]) {
+        self.cert(&format!("{base}.crt"), &issued.cert_pem, services);
+        self.secret(&format!("{base}.key"), issued.key_pem.clone(), services);
+    }
+
+    fn cert(&mut self, path: &str, pem: &str, services: &[Service]) {
+        self.file(
+            path,
+            0o600,
+            Contents::Plain(pem.as_bytes().to_vec()),
+            services,
+        );
+    }
+
+    fn dir(&mut self, path: &str, mode: u32, owner: &str) {
+        self.dirs.insert(
+            path.to_string(),
+            Dir {
+                path: path.to_string(),
+                mode,
+                owner: owner.into(),
+                group: owner.into(),
+            },
+        );
+    }
+}
+
+pub fn host_bundle(
+    inv: &Inventory,
+    pki: &Pki,
+    shared: &Shared,
+    host: &Host,
+) -> Result<HostBundle, RenderError> {
+    let mut b = Builder {
+        files: BTreeMap::new(),
+        dirs: BTreeMap::new(),
+    };
+    if host.roles.etcd {
+        etcd(&mut b, inv, pki, shared, host)?;
+    }
+    if host.roles.control_plane {
+        control_plane(&mut b, inv, pki, shared, host)?;
+    }
+    if host.roles.runs_kubelet() {
+        node(&mut b, inv, pki, shared, host)?;
+    }
+    let services: Vec<Service> = Service::ALL
+        .into_iter()
+        .filter(|s| match s {
+            Etcd => host.roles.etcd,
+            KubeApiserver | KubeControllerManager | KubeScheduler => host.roles.control_plane,
+            Kubelet | KubeProxy => host.roles.runs_kubelet(),
+        })
+        .collect();
+    let files = b
+        .files
+        .into_values()
+        .map(|mut f| {
+            // A file only restarts services this host runs (ca.crt feeds the
+            // apiserver on a control plane, only the kubelet on a worker).
+            f.services.retain(|s| services.contains(s));
+            f.services.sort();
+            f.services.dedup();
+            f
+        })
+        .collect();
+    Ok(HostBundle {
+        files,
+        dirs: b.dirs.into_values().collect(),
+        services,
+    })
+}
+
+fn unit_path(s: Service) -> String {
+    format!("/etc/systemd/system/{}.service", s.name())
+}
+
+fn etcd(
+    b: &mut Builder,
+    inv: &Inventory,
+    pki: &Pki,
+    shared: &Shared,
+    host: &Host,
+) -> Result<(), RenderError> {
+    let n = &host.name;
+    let unit = render(
+        templates::ETCD_UNIT,
+        &EtcdUnit::new(inv, host, &shared.etcd),
+    )?;
+    b.config(&unit_path(Etcd), unit, &[Etcd]);
+    b.dir(&format!("{PKI}/etcd"), 0o700, "root");
+    // The etcd CA's key stays in the state dir: nothing on a host signs etcd certs.
+    b.cert(
+        &format!("{PKI}/etcd/ca.crt"),
+        &cert(pki, names::ETCD_CA, n)?.cert_pem,
+        &[Etcd, KubeApiserver],
+    );
+    b.pair(
+        &format!("{PKI}/etcd/server"),
+        cert(pki, &names::etcd_server(n), n)?,
+        &[Etcd],
+    );
+    b.pair(
+        &format!("{PKI}/etcd/peer"),
+        cert(pki, &names::etcd_peer(n), n)?,
+        &[Etcd],
+    );
+    // For health checks and etcdctl by the admin; no service reads it.
+    b.pair(
+        &format!("{PKI}/etcd/healthcheck-client"),
+        cert(pki, names::ETCD_HEALTHCHECK_CLIENT, n)?,
+        &[],
+    );
+    b.dir("/var/lib/etcd", 0o700, "etcd");
+    Ok(())
+}
+
+fn control_plane(
+    b: &mut Builder,
+    inv: &Inventory,
+    pki: &Pki,
+    shared: &Shared,
+    host: &Host,
+) -> Result<(), RenderError> {
+    let n = &host.name;
+    let cluster = &inv.cluster.name;
+    let unit = render(templates::APISERVER_UNIT, &ApiserverUnit::new(inv, host))?;
+    b.config(&unit_path(KubeApiserver), unit, &[KubeApiserver]);
+    let unit = render(
+        templates::CONTROLLER_MANAGER_UNIT,
+        &ControlPlaneUnit::new(inv, host, "kube-controller-manager"),
+    )?;
+    b.config(
+        &unit_path(KubeControllerManager),
+        unit,
+        &[KubeControllerManager],
+    );
+    let unit = render(
+        templates::SCHEDULER_UNIT,
+        &ControlPlaneUnit::new(inv, host, "kube-scheduler"),
+    )?;
+    b.config(&unit_path(KubeScheduler), unit, &[KubeScheduler]);
+
+    b.dir(PKI, 0o700, "root");
+    b.dir(&format!("{PKI}/etcd"), 0o700, "root");
+    let ca = cert(pki, names::CA, n)?;
+    // ca.key is the controller-manager's CSR signer (kubelet certificate rotation).
+    b.pair(
+        &format!("{PKI}/ca"),
+        ca,
+        &[KubeApiserver, KubeControllerManager, Kubelet],
+    );
+    b.cert(
+        &format!("{PKI}/front-proxy-ca.crt"),
+        &cert(pki, names::FRONT_PROXY_CA, n)?.cert_pem,
+        &[KubeApiserver, KubeControllerManager],
+    );
+    for (name, base) in [
+        (names::APISERVER, "apiserver"),
+        (names::APISERVER_KUBELET_CLIENT, "apiserver-kubelet-client"),
+        (names::APISERVER_ETCD_CLIENT, "apiserver-etcd-client"),
+        (names::FRONT_PROXY_CLIENT, "front-proxy-client"),
+    ] {
+        b.pair(
+            &format!("{PKI}/{base}"),
+            cert(pki, name, n)?,
+            &[KubeApiserver],
+        );
+    }
+    b.cert(
+        &format!("{PKI}/etcd/ca.crt"),
+        &cert(pki, names::ETCD_CA, n)?.cert_pem,
+        &[KubeApiserver],
+    );
+    b.secret(
+        &format!("{PKI}/sa.key"),
+        pki.service_account_key.clone(),
+        &[KubeApiserver, KubeControllerManager],
+    );
+    b.cert(
+        &format!("{PKI}/sa.pub"),
+        &pki.service_account_pub,
+        &[KubeApiserver],
+    );
+
+    b.secret(
+        "/etc/kubernetes/encryption-config.yaml",
+        shared.encryption_config.clone(),
+        &[KubeApiserver],
+    );
+    for (path, text) in [
+        ("/etc/kubernetes/audit-policy.yaml", &shared.audit_policy),
+        (
+            "/etc/kubernetes/admission-config.yaml",
+            &shared.admission_config,
+        ),
+        (
+            "/etc/kubernetes/event-rate-limit.yaml",
+            &shared.event_rate_limit,
+        ),
+    ] {
+        b.config(path, text.clone(), &[KubeApiserver]);
+    }
+    b.dir("/var/log/kubernetes", 0o700, "root");
+    b.dir("/var/log/kubernetes/audit", 0o700, "root");
+
+    // The controller-manager and scheduler talk to their own apiserver, not the
+    // load balancer: they keep working while the VIP moves.
+    let local = https_url(host.address, secure_port(inv, host));
+    for (path, name, user, service) in [
+        (
+            "/etc/kubernetes/controller-manager.conf",
+            names::CONTROLLER_MANAGER,
+            "system:kube-controller-manager",
+            KubeControllerManager,
+        ),
+        (
+            "/etc/kubernetes/scheduler.conf",
+            names::SCHEDULER,
+            "system:kube-scheduler",
+            KubeScheduler,
+        ),
+    ] {
+        let conf = kubeconfig(cluster, &local, &ca.cert_pem, user, cert(pki, name, n)?).map_err(
+            |source| RenderError::Yaml {
+                host: n.clone(),
+                path,
+                source,
+            },
+        )?;
+        b.secret(path, conf, &[service]);
+    }
+    b.secret("/etc/kubernetes/admin.conf", shared.admin_conf.clone(), &[]);
+
+    b.dir("/etc/kubernetes/addons", 0o700, "root");
+    b.config(
+        "/etc/kubernetes/addons/rbac.yaml",
+        shared.addon_rbac.clone(),
+        &[],
+    );
+    if let Some(tenants) = &shared.addon_tenants {
+        b.config("/etc/kubernetes/addons/tenants.yaml", tenants.clone(), &[]);
+    }
+    Ok(())
+}
+
+fn node(
+    b: &mut Builder,
+    inv: &Inventory,
+    pki: &Pki,
+    shared: &Shared,
+    host: &Host,
+) -> Result<(), RenderError> {
+    let n = &host.name;
+    let unit = render(
+        templates::KUBELET_UNIT,
+        &NodeUnit::new(inv, host, "kubelet"),
+    )?;
+    b.config(&unit_path(Kubelet), unit, &[Kubelet]);
+    let unit = render(
+        templates::KUBE_PROXY_UNIT,
+        &NodeUnit::new(inv, host, "kube-proxy"),
+    )?;
+    b.config(&unit_path(KubeProxy), unit, &[KubeProxy]);
+
+    b.dir(PKI, 0o700, "root");
+    let ca = cert(pki, names::CA, n)?;
+    b.cert(&format!("{PKI}/ca.crt"), &ca.cert_pem, &[Kubelet]);
+    b.config(
+        "/var/lib/kubelet/config.yaml",
+        shared.kubelet_config.clone(),
+        &[Kubelet],
+    );
+    b.file(
+        "/etc/sysctl.d/90-rampart-kubelet.conf",
+        0o644,
+        Contents::Plain(shared.kubelet_sysctl.clone().into_bytes()),
+        &[Kubelet],
+    );
+    let path = "/etc/kubernetes/kubelet.conf";
+    let conf = kubeconfig(
+        &inv.cluster.name,
+        &inv.cluster.server_url(),
+        &ca.cert_pem,
+        &format!("system:node:{n}"),
+        cert(pki, &names::kubelet_client(n), n)?,
+    )
+    .map_err(|source| RenderError::Yaml {
+        host: n.clone(),
+        path,
+        source,
+    })?;
+    b.secret(path, conf, &[Kubelet]);
+    b.dir("/var/lib/kubelet/pki", 0o700, "root");
+    b.pair(
+        "/var/lib/kubelet/pki/kubelet",
+        cert(pki, &names::kubelet_serving(n), n)?,
+        &[Kubelet],
+    );
+    b.config(
+        "/var/lib/kube-proxy/config.conf",
+        shared.kube_proxy_config.clone(),
+        &[KubeProxy],
+    );
+    b.secret(
+        "/etc/kubernetes/proxy.conf",
+        shared.proxy_conf.clone(),
+        &[KubeProxy],
+    );
+    Ok(())
+}

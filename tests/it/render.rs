@@ -1,0 +1,425 @@
+//! Golden and structural tests of `render::render` on a single-node and an HA inventory.
+//!
+//! The PKI is faked with placeholder PEM text (the issuance engineer's real PKI is
+//! not needed to pin what render does with it); snapshots redact PEM blocks and
+//! base64 credential data anyway so they survive real certificates.
+
+use std::path::Path;
+use std::time::Instant;
+
+use rampart::inventory::{self, Inventory};
+use rampart::pki::{names, Issued, Pki};
+use rampart::render::{self, Bundle, Contents, Service};
+use rampart::secret::Secret;
+
+pub const SINGLE_NODE: &str = r#"
+cluster:
+  name: solo
+  kubernetesVersion: "1.34"
+ssh:
+  user: admin
+hosts:
+  - name: node1
+    address: 192.168.56.10
+    roles: [etcd, control-plane, worker]
+tenants:
+  - namespace: team-a
+    network:
+      allowSameNamespace: true
+    members:
+      - user: alice@example.com
+        role: admin
+      - group: team-a-devs
+        role: edit
+"#;
+
+pub const HA: &str = r#"
+cluster:
+  name: prod
+  kubernetesVersion: v1.33.2
+  apiEndpoint: api.prod.example.com:6443
+  serviceCidr: 10.96.0.0/12
+  podCidr: 10.244.0.0/16
+  clusterDomain: cluster.local
+ssh:
+  user: admin
+hosts:
+  - name: cp1
+    address: 10.0.0.11
+    roles: [etcd, control-plane]
+  - name: cp2
+    address: 10.0.0.12
+    roles: [etcd, control-plane]
+  - name: cp3
+    address: 10.0.0.13
+    roles: [etcd, control-plane]
+  - name: w1
+    address: 10.0.1.21
+    roles: [worker]
+  - name: w2
+    address: 10.0.1.22
+    roles: [worker]
+security:
+  encryptionProvider: aescbc
+  auditLog:
+    maxAgeDays: 90
+    maxBackups: 20
+    maxSizeMb: 200
+  tls:
+    minVersion: VersionTLS13
+tenants:
+  - namespace: payments
+    network:
+      allowDns: false
+    members:
+      - group: payments-oncall
+        role: view
+"#;
+
+pub fn inventory(yaml: &str) -> Inventory {
+    inventory::parse(yaml, Path::new("test.yaml"))
+        .expect("test inventory is valid")
+        .inventory
+}
+
+fn issued(name: &str) -> Issued {
+    Issued {
+        cert_pem: format!("-----BEGIN CERTIFICATE-----\nFAKE {name}\n-----END CERTIFICATE-----\n"),
+        key_pem: Secret::from(format!(
+            "-----BEGIN PRIVATE KEY-----\nFAKE {name} key\n-----END PRIVATE KEY-----\n"
+        )),
+    }
+}
+
+/// Every certificate the catalogue would issue for `inv`, as placeholders.
+pub fn fake_pki(inv: &Inventory) -> Pki {
+    let mut all: Vec<String> = [
+        names::CA,
+        names::ETCD_CA,
+        names::FRONT_PROXY_CA,
+        names::APISERVER,
+        names::APISERVER_KUBELET_CLIENT,
+        names::APISERVER_ETCD_CLIENT,
+        names::FRONT_PROXY_CLIENT,
+        names::ETCD_HEALTHCHECK_CLIENT,
+        names::CONTROLLER_MANAGER,
+        names::SCHEDULER,
+        names::KUBE_PROXY,
+        names::ADMIN,
+        names::SUPER_ADMIN,
+    ]
+    .map(String::from)
+    .to_vec();
+    for m in inv.etcd_members() {
+        all.push(names::etcd_server(&m.name));
+        all.push(names::etcd_peer(&m.name));
+    }
+    for n in inv.nodes() {
+        all.push(names::kubelet_client(&n.name));
+        all.push(names::kubelet_serving(&n.name));
+    }
+    Pki {
+        certs: all.iter().map(|n| (n.clone(), issued(n))).collect(),
+        service_account_key: Secret::from(
+            "-----BEGIN PRIVATE KEY-----\nFAKE sa\n-----END PRIVATE KEY-----\n".to_string(),
+        ),
+        service_account_pub: "-----BEGIN PUBLIC KEY-----\nFAKE sa\n-----END PUBLIC KEY-----\n"
+            .into(),
+        encryption_key: Secret::new(vec![0x42; 32]),
+    }
+}
+
+pub fn rendered(yaml: &str) -> (Inventory, Bundle) {
+    let inv = inventory(yaml);
+    let bundle = render::render(&inv, &fake_pki(&inv)).expect("render");
+    (inv, bundle)
+}
+
+fn is_pem(f: &render::File) -> bool {
+    f.contents.bytes().starts_with(b"-----BEGIN")
+}
+
+/// The manifest with hashes of secret and PKI-derived files redacted.
+fn manifest_json(bundle: &Bundle, host: &str) -> serde_json::Value {
+    let hb = &bundle.hosts[host];
+    let mut m = serde_json::to_value(hb.manifest(host)).unwrap();
+    for (entry, f) in m["files"].as_array_mut().unwrap().iter_mut().zip(&hb.files) {
+        if f.contents.is_secret() || is_pem(f) {
+            entry["sha256"] = "[redacted]".into();
+        }
+    }
+    m
+}
+
+/// Every plain, non-PEM file of a host, one after another.
+fn plain_text(bundle: &Bundle, host: &str) -> String {
+    let mut out = String::new();
+    for f in &bundle.hosts[host].files {
+        if let Contents::Plain(bytes) = &f.contents {
+            if !is_pem(f) {
+                out.push_str(&format!("=== {} ===\n", f.path));
+                out.push_str(std::str::from_utf8(bytes).unwrap());
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+fn redactions() -> Vec<(&'static str, &'static str)> {
+    vec![
+        (
+            r"-----BEGIN [A-Z ]+-----[\s\S]*?-----END [A-Z ]+-----",
+            "[PEM]",
+        ),
+        (
+            r"(certificate-authority-data|client-certificate-data|client-key-data|secret): \S+",
+            "$1: [redacted]",
+        ),
+    ]
+}
+
+fn snapshot_cluster(yaml: &str, label: &str) {
+    let (_, bundle) = rendered(yaml);
+    for host in bundle.hosts.keys() {
+        insta::with_settings!({filters => redactions()}, {
+            insta::assert_json_snapshot!(format!("{label}-{host}-manifest"), manifest_json(&bundle, host));
+            insta::assert_snapshot!(format!("{label}-{host}-files"), plain_text(&bundle, host));
+        });
+    }
+}
+
+#[test]
+fn golden_single_node() {
+    snapshot_cluster(SINGLE_NODE, "single");
+}
+
+#[test]
+fn golden_ha() {
+    snapshot_cluster(HA, "ha");
+}
+
+/// The secret files' structure, with the credentials themselves redacted.
+#[test]
+fn golden_secret_files_redacted() {
+    let (_, bundle) = rendered(HA);
+    let cp1 = &bundle.hosts["cp1"];
+    for path in [
+        "/etc/kubernetes/encryption-config.yaml",
+        "/etc/kubernetes/admin.conf",
+        "/etc/kubernetes/controller-manager.conf",
+        "/etc/kubernetes/kubelet.conf",
+    ] {
+        let f = cp1.file(path).unwrap();
+        let text = std::str::from_utf8(f.contents.bytes()).unwrap();
+        insta::with_settings!({filters => redactions(), snapshot_suffix => path.rsplit('/').next().unwrap()}, {
+            insta::assert_snapshot!("ha-cp1-secret", text);
+        });
+    }
+}
+
+#[test]
+fn workers_hold_no_signing_keys_etcd_material_or_encryption_key() {
+    let (inv, bundle) = rendered(HA);
+    for w in inv
+        .hosts
+        .iter()
+        .filter(|h| !h.roles.control_plane && !h.roles.etcd)
+    {
+        let hb = &bundle.hosts[&w.name];
+        for f in &hb.files {
+            let p = f.path.as_str();
+            assert!(!p.ends_with("ca.key"), "{}: {p}", w.name);
+            assert!(!p.ends_with("sa.key"), "{}: {p}", w.name);
+            assert!(!p.contains("/etcd"), "{}: {p}", w.name);
+            assert!(!p.contains("encryption"), "{}: {p}", w.name);
+            assert!(!p.contains("front-proxy"), "{}: {p}", w.name);
+            assert!(!p.contains("admin.conf"), "{}: {p}", w.name);
+        }
+        assert!(hb.dirs.iter().all(|d| !d.path.contains("etcd")));
+        assert_eq!(hb.services, [Service::Kubelet, Service::KubeProxy]);
+    }
+}
+
+#[test]
+fn no_host_gets_the_etcd_or_front_proxy_ca_key() {
+    for yaml in [SINGLE_NODE, HA] {
+        let (_, bundle) = rendered(yaml);
+        for (host, hb) in &bundle.hosts {
+            for f in &hb.files {
+                assert!(
+                    !f.contents
+                        .bytes()
+                        .windows(14)
+                        .any(|w| w == b"FAKE etcd-ca k")
+                        && !f
+                            .contents
+                            .bytes()
+                            .windows(20)
+                            .any(|w| w == b"FAKE front-proxy-ca "),
+                    "{host}: {} holds a CA key that must stay in the state dir",
+                    f.path
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn pki_files_are_root_owned_and_keys_are_0600_secrets() {
+    for yaml in [SINGLE_NODE, HA] {
+        let (_, bundle) = rendered(yaml);
+        for (host, hb) in &bundle.hosts {
+            for f in &hb.files {
+                let p = &f.path;
+                if p.starts_with("/etc/kubernetes/pki/") {
+                    assert_eq!(
+                        (f.owner.as_str(), f.group.as_str()),
+                        ("root", "root"),
+                        "{host}: {p}"
+                    );
+                    assert_eq!(f.mode & 0o077, 0, "{host}: {p} readable by others");
+                }
+                if p.ends_with(".key") {
+                    assert_eq!(f.mode, 0o600, "{host}: {p}");
+                    assert!(f.contents.is_secret(), "{host}: {p} is not a Secret");
+                }
+                if p.ends_with(".conf") && p.starts_with("/etc/kubernetes/")
+                    || p.contains("encryption-config")
+                {
+                    assert!(f.contents.is_secret(), "{host}: {p} is not a Secret");
+                    assert_eq!(f.mode, 0o600, "{host}: {p}");
+                }
+                if p.starts_with("/etc/systemd/system/") || p.starts_with("/var/lib/") {
+                    assert_eq!(f.mode, 0o600, "{host}: {p}");
+                    assert_eq!(f.owner, "root", "{host}: {p}");
+                }
+                // Restarts only ever name services this host runs.
+                assert!(
+                    f.services.iter().all(|s| hb.services.contains(s)),
+                    "{host}: {p} feeds {:?}",
+                    f.services
+                );
+            }
+            // Every path is unique and files are sorted.
+            assert!(hb.files.windows(2).all(|w| w[0].path < w[1].path), "{host}");
+        }
+    }
+}
+
+#[test]
+fn services_in_start_order_and_etcd_data_dir_is_etcd_owned() {
+    let (inv, bundle) = rendered(HA);
+    let cp1 = &bundle.hosts["cp1"];
+    assert_eq!(
+        cp1.services,
+        [
+            Service::Etcd,
+            Service::KubeApiserver,
+            Service::KubeControllerManager,
+            Service::KubeScheduler,
+            Service::Kubelet,
+            Service::KubeProxy
+        ]
+    );
+    for m in inv.etcd_members() {
+        let d = bundle.hosts[&m.name]
+            .dirs
+            .iter()
+            .find(|d| d.path == "/var/lib/etcd")
+            .expect("etcd data dir");
+        assert_eq!(
+            (d.mode, d.owner.as_str(), d.group.as_str()),
+            (0o700, "etcd", "etcd")
+        );
+    }
+}
+
+#[test]
+fn etcd_unit_uses_credentials_and_lists_every_member() {
+    let (_, bundle) = rendered(HA);
+    let unit = bundle.hosts["cp2"]
+        .file("/etc/systemd/system/etcd.service")
+        .unwrap();
+    let text = std::str::from_utf8(unit.contents.bytes()).unwrap();
+    assert!(text.contains("LoadCredential=server.key:/etc/kubernetes/pki/etcd/server.key"));
+    assert!(text.contains("--key-file=${CREDENTIALS_DIRECTORY}/server.key"));
+    assert!(text.contains(
+        "--initial-cluster=cp1=https://10.0.0.11:2380,cp2=https://10.0.0.12:2380,cp3=https://10.0.0.13:2380"
+    ));
+    assert!(text.contains("--listen-client-urls=https://10.0.0.12:2379,https://127.0.0.1:2379"));
+    assert!(text.contains("--listen-peer-urls=https://10.0.0.12:2380 \\"));
+    // etcd 3.4 refuses unknown flags.
+    assert!(!text.contains("--tls-min-version"));
+    let api = bundle.hosts["cp2"]
+        .file("/etc/systemd/system/kube-apiserver.service")
+        .unwrap();
+    let api = std::str::from_utf8(api.contents.bytes()).unwrap();
+    assert!(api.contains(
+        "--etcd-servers=https://10.0.0.11:2379,https://10.0.0.12:2379,https://10.0.0.13:2379"
+    ));
+    for removed in [
+        "--insecure-port",
+        "--kubelet-https",
+        "--insecure-bind-address",
+    ] {
+        assert!(!api.contains(removed), "{removed}");
+    }
+}
+
+#[test]
+fn render_of_1000_nodes_is_fast_and_complete() {
+    let mut yaml = String::from(
+        "cluster:\n  name: big\n  kubernetesVersion: \"1.34\"\n  apiEndpoint: 10.0.0.1:6443\n  serviceCidr: 10.96.0.0/12\n  podCidr: 10.128.0.0/10\nssh:\n  user: admin\nhosts:\n",
+    );
+    for i in 0..3 {
+        yaml.push_str(&format!(
+            "  - name: cp{i}\n    address: 10.1.0.{}\n    roles: [etcd, control-plane]\n",
+            i + 10
+        ));
+    }
+    for i in 0..1000 {
+        yaml.push_str(&format!(
+            "  - name: w{i}\n    address: 10.2.{}.{}\n    roles: [worker]\n",
+            i / 200,
+            i % 200 + 10
+        ));
+    }
+    let inv = inventory(&yaml);
+    let pki = fake_pki(&inv);
+    render::render(&inv, &pki).unwrap(); // warm the template cache
+    let start = Instant::now();
+    let bundle = render::render(&inv, &pki).unwrap();
+    let took = start.elapsed();
+    assert_eq!(bundle.hosts.len(), 1003);
+    let w999 = &bundle.hosts["w999"];
+    let unit = std::str::from_utf8(
+        w999.file("/etc/systemd/system/kubelet.service")
+            .unwrap()
+            .contents
+            .bytes(),
+    )
+    .unwrap();
+    assert!(unit.contains("--hostname-override=w999"));
+    // Debug builds of the crate are several times slower than release; the
+    // budget for release is 0.5 s, this guards against accidental quadratic work.
+    let budget = if cfg!(debug_assertions) { 2.0 } else { 0.5 };
+    assert!(
+        took.as_secs_f64() < budget,
+        "render of 1,003 hosts took {took:?}"
+    );
+    eprintln!("render of 1,003 hosts took {took:?}");
+}
+
+#[test]
+fn a_missing_certificate_names_the_host_and_the_cert() {
+    let inv = inventory(HA);
+    let mut pki = fake_pki(&inv);
+    pki.certs.remove(&names::kubelet_serving("w2"));
+    let err = render::render(&inv, &pki).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the PKI has no certificate `kubelet-serving-w2` needed by w2; \
+         the state dir is incomplete or was issued for another inventory"
+    );
+}
