@@ -84,7 +84,9 @@ fn applies(check: &Check, targets: &[Target], hb: &HostBundle) -> bool {
 fn is_etcd_file_check(check: &Check) -> bool {
     check.target == Target::Master
         && match &check.audit_emulation {
-            Emulation::Stat { role, .. } => role == "etcdconf" || role == "etcddatadir",
+            Emulation::Stat { role, .. } | Emulation::FindStat { role, .. } => {
+                role == "etcdconf" || role == "etcddatadir"
+            }
             Emulation::EtcdDataDir { .. } => true,
             _ => false,
         }

@@ -102,5 +102,7 @@ fn state_dir(flag: Option<&PathBuf>, cluster: &str) -> Result<PathBuf> {
         return Ok(d.clone());
     }
     let home = std::env::var_os("HOME").context("HOME is not set; pass --state-dir")?;
-    Ok(PathBuf::from(home).join(".local/share/rampart").join(cluster))
+    Ok(PathBuf::from(home)
+        .join(".local/share/rampart")
+        .join(cluster))
 }

@@ -13,7 +13,9 @@ use sha2::{Digest, Sha256};
 use crate::secret::Secret;
 
 /// A systemd service a file feeds: when the file changes, the service restarts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Service {
     Etcd,

@@ -71,10 +71,11 @@ pub fn read_bundle(dir: &Path) -> Result<Bundle, ReadBundleError> {
     for host_dir in entries {
         let mpath = host_dir.join("manifest.json");
         let text = std::fs::read(&mpath).map_err(io(&mpath))?;
-        let m: RawManifest = serde_json::from_slice(&text).map_err(|source| ReadBundleError::Manifest {
-            path: mpath.clone(),
-            source,
-        })?;
+        let m: RawManifest =
+            serde_json::from_slice(&text).map_err(|source| ReadBundleError::Manifest {
+                path: mpath.clone(),
+                source,
+            })?;
         let mode = |s: &str| {
             u32::from_str_radix(s, 8).map_err(|_| ReadBundleError::Mode {
                 path: mpath.clone(),

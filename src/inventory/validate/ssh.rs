@@ -141,10 +141,12 @@ pub(super) fn check_public_key(line: &str) -> Result<(), String> {
         .and_then(|n| bytes.get(4..4 + n));
     match embedded {
         Some(name) if name == algo.as_bytes() => {}
-        Some(name) => return Err(format!(
+        Some(name) => {
+            return Err(format!(
             "the key data is a `{}` key but the line says `{algo}`: copy the whole line unchanged",
             String::from_utf8_lossy(name)
-        )),
+        ))
+        }
         None => {
             return Err(format!(
                 "the {algo} key data is truncated: copy the whole line"
