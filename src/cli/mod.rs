@@ -46,6 +46,11 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check(a) => check(&a),
+        Command::Cis(args::CisCommand::Check {
+            bundle,
+            benchmark,
+            output,
+        }) => cis_check(&bundle, &benchmark, output),
         _ => anyhow::bail!("not yet wired"),
     }
 }
@@ -105,4 +110,24 @@ fn state_dir(flag: Option<&PathBuf>, cluster: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(home)
         .join(".local/share/rampart")
         .join(cluster))
+}
+
+/// Evaluates a written bundle; exit code 4 when an automated check fails.
+fn cis_check(bundle: &Path, benchmark: &Path, output: Output) -> Result<ExitCode> {
+    let benchmark = rampart::cis::Benchmark::load(benchmark)?;
+    let bundle = rampart::render::read_bundle(bundle)?;
+    let report = rampart::cis::evaluate(&benchmark, &bundle);
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Table => print!("{}", report.to_table()),
+    }
+    let failed = report.summary.automated_fail;
+    if failed > 0 {
+        return Err(Exit {
+            code: code::CIS_FAILED,
+            message: format!("{failed} automated CIS check(s) failed"),
+        }
+        .into());
+    }
+    Ok(ExitCode::SUCCESS)
 }
