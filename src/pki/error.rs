@@ -53,13 +53,13 @@ pub enum PkiError {
     Seal {
         path: PathBuf,
         #[source]
-        source: age::EncryptError,
+        source: Box<age::EncryptError>,
     },
     #[error("cannot unseal {}; is this the right identity or passphrase?", path.display())]
     Unseal {
         path: PathBuf,
         #[source]
-        source: age::DecryptError,
+        source: Box<age::DecryptError>,
     },
     #[error("{}: the state key is sealed to {sealed_to}, but {given} was given; unlock with {sealed_to}", path.display())]
     WrongUnlock {

@@ -17,9 +17,9 @@ use crate::secret::Secret;
 use super::catalogue::{catalogue, CertSpec};
 use super::inspect::CertFacts;
 use super::issue::{self, Policy, Signer};
-use super::kubeconfig::kubeconfig;
+use super::material::{encryption_key, service_account, super_admin_conf};
 use super::store::{Pending, StateDir, StateKey, Unlock};
-use super::{names, par_map, Issued, Pki, PkiError};
+use super::{par_map, Issued, Pki, PkiError};
 
 /// What `init` did with one item of the catalogue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -326,7 +326,7 @@ fn half_missing(dir: &StateDir, name: &str, have_cert: bool) -> PkiError {
 }
 
 /// The cert (public) and the sealed key of one issued item.
-fn files_for(
+pub(super) fn files_for(
     dir: &StateDir,
     key: &StateKey,
     name: &str,
@@ -343,93 +343,4 @@ fn files_for(
             bytes: issued.cert_pem.clone().into_bytes(),
         },
     ])
-}
-
-/// Reuses the service-account key pair; rotating it would invalidate every token.
-fn service_account(
-    dir: &StateDir,
-    key: &StateKey,
-    policy: &Policy,
-    pending: &mut Vec<Pending>,
-) -> Result<(Secret, String, Action), PkiError> {
-    let (kp, pubp) = (dir.sa_key_path(), dir.sa_pub_path());
-    match (dir.read_sealed(&kp, key)?, dir.read_public(&pubp)?) {
-        (Some(private), Some(public)) => {
-            let public = String::from_utf8_lossy(&public).into_owned();
-            let matches = KeyPair::from_pem(private.expose_str())
-                .is_ok_and(|k| k.public_key_pem().trim() == public.trim());
-            if !matches {
-                return Err(PkiError::Corrupt {
-                    path: pubp,
-                    reason: "sa.pub is not the public half of sa.key".into(),
-                });
-            }
-            Ok((private, public, Action::Reused))
-        }
-        (None, None) => {
-            let (private, public) = issue::service_account_key(policy.key_algorithm)?;
-            pending.push(Pending {
-                bytes: key.seal(private.expose(), &kp)?,
-                path: kp,
-            });
-            pending.push(Pending {
-                path: pubp,
-                bytes: public.clone().into_bytes(),
-            });
-            Ok((private, public, Action::Issued))
-        }
-        (private, _) => Err(PkiError::Corrupt {
-            path: if private.is_some() { pubp } else { kp },
-            reason: "the service-account key pair is half there; restore it from a backup".into(),
-        }),
-    }
-}
-
-/// Reuses the encryption-at-rest key: losing it would make every stored Secret unreadable.
-fn encryption_key(
-    dir: &StateDir,
-    key: &StateKey,
-    pending: &mut Vec<Pending>,
-) -> Result<(Secret, Action), PkiError> {
-    let path = dir.encryption_key_path();
-    match dir.read_sealed(&path, key)? {
-        Some(k) if k.expose().len() == 32 => Ok((k, Action::Reused)),
-        Some(k) => Err(PkiError::Corrupt {
-            path,
-            reason: format!("{} bytes, expected 32", k.expose().len()),
-        }),
-        None => {
-            let k = issue::encryption_key();
-            pending.push(Pending {
-                bytes: key.seal(k.expose(), &path)?,
-                path,
-            });
-            Ok((k, Action::Issued))
-        }
-    }
-}
-
-/// super-admin.conf lives only in the state dir; rewritten when its content changes.
-fn super_admin_conf(
-    inv: &Inventory,
-    dir: &StateDir,
-    key: &StateKey,
-    pki: &Pki,
-    pending: &mut Vec<Pending>,
-) -> Result<(), PkiError> {
-    let conf = kubeconfig(
-        &inv.cluster.name,
-        &inv.cluster.server_url(),
-        &pki.get(names::CA).cert_pem,
-        "kubernetes-super-admin",
-        pki.get(names::SUPER_ADMIN),
-    );
-    let path = dir.super_admin_conf_path();
-    if dir.read_sealed(&path, key)?.as_ref() != Some(&conf) {
-        pending.push(Pending {
-            bytes: key.seal(conf.expose(), &path)?,
-            path,
-        });
-    }
-    Ok(())
 }

@@ -5,7 +5,8 @@
 //! - `issue`: key generation and signing.
 //! - `inspect`: reading certificates back (x509-parser), chain and spec checks.
 //! - `store`: the state dir on disk (age-sealed keys, 0600/0700).
-//! - `init`: the idempotent `init` and the strict `load`.
+//! - `init`: the idempotent `init` and the strict `load`; `material`: the
+//!   service-account key, encryption key and super-admin.conf beside the certs.
 //! - `list`: the unlock-free listing; `user`: tenant user kubeconfigs.
 //! - `kubeconfig`: kubeconfig files with embedded credentials.
 
@@ -16,6 +17,7 @@ pub mod inspect;
 pub mod issue;
 pub mod kubeconfig;
 mod list;
+mod material;
 pub mod names;
 pub mod store;
 mod user;

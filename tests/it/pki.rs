@@ -8,7 +8,7 @@ use std::process::Command;
 
 use age::secrecy::{ExposeSecret, SecretString};
 use rampart::inventory::{parse, Inventory};
-use rampart::pki::{self, Action, PkiError, StateDir, Status, Unlock, Usage};
+use rampart::pki::{self, Action, PkiError, StateDir, Status, Unlock};
 use time::OffsetDateTime;
 
 const HA: &str = r#"
@@ -239,11 +239,11 @@ fn a_replaced_ca_is_a_hard_error_not_a_silent_regeneration() {
 }
 
 #[test]
-fn a_ca_cert_without_its_key_is_refused() {
+fn a_ca_with_a_foreign_or_missing_key_is_refused() {
     let f = fixture();
     let inv = inventory(HA);
     pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
-    let (ca_pem, _) = (fs::read_to_string(f.dir.cert_path("ca")).unwrap(), ());
+    let ca_pem = fs::read_to_string(f.dir.cert_path("ca")).unwrap();
     // swap in the etcd CA's certificate: it does not match ca's key
     fs::write(
         f.dir.cert_path("ca"),
@@ -479,13 +479,20 @@ fn render_facing_accessors() {
     let v: serde_yaml::Value = serde_yaml::from_str(conf.expose_str()).unwrap();
     assert_eq!(v["users"][0]["name"], "system:node:w1");
     assert_eq!(format!("{:?}", pki.get("ca").key_pem), "[redacted]");
-    let _ = Usage::Client;
 }
 
 /// 1,000 nodes (≈2,000 leaves): issuance, sealing and writing in one init.
+/// On tmpfs when there is one, so the figure measures rampart rather than the
+/// disk (creating 4,000 files on a VM's ext4 alone takes seconds).
 #[test]
 fn a_thousand_nodes_init_quickly() {
-    let f = fixture();
+    let mut f = fixture();
+    let shm = Path::new("/dev/shm");
+    let _shm_dir = shm.is_dir().then(|| {
+        let t = tempfile::tempdir_in(shm).unwrap();
+        f.dir = StateDir::new(t.path().join("state"));
+        t
+    });
     let mut yaml = String::from(
         "cluster: {name: big, kubernetesVersion: '1.34', apiEndpoint: 'api:6443'}\nhosts:\n  - {name: cp1, address: 10.1.0.1, roles: [etcd, control-plane]}\n",
     );
@@ -509,6 +516,6 @@ fn a_thousand_nodes_init_quickly() {
         "1000 nodes: init {first:?}, re-init {second:?}, {} entries",
         report.entries.len()
     );
-    // Generous bound for an unoptimised test build on a shared 2-core machine.
-    assert!(first.as_secs_f64() < 20.0, "init took {first:?}");
+    // Generous bound: a debug build of rampart on a shared 2-core machine.
+    assert!(first.as_secs_f64() < 10.0, "init took {first:?}");
 }
