@@ -3,14 +3,37 @@
 //!
 //! - `catalogue`: the pure table of what the inventory needs (CertSpec per cert).
 //! - `issue`: key generation and signing.
+//! - `inspect`: reading certificates back (x509-parser), chain and spec checks.
 //! - `store`: the state dir on disk (age-sealed keys, 0600/0700).
+//! - `init`: the idempotent `init` and the strict `load`; `material`: the
+//!   service-account key, encryption key and super-admin.conf beside the certs.
+//! - `list`: the unlock-free listing; `user`: tenant user kubeconfigs.
 //! - `kubeconfig`: kubeconfig files with embedded credentials.
 
+pub mod catalogue;
+mod error;
+mod init;
+pub mod inspect;
+pub mod issue;
+pub mod kubeconfig;
+mod list;
+mod material;
 pub mod names;
+pub mod store;
+mod user;
 
 use std::collections::BTreeMap;
 
+use crate::inventory::Inventory;
 use crate::secret::Secret;
+
+pub use catalogue::{catalogue, CertSpec, Usage};
+pub use error::PkiError;
+pub use init::{init, load, Action, InitReport};
+pub use kubeconfig::kubeconfig;
+pub use list::{list, CertInfo, Status, EXPIRY_WARNING};
+pub use store::{StateDir, Unlock};
+pub use user::{tenant_group, user_kubeconfig};
 
 /// A certificate and its private key, PEM encoded.
 #[derive(Debug, Clone)]
@@ -38,4 +61,58 @@ impl Pki {
             .get(name)
             .unwrap_or_else(|| panic!("pki has no `{name}`: catalogue and render disagree"))
     }
+    /// The named cert, or None (for callers that probe, e.g. per-host names).
+    pub fn try_get(&self, name: &str) -> Option<&Issued> {
+        self.certs.get(name)
+    }
+    /// The service-account signing key (PEM, private): `/etc/kubernetes/pki/sa.key`.
+    pub fn service_account_key(&self) -> &Secret {
+        &self.service_account_key
+    }
+    /// The service-account verification key (PEM, public): `/etc/kubernetes/pki/sa.pub`.
+    pub fn service_account_pub(&self) -> &str {
+        &self.service_account_pub
+    }
+    /// The 32-byte key for the EncryptionConfiguration (raw bytes; base64 it for the file).
+    pub fn encryption_key(&self) -> &Secret {
+        &self.encryption_key
+    }
+    /// A kubeconfig authenticating as catalogue cert `cert` (user name: its CN, as
+    /// kubeadm does), trusting the cluster CA, talking to `server_url`. Render uses
+    /// the API endpoint for kubelets and admins, the local apiserver for the
+    /// controller-manager and scheduler.
+    pub fn kubeconfig(&self, inv: &Inventory, cert: &str, server_url: &str) -> Secret {
+        let issued = self.get(cert);
+        let user = inspect::CertFacts::parse(cert, &issued.cert_pem)
+            .map(|f| f.common_name)
+            .unwrap_or_else(|_| cert.to_string());
+        kubeconfig(
+            &inv.cluster.name,
+            server_url,
+            &self.get(names::CA).cert_pem,
+            &user,
+            issued,
+        )
+    }
+}
+
+/// Maps `f` over `items` on every core (std::thread::scope), keeping the order.
+/// Key generation, signing and sealing are CPU-bound and independent.
+pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if items.len() < 16 || threads == 1 {
+        return items.iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|c| s.spawn(move || c.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("pki worker panicked"))
+            .collect()
+    })
 }

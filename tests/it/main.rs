@@ -2,5 +2,6 @@
 
 mod cis;
 mod inventory;
+mod pki;
 mod render;
 mod systemd;

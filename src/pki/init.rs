@@ -1,0 +1,346 @@
+//! `init` and `load`: walk the catalogue against the state dir.
+//!
+//! `init` is idempotent: material that still chains, matches its spec and has not
+//! expired is reused; missing material is issued; a leaf whose spec changed is
+//! reissued alone, with the reason. A leaf that no longer chains to its CA is a
+//! hard error, and a CA is never regenerated behind the admin's back.
+
+use std::collections::BTreeMap;
+
+use rcgen::{KeyPair, PublicKeyData};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::inventory::Inventory;
+use crate::secret::Secret;
+
+use super::catalogue::{catalogue, CertSpec};
+use super::inspect::CertFacts;
+use super::issue::{self, Policy, Signer};
+use super::material::{encryption_key, service_account, super_admin_conf};
+use super::store::{Pending, StateDir, StateKey, Unlock};
+use super::{par_map, Issued, Pki, PkiError};
+
+/// What `init` did with one item of the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    Reused,
+    Issued,
+    Reissued { reason: String },
+}
+
+/// What `init` did, in catalogue order (then `sa` and `encryption-key`). Data only:
+/// the CLI prints it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct InitReport {
+    pub entries: Vec<(String, Action)>,
+}
+
+impl InitReport {
+    pub fn action(&self, name: &str) -> Option<&Action> {
+        self.entries.iter().find(|(n, _)| n == name).map(|(_, a)| a)
+    }
+    /// Names of the entries whose action is not `Reused`.
+    pub fn changed(&self) -> Vec<&str> {
+        self.entries
+            .iter()
+            .filter(|(_, a)| *a != Action::Reused)
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+}
+
+/// A certificate and key as found in the state dir (either may be missing).
+struct Stored {
+    cert: Option<String>,
+    key: Option<Secret>,
+}
+
+/// Creates or updates the PKI in `dir` for `inv`; see the module doc.
+pub fn init(
+    inv: &Inventory,
+    dir: &StateDir,
+    unlock: &Unlock,
+    now: OffsetDateTime,
+) -> Result<(Pki, InitReport), PkiError> {
+    let key = dir.unlock_or_create(unlock)?;
+    let policy = Policy {
+        key_algorithm: inv.security.key_algorithm,
+        ca_validity_days: inv.security.ca_validity_days,
+        leaf_validity_days: inv.security.leaf_validity_days,
+        now,
+    };
+    let specs = catalogue(inv);
+    let stored = read_all(dir, &key, &specs)?;
+    let mut report = InitReport::default();
+    let mut certs = BTreeMap::new();
+    let mut pending = Vec::new();
+    let mut cas = BTreeMap::new();
+
+    for (spec, st) in specs.iter().zip(&stored).filter(|(s, _)| s.is_ca()) {
+        let (issued, action) = match (&st.cert, &st.key) {
+            (Some(cert), Some(k)) => {
+                check_ca(&spec.name, cert, k, Some(now))?;
+                let issued = Issued {
+                    cert_pem: cert.clone(),
+                    key_pem: k.clone(),
+                };
+                (issued, Action::Reused)
+            }
+            (None, None) => {
+                let issued = issue::self_signed_ca(spec, &policy)?;
+                pending.extend(files_for(dir, &key, &spec.name, &issued)?);
+                (issued, Action::Issued)
+            }
+            (cert, _) => return Err(half_missing(dir, &spec.name, cert.is_some())),
+        };
+        let facts = CertFacts::parse(&spec.name, &issued.cert_pem)?;
+        cas.insert(
+            spec.name.clone(),
+            (Signer::new(&spec.name, &issued)?, facts),
+        );
+        report.entries.push((spec.name.clone(), action));
+        certs.insert(spec.name.clone(), issued);
+    }
+
+    let leaves: Vec<(&CertSpec, &Stored)> = specs
+        .iter()
+        .zip(&stored)
+        .filter(|(s, _)| !s.is_ca())
+        .collect();
+    let verdicts = par_map(&leaves, |(spec, st)| {
+        let (_, ca) = &cas[spec.ca.as_deref().unwrap_or_default()];
+        examine(spec, st, ca, policy.key_algorithm, Some(now))
+    });
+    let mut to_issue = Vec::new();
+    for ((spec, st), verdict) in leaves.iter().zip(verdicts) {
+        match verdict? {
+            None => {
+                let issued = Issued {
+                    cert_pem: st.cert.clone().unwrap_or_default(),
+                    key_pem: st.key.clone().unwrap_or_else(|| Secret::new(vec![])),
+                };
+                certs.insert(spec.name.clone(), issued);
+                report.entries.push((spec.name.clone(), Action::Reused));
+            }
+            Some(action) => {
+                report.entries.push((spec.name.clone(), action));
+                to_issue.push(*spec);
+            }
+        }
+    }
+    let fresh = par_map(&to_issue, |spec| {
+        let (signer, _) = &cas[spec.ca.as_deref().unwrap_or_default()];
+        let issued = signer.sign(spec, &policy)?;
+        let files = files_for(dir, &key, &spec.name, &issued)?;
+        Ok::<_, PkiError>((issued, files))
+    });
+    for (spec, r) in to_issue.iter().zip(fresh) {
+        let (issued, files) = r?;
+        pending.extend(files);
+        certs.insert(spec.name.clone(), issued);
+    }
+    // Keep the report in catalogue order, whatever order the decisions came in.
+    let order: BTreeMap<&str, usize> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    report.entries.sort_by_key(|(n, _)| order[n.as_str()]);
+
+    let (sa_key, sa_pub, sa_action) = service_account(dir, &key, &policy, &mut pending)?;
+    report.entries.push(("sa".into(), sa_action));
+    let (encryption_key, enc_action) = encryption_key(dir, &key, &mut pending)?;
+    report.entries.push(("encryption-key".into(), enc_action));
+
+    let pki = Pki {
+        certs,
+        service_account_key: sa_key,
+        service_account_pub: sa_pub,
+        encryption_key,
+    };
+    super_admin_conf(inv, dir, &key, &pki, &mut pending)?;
+    dir.write_all(pending)?;
+    Ok((pki, report))
+}
+
+/// Loads a complete, verified PKI for render; anything missing or stale is an
+/// error that sends the admin to `rampart init`. Expiry is not judged here (no
+/// clock): `list` and `init` do that.
+pub fn load(inv: &Inventory, dir: &StateDir, unlock: &Unlock) -> Result<Pki, PkiError> {
+    let key = dir.unlock(unlock)?;
+    let specs = catalogue(inv);
+    let stored = read_all(dir, &key, &specs)?;
+    let mut cas = BTreeMap::new();
+    let mut certs = BTreeMap::new();
+    for (spec, st) in specs.iter().zip(stored) {
+        let (Some(cert), Some(k)) = (st.cert, st.key) else {
+            return Err(PkiError::NotInitialised {
+                name: spec.name.clone(),
+                reason: "certificate or key missing from the state dir".into(),
+            });
+        };
+        let st = Stored {
+            cert: Some(cert),
+            key: Some(k),
+        };
+        if spec.is_ca() {
+            let cert = st.cert.as_deref().unwrap_or_default();
+            let facts = check_ca(&spec.name, cert, st.key.as_ref().expect("checked"), None)?;
+            cas.insert(spec.name.clone(), facts);
+        } else {
+            let ca = &cas[spec.ca.as_deref().unwrap_or_default()];
+            if let Some(Action::Reissued { reason }) =
+                examine(spec, &st, ca, inv.security.key_algorithm, None)?
+            {
+                return Err(PkiError::NotInitialised {
+                    name: spec.name.clone(),
+                    reason,
+                });
+            }
+        }
+        let issued = Issued {
+            cert_pem: st.cert.unwrap_or_default(),
+            key_pem: st.key.expect("checked"),
+        };
+        certs.insert(spec.name.clone(), issued);
+    }
+    let missing = |name: &str| PkiError::NotInitialised {
+        name: name.into(),
+        reason: "missing from the state dir".into(),
+    };
+    let sa_key = dir
+        .read_sealed(&dir.sa_key_path(), &key)?
+        .ok_or_else(|| missing("sa"))?;
+    let sa_pub = dir
+        .read_public(&dir.sa_pub_path())?
+        .ok_or_else(|| missing("sa"))?;
+    let encryption_key = dir
+        .read_sealed(&dir.encryption_key_path(), &key)?
+        .ok_or_else(|| missing("encryption-key"))?;
+    Ok(Pki {
+        certs,
+        service_account_key: sa_key,
+        service_account_pub: String::from_utf8_lossy(&sa_pub).into_owned(),
+        encryption_key,
+    })
+}
+
+/// Reads (and unseals, in parallel) every certificate and key of the catalogue.
+fn read_all(dir: &StateDir, key: &StateKey, specs: &[CertSpec]) -> Result<Vec<Stored>, PkiError> {
+    par_map(specs, |spec| {
+        Ok(Stored {
+            cert: dir.read_cert(&spec.name)?,
+            key: dir.read_sealed(&dir.key_path(&spec.name), key)?,
+        })
+    })
+    .into_iter()
+    .collect()
+}
+
+/// A CA must be a CA, sign itself, match its key and (when `now` is known) be valid.
+fn check_ca(
+    name: &str,
+    cert: &str,
+    key: &Secret,
+    now: Option<OffsetDateTime>,
+) -> Result<CertFacts, PkiError> {
+    let facts = CertFacts::parse(name, cert)?;
+    let broken = |reason: String| PkiError::BrokenChain {
+        name: name.into(),
+        ca: name.into(),
+        reason,
+    };
+    if !facts.is_ca {
+        return Err(broken("not a CA certificate".into()));
+    }
+    facts.verify_signed_by(&facts).map_err(broken)?;
+    if !key_matches(key, &facts) {
+        return Err(PkiError::CaKeyMismatch { name: name.into() });
+    }
+    if let Some(now) = now {
+        if facts.not_after <= now {
+            return Err(PkiError::CaExpired {
+                name: name.into(),
+                not_after: facts.not_after.to_string(),
+            });
+        }
+    }
+    Ok(facts)
+}
+
+/// None: reuse as is. Some(Issued): nothing there. Some(Reissued): stale, with why.
+/// Err: the certificate does not chain to its CA, which is never papered over.
+fn examine(
+    spec: &CertSpec,
+    st: &Stored,
+    ca: &CertFacts,
+    alg: crate::inventory::KeyAlgorithm,
+    now: Option<OffsetDateTime>,
+) -> Result<Option<Action>, PkiError> {
+    let Some(cert) = &st.cert else {
+        return Ok(Some(Action::Issued));
+    };
+    let facts = CertFacts::parse(&spec.name, cert)?;
+    facts
+        .verify_signed_by(ca)
+        .map_err(|reason| PkiError::BrokenChain {
+            name: spec.name.clone(),
+            ca: spec.ca.clone().unwrap_or_default(),
+            reason,
+        })?;
+    let mut reasons = Vec::new();
+    match &st.key {
+        None => reasons.push("private key missing".to_string()),
+        Some(k) if !key_matches(k, &facts) => {
+            reasons.push("private key does not match the certificate".into())
+        }
+        Some(_) => {}
+    }
+    if let Some(now) = now {
+        if facts.not_after <= now {
+            reasons.push(format!("expired on {}", facts.not_after.date()));
+        }
+    }
+    reasons.extend(facts.differences(spec, alg));
+    Ok((!reasons.is_empty()).then(|| Action::Reissued {
+        reason: reasons.join("; "),
+    }))
+}
+
+fn key_matches(key: &Secret, facts: &CertFacts) -> bool {
+    KeyPair::from_pem(key.expose_str()).is_ok_and(|k| k.der_bytes() == facts.public_key_der)
+}
+
+fn half_missing(dir: &StateDir, name: &str, have_cert: bool) -> PkiError {
+    let path = if have_cert {
+        dir.key_path(name)
+    } else {
+        dir.cert_path(name)
+    };
+    PkiError::Corrupt {
+        path,
+        reason: format!("the {name} CA is half there; a CA is never regenerated automatically"),
+    }
+}
+
+/// The cert (public) and the sealed key of one issued item.
+pub(super) fn files_for(
+    dir: &StateDir,
+    key: &StateKey,
+    name: &str,
+    issued: &Issued,
+) -> Result<[Pending; 2], PkiError> {
+    let key_path = dir.key_path(name);
+    Ok([
+        Pending {
+            bytes: key.seal(issued.key_pem.expose(), &key_path)?,
+            path: key_path,
+        },
+        Pending {
+            path: dir.cert_path(name),
+            bytes: issued.cert_pem.clone().into_bytes(),
+        },
+    ])
+}

@@ -1,0 +1,104 @@
+//! The state dir's material that is not a certificate: the service-account key
+//! pair, the encryption-at-rest key and the sealed super-admin.conf. None of them
+//! is ever regenerated once it exists: that would invalidate every token or make
+//! every stored Secret unreadable.
+
+use rcgen::KeyPair;
+
+use crate::inventory::Inventory;
+use crate::secret::Secret;
+
+use super::init::Action;
+use super::issue::{self, Policy};
+use super::kubeconfig::kubeconfig;
+use super::store::{Pending, StateDir, StateKey};
+use super::{names, Pki, PkiError};
+
+/// Reuses the service-account key pair; rotating it would invalidate every token.
+pub(super) fn service_account(
+    dir: &StateDir,
+    key: &StateKey,
+    policy: &Policy,
+    pending: &mut Vec<Pending>,
+) -> Result<(Secret, String, Action), PkiError> {
+    let (kp, pubp) = (dir.sa_key_path(), dir.sa_pub_path());
+    match (dir.read_sealed(&kp, key)?, dir.read_public(&pubp)?) {
+        (Some(private), Some(public)) => {
+            let public = String::from_utf8_lossy(&public).into_owned();
+            let matches = KeyPair::from_pem(private.expose_str())
+                .is_ok_and(|k| k.public_key_pem().trim() == public.trim());
+            if !matches {
+                return Err(PkiError::Corrupt {
+                    path: pubp,
+                    reason: "sa.pub is not the public half of sa.key".into(),
+                });
+            }
+            Ok((private, public, Action::Reused))
+        }
+        (None, None) => {
+            let (private, public) = issue::service_account_key(policy.key_algorithm)?;
+            pending.push(Pending {
+                bytes: key.seal(private.expose(), &kp)?,
+                path: kp,
+            });
+            pending.push(Pending {
+                path: pubp,
+                bytes: public.clone().into_bytes(),
+            });
+            Ok((private, public, Action::Issued))
+        }
+        (private, _) => Err(PkiError::Corrupt {
+            path: if private.is_some() { pubp } else { kp },
+            reason: "the service-account key pair is half there; restore it from a backup".into(),
+        }),
+    }
+}
+
+/// Reuses the encryption-at-rest key: losing it would make every stored Secret unreadable.
+pub(super) fn encryption_key(
+    dir: &StateDir,
+    key: &StateKey,
+    pending: &mut Vec<Pending>,
+) -> Result<(Secret, Action), PkiError> {
+    let path = dir.encryption_key_path();
+    match dir.read_sealed(&path, key)? {
+        Some(k) if k.expose().len() == 32 => Ok((k, Action::Reused)),
+        Some(k) => Err(PkiError::Corrupt {
+            path,
+            reason: format!("{} bytes, expected 32", k.expose().len()),
+        }),
+        None => {
+            let k = issue::encryption_key();
+            pending.push(Pending {
+                bytes: key.seal(k.expose(), &path)?,
+                path,
+            });
+            Ok((k, Action::Issued))
+        }
+    }
+}
+
+/// super-admin.conf lives only in the state dir; rewritten when its content changes.
+pub(super) fn super_admin_conf(
+    inv: &Inventory,
+    dir: &StateDir,
+    key: &StateKey,
+    pki: &Pki,
+    pending: &mut Vec<Pending>,
+) -> Result<(), PkiError> {
+    let conf = kubeconfig(
+        &inv.cluster.name,
+        &inv.cluster.server_url(),
+        &pki.get(names::CA).cert_pem,
+        "kubernetes-super-admin",
+        pki.get(names::SUPER_ADMIN),
+    );
+    let path = dir.super_admin_conf_path();
+    if dir.read_sealed(&path, key)?.as_ref() != Some(&conf) {
+        pending.push(Pending {
+            bytes: key.seal(conf.expose(), &path)?,
+            path,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! Kubeconfigs for tenant users: a fresh client certificate per call, signed by the
+//! cluster CA, handed to the admin and never stored.
+
+use time::OffsetDateTime;
+
+use crate::inventory::{Inventory, Subject};
+use crate::secret::Secret;
+
+use super::catalogue::{CertSpec, Usage};
+use super::issue::{Policy, Signer, MAX_ORGANIZATIONS};
+use super::kubeconfig::kubeconfig;
+use super::store::{StateDir, Unlock};
+use super::{names, Issued, PkiError};
+
+/// The group a tenant's users carry in their certificates (`O=`). Prefixed so it
+/// can never collide with a group an admin names in the inventory.
+pub fn tenant_group(namespace: &str) -> String {
+    format!("rampart:tenant:{namespace}")
+}
+
+/// A kubeconfig for `user`, who must be a `tenants[].members[].user`: CN is the user,
+/// O the [`tenant_group`] of every tenant they belong to.
+pub fn user_kubeconfig(
+    inv: &Inventory,
+    dir: &StateDir,
+    unlock: &Unlock,
+    user: &str,
+    now: OffsetDateTime,
+) -> Result<Secret, PkiError> {
+    let mut groups: Vec<String> = inv
+        .tenants
+        .iter()
+        .filter(|t| {
+            t.members
+                .iter()
+                .any(|m| matches!(&m.subject, Subject::User(u) if u == user))
+        })
+        .map(|t| tenant_group(&t.namespace))
+        .collect();
+    groups.sort();
+    if groups.is_empty() {
+        return Err(PkiError::UnknownUser { user: user.into() });
+    }
+    if groups.len() > MAX_ORGANIZATIONS {
+        return Err(PkiError::TooManyGroups {
+            user: user.into(),
+            count: groups.len(),
+        });
+    }
+    let key = dir.unlock(unlock)?;
+    let not_there = |what: &str| PkiError::NotInitialised {
+        name: names::CA.into(),
+        reason: format!("the cluster CA {what} is missing"),
+    };
+    let ca = Issued {
+        cert_pem: dir
+            .read_cert(names::CA)?
+            .ok_or_else(|| not_there("certificate"))?,
+        key_pem: dir
+            .read_sealed(&dir.key_path(names::CA), &key)?
+            .ok_or_else(|| not_there("key"))?,
+    };
+    let signer = Signer::new(names::CA, &ca)?;
+    let spec = CertSpec {
+        name: format!("user-{user}"),
+        description: format!("tenant user {user}"),
+        ca: Some(names::CA.into()),
+        common_name: user.into(),
+        organizations: groups,
+        usage: Usage::Client,
+        sans: vec![],
+    };
+    let policy = Policy {
+        key_algorithm: inv.security.key_algorithm,
+        ca_validity_days: inv.security.ca_validity_days,
+        leaf_validity_days: inv.security.leaf_validity_days,
+        now,
+    };
+    let issued = signer.sign(&spec, &policy)?;
+    Ok(kubeconfig(
+        &inv.cluster.name,
+        &inv.cluster.server_url(),
+        &ca.cert_pem,
+        user,
+        &issued,
+    ))
+}

@@ -1,0 +1,521 @@
+//! The PKI end to end: init a real state dir, verify every leaf with openssl,
+//! idempotency, tampering, modes, sealing (and interop with the `age` CLI).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use age::secrecy::{ExposeSecret, SecretString};
+use rampart::inventory::{parse, Inventory};
+use rampart::pki::{self, Action, PkiError, StateDir, Status, Unlock};
+use time::OffsetDateTime;
+
+const HA: &str = r#"
+cluster:
+  name: prod
+  kubernetesVersion: "1.34"
+  apiEndpoint: api.example.com:6443
+hosts:
+  - {name: cp1, address: 10.0.0.11, roles: [etcd, control-plane]}
+  - {name: cp2, address: 10.0.0.12, roles: [etcd, control-plane]}
+  - {name: cp3, address: 10.0.0.13, roles: [etcd, control-plane]}
+  - {name: w1, address: 10.0.0.21, roles: [worker]}
+  - {name: w2, address: 10.0.0.22, roles: [worker]}
+tenants:
+  - namespace: team-a
+    members:
+      - {user: alice, role: edit}
+      - {group: devs, role: view}
+  - namespace: team-b
+    members:
+      - {user: alice, role: view}
+      - {user: bob, role: admin}
+"#;
+
+fn inventory(text: &str) -> Inventory {
+    parse(text, Path::new("inventory.yaml")).unwrap().inventory
+}
+
+/// A temp state dir plus an age identity file to unlock it with.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    dir: StateDir,
+    unlock: Unlock,
+    identity: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let identity = tmp.path().join("admin.key");
+    let id = age::x25519::Identity::generate();
+    fs::write(&identity, format!("{}\n", id.to_string().expose_secret())).unwrap();
+    Fixture {
+        dir: StateDir::new(tmp.path().join("state")),
+        unlock: Unlock::Identity(identity.clone()),
+        identity,
+        tmp,
+    }
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+fn openssl_verify(work: &Path, ca_pem: &str, leaf_pem: &str, purpose: &str) -> (bool, String) {
+    fs::write(work.join("ca.crt"), ca_pem).unwrap();
+    fs::write(work.join("leaf.crt"), leaf_pem).unwrap();
+    let out = Command::new("openssl")
+        .args([
+            "verify", "-CAfile", "ca.crt", "-purpose", purpose, "leaf.crt",
+        ])
+        .current_dir(work)
+        .output()
+        .expect("openssl is installed");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn every_leaf_verifies_with_openssl_for_its_purpose() {
+    let f = fixture();
+    let inv = inventory(HA);
+    let (pki, report) = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
+    assert!(report.entries.iter().all(|(_, a)| *a == Action::Issued));
+    let work = f.tmp.path().join("verify");
+    fs::create_dir(&work).unwrap();
+    let mut checked = 0;
+    for spec in pki::catalogue(&inv).iter().filter(|s| !s.is_ca()) {
+        let ca = &pki.get(spec.ca.as_deref().unwrap()).cert_pem;
+        let leaf = &pki.get(&spec.name).cert_pem;
+        for (wanted, purpose) in [
+            (spec.usage.server(), "sslserver"),
+            (spec.usage.client(), "sslclient"),
+        ] {
+            let (ok, out) = openssl_verify(&work, ca, leaf, purpose);
+            assert_eq!(ok, wanted, "{} -purpose {purpose}: {out}", spec.name);
+        }
+        checked += 1;
+    }
+    // 5 fixed + 2×3 etcd + 3 components + 2×5 nodes + 2 admins.
+    assert_eq!(checked, 5 + 6 + 3 + 10 + 2);
+    // A leaf does not verify against another CA.
+    let (ok, _) = openssl_verify(
+        &work,
+        &pki.get("etcd-ca").cert_pem,
+        &pki.get("apiserver").cert_pem,
+        "sslserver",
+    );
+    assert!(!ok);
+}
+
+#[test]
+fn second_init_reuses_everything_and_load_agrees() {
+    let f = fixture();
+    let inv = inventory(HA);
+    let (first, _) = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
+    let (second, report) = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
+    assert_eq!(report.changed(), Vec::<&str>::new());
+    assert_eq!(report.action("sa"), Some(&Action::Reused));
+    assert_eq!(report.action("encryption-key"), Some(&Action::Reused));
+    assert_eq!(
+        first.get("apiserver").cert_pem,
+        second.get("apiserver").cert_pem
+    );
+    assert_eq!(
+        first.get("apiserver").key_pem,
+        second.get("apiserver").key_pem
+    );
+    assert_eq!(first.encryption_key, second.encryption_key);
+    let loaded = pki::load(&inv, &f.dir, &f.unlock).unwrap();
+    assert_eq!(loaded.certs.len(), first.certs.len());
+    assert_eq!(loaded.service_account_pub, first.service_account_pub);
+    assert_eq!(loaded.service_account_key, first.service_account_key);
+    assert_eq!(
+        loaded.get("kubelet-client-w2").key_pem,
+        first.get("kubelet-client-w2").key_pem
+    );
+}
+
+#[test]
+fn changed_endpoint_reissues_only_the_apiserver_with_the_reason() {
+    let f = fixture();
+    pki::init(&inventory(HA), &f.dir, &f.unlock, now()).unwrap();
+    let changed = inventory(&HA.replace("api.example.com", "new.example"));
+    // render refuses until init has run
+    let err = pki::load(&changed, &f.dir, &f.unlock).unwrap_err();
+    assert!(matches!(err, PkiError::NotInitialised { ref name, .. } if name == "apiserver"));
+    assert!(err.to_string().contains("run `rampart init`"), "{err}");
+    let listed = pki::list(&changed, &f.dir, now()).unwrap();
+    let api = listed.iter().find(|c| c.name == "apiserver").unwrap();
+    assert_eq!(api.status, Status::SanMismatch);
+
+    let (_, report) = pki::init(&changed, &f.dir, &f.unlock, now()).unwrap();
+    assert_eq!(report.changed(), ["apiserver"]);
+    assert_eq!(
+        report.action("apiserver"),
+        Some(&Action::Reissued {
+            reason: "SANs changed: +DNS:new.example -DNS:api.example.com".into()
+        })
+    );
+    pki::load(&changed, &f.dir, &f.unlock).unwrap();
+}
+
+#[test]
+fn extra_sans_reissue_apiserver_and_that_kubelet() {
+    let f = fixture();
+    pki::init(&inventory(HA), &f.dir, &f.unlock, now()).unwrap();
+    let changed = inventory(&HA.replace(
+        "{name: cp2, address: 10.0.0.12,",
+        "{name: cp2, address: 10.0.0.12, extraSans: [cp2.example.com],",
+    ));
+    let (_, report) = pki::init(&changed, &f.dir, &f.unlock, now()).unwrap();
+    assert_eq!(report.changed(), ["apiserver", "kubelet-serving-cp2"]);
+}
+
+#[test]
+fn a_new_host_adds_only_its_certificates() {
+    let f = fixture();
+    pki::init(&inventory(HA), &f.dir, &f.unlock, now()).unwrap();
+    let grown = inventory(&HA.replace(
+        "tenants:",
+        "  - {name: w3, address: 10.0.0.23, roles: [worker]}\ntenants:",
+    ));
+    let (_, report) = pki::init(&grown, &f.dir, &f.unlock, now()).unwrap();
+    assert_eq!(
+        report.changed(),
+        ["kubelet-client-w3", "kubelet-serving-w3"]
+    );
+    assert_eq!(report.action("kubelet-serving-w3"), Some(&Action::Issued));
+}
+
+#[test]
+fn a_replaced_ca_is_a_hard_error_not_a_silent_regeneration() {
+    let f = fixture();
+    let inv = inventory(HA);
+    pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
+    // Put a different, valid CA in place of the cluster CA.
+    let policy = pki::issue::Policy {
+        key_algorithm: inv.security.key_algorithm,
+        ca_validity_days: 3650,
+        leaf_validity_days: 365,
+        now: now(),
+    };
+    let spec = pki::catalogue(&inv)
+        .into_iter()
+        .find(|s| s.name == "ca")
+        .unwrap();
+    let other = pki::issue::self_signed_ca(&spec, &policy).unwrap();
+    let key = f.dir.unlock(&f.unlock).unwrap();
+    let key_path = f.dir.key_path("ca");
+    fs::write(
+        &key_path,
+        key.seal(other.key_pem.expose(), &key_path).unwrap(),
+    )
+    .unwrap();
+    fs::write(f.dir.cert_path("ca"), &other.cert_pem).unwrap();
+
+    let err = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap_err();
+    assert!(
+        matches!(err, PkiError::BrokenChain { ref name, ref ca, .. } if name == "apiserver" && ca == "ca"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("does not chain to ca"), "{err}");
+    // Nothing was regenerated: the impostor CA is still there.
+    assert_eq!(
+        fs::read_to_string(f.dir.cert_path("ca")).unwrap(),
+        other.cert_pem
+    );
+    let listed = pki::list(&inv, &f.dir, now()).unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .find(|c| c.name == "apiserver")
+            .unwrap()
+            .status,
+        Status::BrokenChain
+    );
+}
+
+#[test]
+fn a_ca_with_a_foreign_or_missing_key_is_refused() {
+    let f = fixture();
+    let inv = inventory(HA);
+    pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
+    let ca_pem = fs::read_to_string(f.dir.cert_path("ca")).unwrap();
+    // swap in the etcd CA's certificate: it does not match ca's key
+    fs::write(
+        f.dir.cert_path("ca"),
+        fs::read(f.dir.cert_path("etcd-ca")).unwrap(),
+    )
+    .unwrap();
+    let err = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap_err();
+    assert!(
+        matches!(err, PkiError::CaKeyMismatch { ref name } if name == "ca"),
+        "{err:?}"
+    );
+    fs::write(f.dir.cert_path("ca"), ca_pem).unwrap();
+    fs::remove_file(f.dir.key_path("ca")).unwrap();
+    let err = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap_err();
+    assert!(matches!(err, PkiError::Corrupt { .. }), "{err:?}");
+}
+
+#[test]
+fn modes_are_private_and_no_private_key_is_in_the_clear() {
+    let f = fixture();
+    pki::init(&inventory(HA), &f.dir, &f.unlock, now()).unwrap();
+    let mut files = 0;
+    let mut stack = vec![f.dir.root().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        assert_eq!(
+            fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+            0o700,
+            "{}",
+            d.display()
+        );
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            files += 1;
+            assert_eq!(
+                fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600,
+                "{}",
+                p.display()
+            );
+            let bytes = fs::read(&p).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                !text.contains("PRIVATE KEY"),
+                "plaintext key in {}",
+                p.display()
+            );
+            assert!(
+                !text.contains("client-key-data"),
+                "plaintext kubeconfig in {}",
+                p.display()
+            );
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            assert!(!name.starts_with('.'), "temp file left behind: {name}");
+        }
+    }
+    assert!(f.dir.super_admin_conf_path().exists());
+    assert!(f.dir.sa_pub_path().exists());
+    // 29 certs ×2 + state key + sa ×2 + encryption key + super-admin.conf
+    assert_eq!(files, 29 * 2 + 1 + 2 + 1 + 1);
+}
+
+#[test]
+fn the_age_cli_unseals_the_state_key_chain() {
+    let f = fixture();
+    let (pki, _) = pki::init(&inventory(HA), &f.dir, &f.unlock, now()).unwrap();
+    let age = |identity: &Path, file: &Path| {
+        let out = Command::new("age")
+            .arg("-d")
+            .arg("-i")
+            .arg(identity)
+            .arg(file)
+            .output()
+            .expect("the age CLI is installed (apt-get install age)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let state_key = age(&f.identity, &f.dir.state_key_path());
+    assert!(String::from_utf8_lossy(&state_key).starts_with("AGE-SECRET-KEY-1"));
+    let state_key_file = f.tmp.path().join("state-key.txt");
+    fs::write(&state_key_file, &state_key).unwrap();
+    let ca_key = age(&state_key_file, &f.dir.key_path("ca"));
+    assert_eq!(ca_key, pki.get("ca").key_pem.expose());
+    assert!(String::from_utf8_lossy(&ca_key).contains("-----BEGIN PRIVATE KEY-----"));
+    let conf = age(&state_key_file, &f.dir.super_admin_conf_path());
+    let conf: serde_yaml::Value = serde_yaml::from_slice(&conf).unwrap();
+    assert_eq!(conf["users"][0]["name"], "kubernetes-super-admin");
+    assert_eq!(
+        conf["clusters"][0]["cluster"]["server"],
+        "https://api.example.com:6443"
+    );
+}
+
+#[test]
+fn passphrase_unlock_and_wrong_unlocks() {
+    let f = fixture();
+    let inv = inventory(HA);
+    let pass = || Unlock::Passphrase(SecretString::from("correct horse".to_string()));
+    pki::init(&inv, &f.dir, &pass(), now()).unwrap();
+    pki::load(&inv, &f.dir, &pass()).unwrap();
+    let err = pki::load(&inv, &f.dir, &f.unlock).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PkiError::WrongUnlock {
+                sealed_to: "a passphrase",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let wrong = Unlock::Passphrase(SecretString::from("wrong".to_string()));
+    let err = pki::load(&inv, &f.dir, &wrong).unwrap_err();
+    assert!(matches!(err, PkiError::Unseal { .. }), "{err:?}");
+}
+
+#[test]
+fn load_before_init_sends_the_admin_to_init() {
+    let f = fixture();
+    let err = pki::load(&inventory(HA), &f.dir, &f.unlock).unwrap_err();
+    assert!(err.to_string().contains("run `rampart init`"), "{err}");
+}
+
+#[test]
+fn list_needs_no_unlock_and_leaks_nothing() {
+    let f = fixture();
+    let inv = inventory(HA);
+    let before = pki::list(&inv, &f.dir, now()).unwrap();
+    assert!(before.iter().all(|c| c.status == Status::Missing));
+    pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
+    let listed = pki::list(&inv, &f.dir, now()).unwrap();
+    assert!(listed.iter().all(|c| c.status == Status::Ok), "{listed:#?}");
+    let admin = listed.iter().find(|c| c.name == "admin").unwrap();
+    assert_eq!(admin.organizations, ["kubeadm:cluster-admins"]);
+    assert_eq!(admin.ca.as_deref(), Some("ca"));
+    let json = serde_json::to_string(&listed).unwrap();
+    assert!(!json.contains("PRIVATE"));
+    // A year on (leaves live 365 days) everything but the CAs is expiring or expired.
+    let later = pki::list(&inv, &f.dir, now() + time::Duration::days(350)).unwrap();
+    assert_eq!(
+        later.iter().find(|c| c.name == "apiserver").unwrap().status,
+        Status::ExpiresSoon
+    );
+    assert_eq!(
+        later.iter().find(|c| c.name == "ca").unwrap().status,
+        Status::Ok
+    );
+}
+
+#[test]
+fn expired_leaves_are_reissued() {
+    let f = fixture();
+    let inv = inventory(HA);
+    let start = now() - time::Duration::days(400);
+    pki::init(&inv, &f.dir, &f.unlock, start).unwrap();
+    let (_, report) = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
+    match report.action("apiserver") {
+        Some(Action::Reissued { reason }) => assert!(reason.starts_with("expired on"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(report.action("ca"), Some(&Action::Reused));
+}
+
+#[test]
+fn tenant_user_kubeconfig_carries_the_tenant_groups() {
+    let f = fixture();
+    let inv = inventory(HA);
+    let (pki, _) = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
+    let conf = pki::user_kubeconfig(&inv, &f.dir, &f.unlock, "alice", now()).unwrap();
+    let v: serde_yaml::Value = serde_yaml::from_str(conf.expose_str()).unwrap();
+    assert_eq!(v["current-context"], "alice@prod");
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let cert = b64
+        .decode(
+            v["users"][0]["user"]["client-certificate-data"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    let cert = String::from_utf8(cert).unwrap();
+    let facts = pki::inspect::CertFacts::parse("alice", &cert).unwrap();
+    assert_eq!(facts.common_name, "alice");
+    assert_eq!(
+        facts.organizations,
+        ["rampart:tenant:team-a", "rampart:tenant:team-b"]
+    );
+    let work = f.tmp.path().join("verify");
+    fs::create_dir(&work).unwrap();
+    let (ok, out) = openssl_verify(&work, &pki.get("ca").cert_pem, &cert, "sslclient");
+    assert!(ok, "{out}");
+    // openssl agrees on the subject (both O values).
+    let subject = Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-in", "leaf.crt"])
+        .current_dir(&work)
+        .output()
+        .unwrap();
+    let subject = String::from_utf8_lossy(&subject.stdout);
+    assert!(
+        subject.contains("O = rampart:tenant:team-a")
+            && subject.contains("O = rampart:tenant:team-b"),
+        "{subject}"
+    );
+    // Not stored.
+    assert!(!f.dir.cert_path("user-alice").exists());
+    let err = pki::user_kubeconfig(&inv, &f.dir, &f.unlock, "mallory", now()).unwrap_err();
+    assert!(matches!(err, PkiError::UnknownUser { .. }));
+    assert!(err.to_string().contains("tenants[].members[].user"));
+    // A group member is not a user.
+    assert!(pki::user_kubeconfig(&inv, &f.dir, &f.unlock, "devs", now()).is_err());
+}
+
+#[test]
+fn render_facing_accessors() {
+    let f = fixture();
+    let inv = inventory(HA);
+    let (pki, _) = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
+    assert!(pki
+        .service_account_key()
+        .expose_str()
+        .contains("PRIVATE KEY"));
+    assert!(pki.service_account_pub().contains("PUBLIC KEY"));
+    assert_eq!(pki.encryption_key().expose().len(), 32);
+    assert!(pki.try_get("etcd-server-w1").is_none());
+    let conf = pki.kubeconfig(&inv, "kubelet-client-w1", &inv.cluster.server_url());
+    let v: serde_yaml::Value = serde_yaml::from_str(conf.expose_str()).unwrap();
+    assert_eq!(v["users"][0]["name"], "system:node:w1");
+    assert_eq!(format!("{:?}", pki.get("ca").key_pem), "[redacted]");
+}
+
+/// 1,000 nodes (≈2,000 leaves): issuance, sealing and writing in one init.
+/// On tmpfs when there is one, so the figure measures rampart rather than the
+/// disk (creating 4,000 files on a VM's ext4 alone takes seconds).
+#[test]
+fn a_thousand_nodes_init_quickly() {
+    let mut f = fixture();
+    let shm = Path::new("/dev/shm");
+    let _shm_dir = shm.is_dir().then(|| {
+        let t = tempfile::tempdir_in(shm).unwrap();
+        f.dir = StateDir::new(t.path().join("state"));
+        t
+    });
+    let mut yaml = String::from(
+        "cluster: {name: big, kubernetesVersion: '1.34', apiEndpoint: 'api:6443'}\nhosts:\n  - {name: cp1, address: 10.1.0.1, roles: [etcd, control-plane]}\n",
+    );
+    for i in 0..999 {
+        yaml += &format!(
+            "  - {{name: w{i}, address: 10.2.{}.{}, roles: [worker]}}\n",
+            i / 250,
+            i % 250 + 1
+        );
+    }
+    let inv = inventory(&yaml);
+    let start = std::time::Instant::now();
+    let (pki, report) = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
+    let first = start.elapsed();
+    assert_eq!(pki.certs.len(), 3 + 5 + 2 + 3 + 2 * 1000 + 2);
+    let start = std::time::Instant::now();
+    let (_, again) = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
+    let second = start.elapsed();
+    assert!(again.changed().is_empty());
+    eprintln!(
+        "1000 nodes: init {first:?}, re-init {second:?}, {} entries",
+        report.entries.len()
+    );
+    // Generous bound: a debug build of rampart on a shared 2-core machine.
+    assert!(first.as_secs_f64() < 10.0, "init took {first:?}");
+}
