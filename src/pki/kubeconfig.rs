@@ -12,6 +12,8 @@ use super::Issued;
 #[derive(Serialize)]
 #[serde(rename_all = "kebab-case")]
 struct Config<'a> {
+    // The one camelCase key of a kubeconfig; the rest are kebab-case.
+    #[serde(rename = "apiVersion")]
     api_version: &'static str,
     kind: &'static str,
     clusters: [Named<'a, ClusterEntry>; 1],
@@ -131,6 +133,10 @@ mod tests {
         );
         let v: serde_yaml::Value = serde_yaml::from_str(k.expose_str()).unwrap();
         assert_eq!(v["current-context"], "kubernetes-admin@prod");
+        assert_eq!(
+            v["apiVersion"], "v1",
+            "kubectl reads `apiVersion`, not `api-version`"
+        );
         assert_eq!(v["clusters"][0]["cluster"]["server"], "https://api:6443");
         assert_eq!(
             v["clusters"][0]["cluster"]["certificate-authority-data"],

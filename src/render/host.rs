@@ -12,10 +12,10 @@ use crate::pki::{names, Issued, Pki};
 use crate::secret::Secret;
 
 use super::context::{https_url, secure_port, ApiserverUnit, ControlPlaneUnit, EtcdUnit, NodeUnit};
-use super::kubeconfig::kubeconfig;
 use super::shared::{cert, Shared};
 use super::templates::{self, render};
 use super::{Contents, Dir, File, HostBundle, RenderError, Service};
+use crate::pki::kubeconfig;
 
 use Service::*;
 
@@ -286,13 +286,7 @@ fn control_plane(
             KubeScheduler,
         ),
     ] {
-        let conf = kubeconfig(cluster, &local, &ca.cert_pem, user, cert(pki, name, n)?).map_err(
-            |source| RenderError::Yaml {
-                host: n.clone(),
-                path,
-                source,
-            },
-        )?;
+        let conf = kubeconfig(cluster, &local, &ca.cert_pem, user, cert(pki, name, n)?);
         b.secret(path, conf, &[service]);
     }
     b.secret("/etc/kubernetes/admin.conf", shared.admin_conf.clone(), &[]);
@@ -349,12 +343,7 @@ fn node(
         &ca.cert_pem,
         &format!("system:node:{n}"),
         cert(pki, &names::kubelet_client(n), n)?,
-    )
-    .map_err(|source| RenderError::Yaml {
-        host: n.clone(),
-        path,
-        source,
-    })?;
+    );
     b.secret(path, conf, &[Kubelet]);
     b.dir("/var/lib/kubelet/pki", 0o700, "root");
     b.pair(

@@ -6,14 +6,13 @@
 //! - `context`: the typed context each template is rendered with.
 //! - `shared`: files identical on every host of a role, rendered once per cluster.
 //! - `host`: which files, dirs and services each host gets, by role.
-//! - `kubeconfig`, `encryption`: secret-bearing YAML built with serde.
+//! - `encryption`: the EncryptionConfiguration, built with serde (kubeconfigs come from `pki`).
 //! - `tls`: how each component spells the cipher-suite list.
 
 mod bundle;
 mod context;
 mod encryption;
 mod host;
-pub mod kubeconfig;
 mod shared;
 mod templates;
 mod tls;

@@ -9,9 +9,9 @@ use super::context::{
     TenantsAddon,
 };
 use super::encryption::encryption_config;
-use super::kubeconfig::kubeconfig;
 use super::templates::{self, render};
 use super::RenderError;
+use crate::pki::kubeconfig;
 
 /// The CN of the apiserver's kubelet-client certificate (kubeadm's), bound to
 /// `system:kubelet-api-admin` by the RBAC addon.
@@ -80,8 +80,7 @@ impl Shared {
                 ca,
                 "kubernetes-admin",
                 cert(pki, names::ADMIN, &who)?,
-            )
-            .map_err(yaml_err("/etc/kubernetes/admin.conf"))?,
+            ),
             addon_rbac: render(
                 templates::ADDON_RBAC,
                 &RbacAddon {
@@ -113,8 +112,7 @@ impl Shared {
                 ca,
                 "system:kube-proxy",
                 cert(pki, names::KUBE_PROXY, &who)?,
-            )
-            .map_err(yaml_err("/etc/kubernetes/proxy.conf"))?,
+            ),
         })
     }
 }

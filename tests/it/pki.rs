@@ -494,7 +494,7 @@ fn a_thousand_nodes_init_quickly() {
         t
     });
     let mut yaml = String::from(
-        "cluster: {name: big, kubernetesVersion: '1.34', apiEndpoint: 'api:6443'}\nhosts:\n  - {name: cp1, address: 10.1.0.1, roles: [etcd, control-plane]}\n",
+        "cluster: {name: big, kubernetesVersion: '1.34', apiEndpoint: 'api:6443', podCidr: 10.128.0.0/14}\nhosts:\n  - {name: cp1, address: 10.1.0.1, roles: [etcd, control-plane]}\n",
     );
     for i in 0..999 {
         yaml += &format!(

@@ -18,6 +18,7 @@ cluster:
   kubernetesVersion: "1.34"
 ssh:
   user: admin
+  become: sudo
 hosts:
   - name: node1
     address: 192.168.56.10
@@ -43,6 +44,7 @@ cluster:
   clusterDomain: cluster.local
 ssh:
   user: admin
+  become: sudo
 hosts:
   - name: cp1
     address: 10.0.0.11
@@ -370,7 +372,7 @@ fn etcd_unit_uses_credentials_and_lists_every_member() {
 #[test]
 fn render_of_1000_nodes_is_fast_and_complete() {
     let mut yaml = String::from(
-        "cluster:\n  name: big\n  kubernetesVersion: \"1.34\"\n  apiEndpoint: 10.0.0.1:6443\n  serviceCidr: 10.96.0.0/12\n  podCidr: 10.128.0.0/10\nssh:\n  user: admin\nhosts:\n",
+        "cluster:\n  name: big\n  kubernetesVersion: \"1.34\"\n  apiEndpoint: 10.0.0.1:6443\n  serviceCidr: 10.96.0.0/12\n  podCidr: 10.128.0.0/10\nssh:\n  user: admin\n  become: sudo\nhosts:\n",
     );
     for i in 0..3 {
         yaml.push_str(&format!(

@@ -194,10 +194,13 @@ fn pod_cidr_room(net: IpNet, nodes: usize, p: &mut Problems) {
         1usize << (NODE_CIDR_PREFIX_V4 - prefix)
     };
     if room < nodes.max(1) {
+        // The longest prefix that still holds one /24 per node.
+        let bits = usize::BITS - (nodes.max(1) - 1).leading_zeros();
+        let needed = NODE_CIDR_PREFIX_V4.saturating_sub(bits as u8);
         p.error(
             "cluster.podCidr",
             format!(
-                "{net} has room for {room} node(s) at /{NODE_CIDR_PREFIX_V4} each, but {nodes} host(s) run a kubelet; use a larger range (e.g. 10.244.0.0/16)"
+                "{net} has room for {room} node(s) at /{NODE_CIDR_PREFIX_V4} each, but {nodes} host(s) run a kubelet; use a /{needed} or larger"
             ),
         );
     }

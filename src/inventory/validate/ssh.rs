@@ -216,13 +216,8 @@ pub(super) fn target(
             "ssh".to_string()
         }
     };
-    if t.identity_file.is_none() && !t.agent {
-        let at = decided(|s| s.identity_file.is_some() || s.agent.is_some());
-        p.error(
-            at,
-            "no way to authenticate: set identityFile, or agent: true to use ssh-agent",
-        );
-    }
+    // No identityFile and no agent is fine: like OpenSSH, `apply` then falls back to
+    // ~/.ssh/config's IdentityFile and the default keys (~/.ssh/id_ed25519, …).
     if t.user != "root" && t.become_ == Become::None {
         let at = decided(|s| s.user.is_some() || s.become_.is_some());
         p.error(
