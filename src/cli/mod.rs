@@ -2,6 +2,8 @@
 //! prints the result as a table or JSON. Library errors bubble up as `anyhow`.
 
 pub mod args;
+mod pki_cmds;
+mod unlock;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -51,12 +53,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             benchmark,
             output,
         }) => cis_check(&bundle, &benchmark, output),
-        _ => anyhow::bail!("not yet wired"),
+        Command::Init(a) => pki_cmds::init(&a),
+        Command::Render(a) => pki_cmds::render(&a),
+        Command::Certs(args::CertsCommand::List(a)) => pki_cmds::certs_list(&a),
+        Command::Users(args::UsersCommand::Kubeconfig { name, state, out }) => {
+            pki_cmds::user_kubeconfig(&name, &state, out.as_deref())
+        }
     }
 }
 
 /// Loads the inventory and prints its warnings to stderr.
-fn load_inventory(path: &Path) -> Result<Loaded> {
+pub(crate) fn load_inventory(path: &Path) -> Result<Loaded> {
     let loaded = inventory::load(path)?;
     for w in &loaded.warnings {
         eprintln!("{w}");
@@ -101,8 +108,7 @@ fn check(a: &InventoryArgs) -> Result<ExitCode> {
 }
 
 /// The state dir: the flag, else `~/.local/share/rampart/<cluster>`.
-#[allow(dead_code)]
-fn state_dir(flag: Option<&PathBuf>, cluster: &str) -> Result<PathBuf> {
+pub(crate) fn state_dir(flag: Option<&PathBuf>, cluster: &str) -> Result<PathBuf> {
     if let Some(d) = flag {
         return Ok(d.clone());
     }
