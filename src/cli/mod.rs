@@ -38,7 +38,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     }
     if err
         .chain()
-        .any(|e| matches!(e.downcast_ref::<InventoryError>(), Some(_)))
+        .any(|e| e.downcast_ref::<InventoryError>().is_some())
     {
         return code::INVALID_INVENTORY;
     }

@@ -179,33 +179,64 @@ fn octal<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
 /// Local copies keep the rendered mode (so secrets are 0600 here too); owners
 /// are not applied locally, they are in the manifest.
 pub fn write_bundle(bundle: &Bundle, out: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     let mut dirs = std::fs::DirBuilder::new();
     dirs.recursive(true).mode(0o700);
     for (host, hb) in &bundle.hosts {
         let root = out.join(host);
         dirs.create(&root)?;
+        // manifest.json goes last: a host dir without one is incomplete, and
+        // `read_bundle` ignores it.
+        let manifest_path = root.join("manifest.json");
+        if manifest_path.exists() {
+            std::fs::remove_file(&manifest_path)?;
+        }
+        let mut made = std::collections::HashSet::new();
         for f in &hb.files {
             let dest = root.join(f.path.trim_start_matches('/'));
             if let Some(parent) = dest.parent() {
-                dirs.create(parent)?;
+                // One mkdir per directory, not one per file: inode work is what costs here.
+                if made.insert(parent.to_path_buf()) {
+                    dirs.create(parent)?;
+                }
             }
-            // Write to a temp name, then rename: a re-render never leaves a half file.
-            let tmp = dest.with_extension("rampart-tmp");
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            std::io::Write::write_all(&mut file, f.contents.bytes())?;
-            drop(file);
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(f.mode))?;
-            std::fs::rename(&tmp, &dest)?;
+            write_file(&dest, f.contents.bytes(), f.mode)?;
         }
         let manifest =
             serde_json::to_vec_pretty(&hb.manifest(host)).map_err(std::io::Error::other)?;
-        std::fs::write(root.join("manifest.json"), manifest)?;
+        write_file(&manifest_path, &manifest, 0o644)?;
     }
     Ok(())
+}
+
+/// A new file is created in place (`O_EXCL`, mode set at creation): a fresh render
+/// costs one inode per file, which is what matters for 1,000-host bundles on slow
+/// disks. An existing file is replaced through a temp file and a rename, so a
+/// re-render never leaves a half-written file where a good one was.
+fn write_file(dest: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let create = |path: &Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+    };
+    match create(dest) {
+        Ok(mut file) => {
+            file.write_all(bytes)?;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let tmp = dest.with_extension("rampart-tmp");
+            let _ = std::fs::remove_file(&tmp);
+            let mut file = create(&tmp)?;
+            file.write_all(bytes)?;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            drop(file);
+            std::fs::rename(&tmp, dest)
+        }
+        Err(e) => Err(e),
+    }
 }

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Benchmark: `rampart init` + `rampart render` of a 1,000-node inventory
-# (3 etcd+control-plane, 994 workers... plus 3 dedicated etcd members = 1,000 hosts).
+# (3 control-plane, 3 dedicated etcd members, 994 workers = 1,000 hosts).
 # Target (issue 2): ≤ 1.5 s wall, ≤ 200 MB peak RSS on a 2-core machine.
 #
-# Usage: bash tests/bench/init-render.sh [RUNS]      (release build; prints a table)
+# Usage: [BENCH_DIR=/dev/shm] bash tests/bench/init-render.sh [RUNS]   (release build)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-5}
-work=$(mktemp -d)
+# BENCH_DIR picks the file system (e.g. /dev/shm to leave the disk out).
+work=$(mktemp -d "${BENCH_DIR:-/tmp}/rampart-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
 cargo build --release --quiet
@@ -22,6 +23,7 @@ cluster:
   kubernetesVersion: "1.34.1"
   apiEndpoint: "api.bench.internal:6443"
   nodeNetwork: 10.20.0.0/16
+  podCidr: 10.128.0.0/14
 hosts:
 YAML
   for i in 1 2 3; do printf '  - {name: cp%d, address: 10.20.0.%d, roles: [control-plane]}\n' "$i" "$((10 + i))"; done
@@ -34,7 +36,9 @@ export RAMPART_IDENTITY=$work/id.txt
 
 measure() { # label, command...: prints "label wall_s max_rss_mb"
   local label=$1; shift
-  /usr/bin/time -f "%e %M" -o "$work/time" "$@" > /dev/null 2>&1
+  if ! /usr/bin/time -f "%e %M" -o "$work/time" "$@" > /dev/null 2> "$work/err"; then
+    echo "$label failed:" >&2; cat "$work/err" >&2; exit 1
+  fi
   read -r wall rss < "$work/time"
   printf '%s %s %d\n' "$label" "$wall" "$((rss / 1024))"
 }
