@@ -7,15 +7,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::secret::Secret;
 
 /// A systemd service a file feeds: when the file changes, the service restarts.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Service {
     Etcd,
@@ -93,10 +91,10 @@ impl File {
 }
 
 /// A directory the host must have, with its mode and owner (e.g. the etcd data dir).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dir {
     pub path: String,
-    #[serde(serialize_with = "octal")]
+    #[serde(with = "octal")]
     pub mode: u32,
     pub owner: String,
     pub group: String,
@@ -126,10 +124,10 @@ pub struct Bundle {
 }
 
 /// The manifest entry of one file: what the host must end up with, minus the bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestEntry {
     pub path: String,
-    #[serde(serialize_with = "octal")]
+    #[serde(with = "octal")]
     pub mode: u32,
     pub owner: String,
     pub group: String,
@@ -139,7 +137,7 @@ pub struct ManifestEntry {
 }
 
 /// `manifest.json` of one host.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub host: String,
     pub services: Vec<Service>,
@@ -170,8 +168,19 @@ impl HostBundle {
     }
 }
 
-fn octal<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("{mode:04o}"))
+/// Modes as `"0600"` in manifests: what admins read in `ls -l` and chmod.
+mod octal {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{mode:04o}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let text = String::deserialize(d)?;
+        u32::from_str_radix(&text, 8)
+            .map_err(|_| D::Error::custom(format!("mode `{text}` is not octal")))
+    }
 }
 
 /// Writes `<out>/<host>/<absolute path>` for every file plus `<out>/<host>/manifest.json`.

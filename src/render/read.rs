@@ -3,9 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
-use super::bundle::{Bundle, Contents, Dir, File, HostBundle, Service};
+use super::bundle::{Bundle, Contents, File, HostBundle, Manifest};
 use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,39 +20,18 @@ pub enum ReadBundleError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("{}: mode `{mode}` is not octal", path.display())]
-    Mode { path: PathBuf, mode: String },
+    #[error("{} does not match its manifest (sha256 {actual}, manifest says {expected}); render again", path.display())]
+    Changed {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
     #[error("{} holds no host bundle (no <host>/manifest.json); write one with `rampart render --out`", path.display())]
     Empty { path: PathBuf },
 }
 
-#[derive(Deserialize)]
-struct RawManifest {
-    host: String,
-    services: Vec<Service>,
-    dirs: Vec<RawDir>,
-    files: Vec<RawEntry>,
-}
-
-#[derive(Deserialize)]
-struct RawDir {
-    path: String,
-    mode: String,
-    owner: String,
-    group: String,
-}
-
-#[derive(Deserialize)]
-struct RawEntry {
-    path: String,
-    mode: String,
-    owner: String,
-    group: String,
-    secret: bool,
-    services: Vec<Service>,
-}
-
-/// Reads every `<dir>/<host>/manifest.json` and the files it lists.
+/// Reads every `<dir>/<host>/manifest.json` and the files it lists, each checked
+/// against the manifest's sha256.
 pub fn read_bundle(dir: &Path) -> Result<Bundle, ReadBundleError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -71,34 +48,21 @@ pub fn read_bundle(dir: &Path) -> Result<Bundle, ReadBundleError> {
     for host_dir in entries {
         let mpath = host_dir.join("manifest.json");
         let text = std::fs::read(&mpath).map_err(io(&mpath))?;
-        let m: RawManifest =
+        let m: Manifest =
             serde_json::from_slice(&text).map_err(|source| ReadBundleError::Manifest {
                 path: mpath.clone(),
                 source,
             })?;
-        let mode = |s: &str| {
-            u32::from_str_radix(s, 8).map_err(|_| ReadBundleError::Mode {
-                path: mpath.clone(),
-                mode: s.to_string(),
-            })
-        };
         let mut hb = HostBundle {
             services: m.services,
-            ..HostBundle::default()
+            dirs: m.dirs,
+            files: Vec::with_capacity(m.files.len()),
         };
-        for d in m.dirs {
-            hb.dirs.push(Dir {
-                mode: mode(&d.mode)?,
-                path: d.path,
-                owner: d.owner,
-                group: d.group,
-            });
-        }
         for e in m.files {
             let local = host_dir.join(e.path.trim_start_matches('/'));
             let bytes = std::fs::read(&local).map_err(io(&local))?;
-            hb.files.push(File {
-                mode: mode(&e.mode)?,
+            let file = File {
+                mode: e.mode,
                 path: e.path,
                 owner: e.owner,
                 group: e.group,
@@ -108,7 +72,16 @@ pub fn read_bundle(dir: &Path) -> Result<Bundle, ReadBundleError> {
                     Contents::Plain(bytes)
                 },
                 services: e.services,
-            });
+            };
+            let actual = file.sha256();
+            if actual != e.sha256 {
+                return Err(ReadBundleError::Changed {
+                    path: local,
+                    expected: e.sha256,
+                    actual,
+                });
+            }
+            hb.files.push(file);
         }
         bundle.hosts.insert(m.host, hb);
     }

@@ -425,3 +425,29 @@ fn a_missing_certificate_names_the_host_and_the_cert() {
          the state dir is incomplete or was issued for another inventory"
     );
 }
+
+#[test]
+fn a_written_bundle_reads_back_the_same_and_edits_are_caught() {
+    let (_, bundle) = rendered(SINGLE_NODE);
+    let dir = tempfile::tempdir().unwrap();
+    render::write_bundle(&bundle, dir.path()).unwrap();
+    // Writing again over an existing bundle replaces files in place of the old ones.
+    render::write_bundle(&bundle, dir.path()).unwrap();
+    let back = render::read_bundle(dir.path()).unwrap();
+    for (host, hb) in &bundle.hosts {
+        assert_eq!(back.hosts[host].files, hb.files, "{host}");
+        assert_eq!(back.hosts[host].dirs, hb.dirs, "{host}");
+        assert_eq!(back.hosts[host].services, hb.services, "{host}");
+    }
+    let host = bundle.hosts.keys().next().unwrap();
+    let unit = dir
+        .path()
+        .join(host)
+        .join("etc/systemd/system/kubelet.service");
+    std::fs::write(&unit, "tampered").unwrap();
+    let err = render::read_bundle(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("kubelet.service does not match its manifest"),
+        "{err}"
+    );
+}
