@@ -1,19 +1,19 @@
 //! `init`, `render`, `certs list`, `users kubeconfig`: the commands that use the state dir.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use rampart::inventory::Inventory;
 use rampart::pki::{self, Action, StateDir};
 use time::OffsetDateTime;
 
-use super::args::{Output, RenderArgs, StateArgs, StateArgsNoUnlock};
+use super::args::{InventoryArgs, Output, RenderArgs, StateArgs, StateArgsNoUnlock};
 use super::{load_inventory, state_dir, unlock};
 
 pub fn init(a: &StateArgs) -> Result<ExitCode> {
-    let inv = load_inventory(&a.inv.inventory)?.inventory;
-    let dir = StateDir::new(state_dir(a.state_dir.as_ref(), &inv.cluster.name)?);
+    let (inv, dir) = open(&a.inv, a.state_dir.as_ref())?;
     let unlock = unlock::resolve(a, &dir)?;
     let (_, report) = pki::init(&inv, &dir, &unlock, OffsetDateTime::now_utc())?;
     match a.inv.output {
@@ -39,8 +39,7 @@ pub fn init(a: &StateArgs) -> Result<ExitCode> {
 }
 
 pub fn render(a: &RenderArgs) -> Result<ExitCode> {
-    let inv = load_inventory(&a.state.inv.inventory)?.inventory;
-    let dir = StateDir::new(state_dir(a.state.state_dir.as_ref(), &inv.cluster.name)?);
+    let (inv, dir) = open(&a.state.inv, a.state.state_dir.as_ref())?;
     let unlock = unlock::resolve(&a.state, &dir)?;
     let pki = pki::load(&inv, &dir, &unlock)?;
     let bundle = rampart::render::render(&inv, &pki)?;
@@ -68,8 +67,7 @@ pub fn render(a: &RenderArgs) -> Result<ExitCode> {
 }
 
 pub fn certs_list(a: &StateArgsNoUnlock) -> Result<ExitCode> {
-    let inv = load_inventory(&a.inv.inventory)?.inventory;
-    let dir = StateDir::new(state_dir(a.state_dir.as_ref(), &inv.cluster.name)?);
+    let (inv, dir) = open(&a.inv, a.state_dir.as_ref())?;
     let certs = pki::list(&inv, &dir, OffsetDateTime::now_utc())?;
     match a.inv.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&certs)?),
@@ -100,8 +98,7 @@ pub fn certs_list(a: &StateArgsNoUnlock) -> Result<ExitCode> {
 }
 
 pub fn user_kubeconfig(name: &str, a: &StateArgs, out: Option<&Path>) -> Result<ExitCode> {
-    let inv = load_inventory(&a.inv.inventory)?.inventory;
-    let dir = StateDir::new(state_dir(a.state_dir.as_ref(), &inv.cluster.name)?);
+    let (inv, dir) = open(&a.inv, a.state_dir.as_ref())?;
     let unlock = unlock::resolve(a, &dir)?;
     let conf = pki::user_kubeconfig(&inv, &dir, &unlock, name, OffsetDateTime::now_utc())?;
     match out {
@@ -120,6 +117,14 @@ pub fn user_kubeconfig(name: &str, a: &StateArgs, out: Option<&Path>) -> Result<
         None => std::io::stdout().write_all(conf.expose())?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The inventory (warnings printed) and its state dir: the flag, else the default for
+/// the cluster's name.
+fn open(inv: &InventoryArgs, state_dir_flag: Option<&PathBuf>) -> Result<(Inventory, StateDir)> {
+    let inventory = load_inventory(&inv.inventory)?.inventory;
+    let dir = StateDir::new(state_dir(state_dir_flag, &inventory.cluster.name)?);
+    Ok((inventory, dir))
 }
 
 fn subject(cn: &str, orgs: &[String]) -> String {
