@@ -174,25 +174,20 @@ pub fn load(inv: &Inventory, dir: &StateDir, unlock: &Unlock) -> Result<Pki, Pki
     let stored = read_all(dir, &key, &specs)?;
     let mut cas = BTreeMap::new();
     let mut certs = BTreeMap::new();
-    for (spec, st) in specs.iter().zip(stored) {
-        let (Some(cert), Some(k)) = (st.cert, st.key) else {
+    for (spec, st) in specs.iter().zip(&stored) {
+        let (Some(cert), Some(key_pem)) = (&st.cert, &st.key) else {
             return Err(PkiError::NotInitialised {
                 name: spec.name.clone(),
                 reason: "certificate or key missing from the state dir".into(),
             });
         };
-        let st = Stored {
-            cert: Some(cert),
-            key: Some(k),
-        };
         if spec.is_ca() {
-            let cert = st.cert.as_deref().unwrap_or_default();
-            let facts = check_ca(&spec.name, cert, st.key.as_ref().expect("checked"), None)?;
+            let facts = check_ca(&spec.name, cert, key_pem, None)?;
             cas.insert(spec.name.clone(), facts);
         } else {
             let ca = &cas[spec.ca.as_deref().unwrap_or_default()];
             if let Some(Action::Reissued { reason }) =
-                examine(spec, &st, ca, inv.security.key_algorithm, None)?
+                examine(spec, st, ca, inv.security.key_algorithm, None)?
             {
                 return Err(PkiError::NotInitialised {
                     name: spec.name.clone(),
@@ -201,8 +196,8 @@ pub fn load(inv: &Inventory, dir: &StateDir, unlock: &Unlock) -> Result<Pki, Pki
             }
         }
         let issued = Issued {
-            cert_pem: st.cert.unwrap_or_default(),
-            key_pem: st.key.expect("checked"),
+            cert_pem: cert.clone(),
+            key_pem: key_pem.clone(),
         };
         certs.insert(spec.name.clone(), issued);
     }
