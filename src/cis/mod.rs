@@ -11,7 +11,7 @@ pub mod host;
 mod jsonpath;
 mod report;
 pub mod semantics;
-mod unit;
+pub mod unit;
 
 pub use benchmark::{
     Benchmark, BenchmarkError, BinOp, Check, Emulation, OneOrMany, Role, Target, TestItem,

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use rampart::cis::unit;
 use rampart::inventory::parse;
 use rampart::pki::{self, StateDir, Unlock};
 use rampart::render::{self, HostBundle};
@@ -40,17 +41,6 @@ fn file<'a>(hb: &'a HostBundle, path: &str) -> &'a [u8] {
         .unwrap_or_else(|| panic!("bundle lacks {path}"))
         .contents
         .bytes()
-}
-
-/// The unit's `ExecStart` as argv: continuation lines joined, one word per argument
-/// (rampart's units quote nothing).
-fn exec_start(unit: &str) -> Vec<String> {
-    let joined = unit.replace("\\\n", " ");
-    let line = joined
-        .lines()
-        .find_map(|l| l.strip_prefix("ExecStart="))
-        .expect("ExecStart= in etcd.service");
-    line.split_whitespace().map(String::from).collect()
 }
 
 /// `LoadCredential=NAME:PATH` pairs.
@@ -106,14 +96,22 @@ fn rendered_etcd_member_serves_mtls_and_rejects_clients_without_a_cert() {
         std::fs::write(creds.join(&name), file(hb, &path)).unwrap();
     }
     let data = work.path().join("data");
-    let argv: Vec<String> = exec_start(&unit)
+    // The same reading of ExecStart the CIS self-check uses.
+    let exec_start = unit::parse(&unit)
+        .exec_start
+        .expect("ExecStart= in etcd.service");
+    let env = [(
+        "CREDENTIALS_DIRECTORY".to_string(),
+        creds.display().to_string(),
+    )]
+    .into();
+    let argv: Vec<String> = unit::expand(&exec_start, &env)
         .into_iter()
         .map(|a| {
-            a.replace("${CREDENTIALS_DIRECTORY}", creds.to_str().unwrap())
-                .replace(
-                    "--data-dir=/var/lib/etcd",
-                    &format!("--data-dir={}", data.display()),
-                )
+            a.replace(
+                "--data-dir=/var/lib/etcd",
+                &format!("--data-dir={}", data.display()),
+            )
         })
         .collect();
     assert!(
