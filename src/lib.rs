@@ -1,11 +1,12 @@
 //! rampart: bootstrap hardened Kubernetes clusters over SSH and keep them healthy.
 //!
 //! The core is pure: [`inventory`] → [`pki`] → [`render`] (a per-host bundle of
-//! files). I/O lives at the edges: the state dir, the bundle writer, and (later)
-//! the hosts.
+//! files). I/O lives at the edges: the state dir, the bundle writer, and the
+//! hosts ([`remote`]).
 
 pub mod cis;
 pub mod inventory;
 pub mod pki;
+pub mod remote;
 pub mod render;
 pub mod secret;

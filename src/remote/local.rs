@@ -1,0 +1,1 @@
+//! A [`super::Remote`] that runs scripts on this machine under a scratch root (tests).

@@ -1,0 +1,119 @@
+//! How rampart talks to one host: the [`Remote`] trait and its implementations.
+//!
+//! Everything rampart does on a host is a POSIX `sh` script run as root (through
+//! `sudo -n` when the login user is not root), with bytes on stdin and output
+//! collected. Keeping the contract this small is deliberate:
+//! - the install engine (`crate::phases`) is written once against the trait;
+//! - [`local::LocalRemote`] runs the very same scripts on this machine under a
+//!   scratch root (`$ROOT`), so engine tests exercise real shell, real files,
+//!   real renames, without SSH;
+//! - [`ssh`] runs them over a real OpenSSH connection (russh).
+//!
+//! Scripts prefix every host path with `"$ROOT"`, which is empty on real hosts.
+
+pub mod local;
+pub mod script;
+pub mod ssh;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+/// A boxed future, so `dyn Remote` works (SSH and local remotes side by side).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a script reads on stdin.
+#[derive(Debug, Clone, Default)]
+pub enum Input {
+    #[default]
+    None,
+    Bytes(Vec<u8>),
+    /// Streamed from a local file (binaries: never held in memory whole).
+    File(PathBuf),
+}
+
+/// The outcome of one script.
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    /// Exit status; `None` when the remote side gave none (killed by a signal).
+    pub status: Option<u32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    /// The last non-empty stderr line: what a script printed before failing.
+    pub fn stderr_tail(&self) -> String {
+        String::from_utf8_lossy(&self.stderr)
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    }
+}
+
+/// A long-running script kept alive until dropped (the host lock is one):
+/// when rampart exits or the connection dies, its stdin closes and it ends.
+pub trait Held: Send + Sync {
+    /// Closes stdin and waits for the script to exit.
+    fn release(self: Box<Self>) -> BoxFuture<'static, Result<(), RemoteError>>;
+}
+
+/// One host, reachable. Cheap to share (`Arc<dyn Remote>`); scripts may run
+/// concurrently on one remote (SSH channels of one session).
+pub trait Remote: Send + Sync {
+    /// The inventory name of the host, for messages.
+    fn host(&self) -> &str;
+
+    /// Runs `script` with `sh -c` as root and waits for it.
+    ///
+    /// A non-zero exit is not an error here (`Output::status` says it); errors
+    /// are transport failures: the connection dropped, sudo refused, ….
+    fn run<'a>(
+        &'a self,
+        script: &'a str,
+        input: Input,
+    ) -> BoxFuture<'a, Result<Output, RemoteError>>;
+
+    /// Starts `script` as root, waits for its first stdout line and returns it
+    /// with a handle that keeps the script running. A script that exits before
+    /// printing a line yields its [`Output`] instead (`Err(output)` inside `Ok`).
+    fn hold<'a>(
+        &'a self,
+        script: &'a str,
+    ) -> BoxFuture<'a, Result<Result<(String, Box<dyn Held>), Output>, RemoteError>>;
+
+    /// Bytes written to the host so far (scripts and stdin), for the
+    /// "a no-op apply only sends what hashing needs" measurement.
+    fn bytes_sent(&self) -> u64;
+}
+
+/// Transport failures (not script failures) talking to a host.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("{host}: connection lost: {reason}")]
+    Disconnected { host: String, reason: String },
+    #[error("{host}: cannot read {path}")]
+    Input {
+        host: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{host}: cannot start `sh` locally")]
+    Spawn {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{host}: sudo refused to run without a password; give {user} passwordless sudo or connect as root")]
+    SudoPassword { host: String, user: String },
+}

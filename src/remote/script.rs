@@ -1,0 +1,1 @@
+//! Shell scripts rampart runs on hosts (filled in by the install engine).

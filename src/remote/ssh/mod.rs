@@ -1,0 +1,1 @@
+//! The SSH transport (russh): connect, verify host keys, authenticate, run scripts.
