@@ -7,6 +7,7 @@
 pub mod cis;
 pub mod inventory;
 pub mod pki;
+pub mod plan;
 pub mod remote;
 pub mod render;
 pub mod secret;

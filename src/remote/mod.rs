@@ -60,6 +60,10 @@ impl Output {
     }
 }
 
+/// What [`Remote::hold`] yields: the first line and the handle keeping the
+/// script alive, or the script's output when it exited before printing a line.
+pub type Hold = Result<(String, Box<dyn Held>), Output>;
+
 /// A long-running script kept alive until dropped (the host lock is one):
 /// when rampart exits or the connection dies, its stdin closes and it ends.
 pub trait Held: Send + Sync {
@@ -86,10 +90,7 @@ pub trait Remote: Send + Sync {
     /// Starts `script` as root, waits for its first stdout line and returns it
     /// with a handle that keeps the script running. A script that exits before
     /// printing a line yields its [`Output`] instead (`Err(output)` inside `Ok`).
-    fn hold<'a>(
-        &'a self,
-        script: &'a str,
-    ) -> BoxFuture<'a, Result<Result<(String, Box<dyn Held>), Output>, RemoteError>>;
+    fn hold<'a>(&'a self, script: &'a str) -> BoxFuture<'a, Result<Hold, RemoteError>>;
 
     /// Bytes written to the host so far (scripts and stdin), for the
     /// "a no-op apply only sends what hashing needs" measurement.

@@ -1,1 +1,353 @@
-//! Shell scripts rampart runs on hosts (filled in by the install engine).
+//! The POSIX `sh` scripts rampart runs on hosts, built as pure strings.
+//!
+//! Scripts are data: the same text runs over SSH and, in tests, on this
+//! machine under a scratch root. Every host path is written `"$R"'/etc/…'`
+//! where `R` is `$ROOT` (empty on real hosts). Values are quoted with `shlex`,
+//! never interpolated raw. Outputs are tab-separated lines parsed by
+//! `crate::plan::facts`; the golden tests in this module pin the texts.
+
+use std::fmt::Write as _;
+
+/// Header of every script: strict mode and the root prefix.
+const PRELUDE: &str = "set -eu\nR=\"${ROOT:-}\"\n";
+
+/// Shell-quotes one word (a path, a user name, an owner string).
+pub fn quote(word: &str) -> String {
+    shlex::try_quote(word)
+        .map(|q| q.into_owned())
+        // Only a NUL byte fails; no rampart path or name contains one.
+        .unwrap_or_else(|_| "''".into())
+}
+
+/// `"$R"'/etc/x'`: a host path under the root prefix.
+fn at(path: &str) -> String {
+    format!("\"$R\"{}", quote(path))
+}
+
+/// What to ask a host before planning.
+#[derive(Debug, Clone, Default)]
+pub struct FactsRequest {
+    /// Files whose mode, owner and sha256 are wanted.
+    pub files: Vec<String>,
+    /// Directories whose mode and owner are wanted.
+    pub dirs: Vec<String>,
+    /// systemd units (without `.service`) whose state is wanted.
+    pub services: Vec<String>,
+    /// (name, absolute path, version flag) of binaries to look for.
+    pub binaries: Vec<(String, String, String)>,
+    /// Users that must exist.
+    pub users: Vec<String>,
+    /// The host's record of what rampart installed last time.
+    pub record: String,
+    /// Where free disk space is measured.
+    pub disk: String,
+}
+
+/// One round trip that tells the planner everything it needs: hashes (not
+/// contents) of the files rampart manages, service states, binaries, ports,
+/// clock, disk, OS. Lines: `kind\tfield…`.
+pub fn facts(req: &FactsRequest) -> String {
+    let mut s = String::from(PRELUDE);
+    s.push_str("set +e\n");
+    s.push_str("if [ -r \"$R/etc/os-release\" ]; then . \"$R/etc/os-release\"; fi\n");
+    s.push_str("printf 'os\\t%s\\t%s\\n' \"${ID:-unknown}\" \"${VERSION_ID:-}\"\n");
+    s.push_str("printf 'time\\t%s\\n' \"$(date +%s)\"\n");
+    s.push_str(
+        "printf 'systemd\\t%s\\n' \"$(systemctl --version 2>/dev/null | awk 'NR==1{print $2}')\"\n",
+    );
+    let _ = writeln!(
+        s,
+        "printf 'disk\\t%s\\n' \"$(df -Pk {} 2>/dev/null | awk 'NR==2{{print $4}}')\"",
+        at(&req.disk)
+    );
+    s.push_str(
+        "printf 'listen\\t%s\\n' $(ss -Hltn 2>/dev/null | awk '{n=split($4,a,\":\"); print a[n]}' | sort -un)\n",
+    );
+    for (name, path, flag) in &req.binaries {
+        let _ = writeln!(
+            s,
+            "if [ -x {p} ]; then printf 'bin\\t%s\\t%s\\n' {n} \"$({p} {f} 2>&1 | head -n1)\"; else printf 'bin\\t%s\\t-\\n' {n}; fi",
+            p = at(path),
+            n = quote(name),
+            f = quote(flag),
+        );
+    }
+    for user in &req.users {
+        let _ = writeln!(
+            s,
+            "if id -u {u} >/dev/null 2>&1; then printf 'user\\t%s\\tyes\\n' {u}; else printf 'user\\t%s\\tno\\n' {u}; fi",
+            u = quote(user)
+        );
+    }
+    for svc in &req.services {
+        let _ = writeln!(
+            s,
+            "printf 'svc\\t%s\\t%s\\t%s\\n' {u} \"$(systemctl is-active {u}.service 2>/dev/null)\" \"$(systemctl is-enabled {u}.service 2>/dev/null)\"",
+            u = quote(svc)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "if [ -f {r} ]; then printf 'record\\t%s\\n' \"$(base64 -w0 < {r})\"; fi",
+        r = at(&req.record)
+    );
+    // Relative names from "$R/" so the output never carries the root prefix.
+    s.push_str("cd \"$R/\"\n");
+    let rel = |paths: &[String]| -> String {
+        paths
+            .iter()
+            .map(|p| quote(p.trim_start_matches('/')))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if !req.dirs.is_empty() {
+        let _ = writeln!(
+            s,
+            "stat -c 'dir\t%a\t%U\t%G\t%F\t%n' -- {} 2>/dev/null",
+            rel(&req.dirs)
+        );
+    }
+    if !req.files.is_empty() {
+        let files = rel(&req.files);
+        let _ = writeln!(
+            s,
+            "stat -c 'stat\t%a\t%U\t%G\t%F\t%n' -- {files} 2>/dev/null"
+        );
+        let _ = writeln!(s, "sha256sum -- {files} 2>/dev/null | sed 's/^/sha\t/'");
+    }
+    s.push_str("echo end\n");
+    s
+}
+
+/// The temp file a new version is staged in: same directory (so the rename is
+/// atomic), hidden, recognisable.
+pub fn staged_path(path: &str) -> String {
+    match path.rsplit_once('/') {
+        Some((dir, name)) => format!("{dir}/.{name}.rampart-new"),
+        None => format!(".{path}.rampart-new"),
+    }
+}
+
+/// One file to stage: its bytes follow on stdin, `size` of them.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub path: String,
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+    pub size: u64,
+}
+
+/// Writes each file's bytes (concatenated on stdin, in order) to its staged
+/// path with mode and owner set, then fsyncs them. Nothing at a real path
+/// changes: a connection that drops here leaves only `.rampart-new` files,
+/// which the commit refuses unless their sha256 matches.
+pub fn stage(files: &[Staged]) -> String {
+    let mut s = String::from(PRELUDE);
+    s.push_str(
+        "put() {\n  d=$(dirname \"$R$1\")\n  [ -d \"$d\" ] || (umask 022; mkdir -p \"$d\")\n  t=\"$d/.$(basename \"$1\").rampart-new\"\n  staged=\"$staged $t\"\n  rm -f \"$t\"\n  (umask 077; dd of=\"$t\" bs=65536 count=\"$5\" iflag=fullblock,count_bytes status=none)\n  [ \"$(stat -c %s \"$t\")\" = \"$5\" ] || { echo \"upload of $1 ended early\" >&2; exit 4; }\n  chown \"$3:$4\" \"$t\"\n  chmod \"$2\" \"$t\"\n}\n",
+    );
+    // A dropped connection (EOF on stdin, SIGHUP or SIGPIPE) must not leave
+    // staged copies behind: every exit but the successful one removes them.
+    s.push_str(
+        "staged=\nok=0\n# shellcheck disable=SC2086\ntrap '[ \"$ok\" = 1 ] || rm -f $staged' EXIT\ntrap 'exit 1' HUP INT TERM PIPE\n",
+    );
+    for f in files {
+        let _ = writeln!(
+            s,
+            "put {} {:04o} {} {} {}",
+            quote(&f.path),
+            f.mode,
+            quote(&f.owner),
+            quote(&f.group),
+            f.size
+        );
+    }
+    s.push_str("# shellcheck disable=SC2086\n[ -z \"$staged\" ] || sync $staged\nok=1\necho staged\n");
+    s
+}
+
+/// A directory the host must have.
+#[derive(Debug, Clone)]
+pub struct DirSpec {
+    pub path: String,
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+}
+
+/// What the commit step does.
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    /// Staged files to move into place: (path, sha256 the staged copy must have).
+    pub install: Vec<(String, String)>,
+    /// Files rampart installed before and no longer manages.
+    pub remove: Vec<String>,
+    /// Directories to create or fix (mode, owner).
+    pub dirs: Vec<DirSpec>,
+    /// Where previous versions go (`/var/lib/rampart/backup/<timestamp>`).
+    pub backup_dir: String,
+}
+
+/// Checks every staged file's sha256 first (all or nothing), then for each
+/// file keeps the old version under the backup dir and renames the new one in
+/// place, then fsyncs the directories so the renames survive a power cut.
+pub fn commit(c: &Commit) -> String {
+    let mut s = String::from(PRELUDE);
+    let _ = writeln!(s, "B={}", at(&c.backup_dir));
+    if !c.install.is_empty() {
+        // Relative to "$R/": a quoted heredoc does not expand `$R`.
+        s.push_str("if ! (cd \"$R/\" && sha256sum -c --quiet --status) <<'EOF'\n");
+        for (path, sha) in &c.install {
+            let _ = writeln!(s, "{sha}  {}", staged_path(path).trim_start_matches('/'));
+        }
+        s.push_str("EOF\nthen echo 'staged files are incomplete or missing: upload again' >&2; exit 3; fi\n");
+    }
+    s.push_str(
+        "keep() {\n  [ -e \"$R$1\" ] || return 0\n  mkdir -p \"$B$(dirname \"$1\")\"\n  cp -a \"$R$1\" \"$B$1\"\n}\n",
+    );
+    s.push_str("synced=\n");
+    for d in &c.dirs {
+        let _ = writeln!(
+            s,
+            "mkdir -p {p}; chown {o}:{g} {p}; chmod {m:04o} {p}",
+            p = at(&d.path),
+            o = quote(&d.owner),
+            g = quote(&d.group),
+            m = d.mode
+        );
+    }
+    for (path, _) in &c.install {
+        let _ = writeln!(
+            s,
+            "keep {q}; mv -f {t} {p}; synced=\"$synced $(dirname {p})\"",
+            q = quote(path),
+            t = at(&staged_path(path)),
+            p = at(path)
+        );
+    }
+    for path in &c.remove {
+        let _ = writeln!(
+            s,
+            "keep {q}; rm -f {p}; synced=\"$synced $(dirname {p})\"",
+            q = quote(path),
+            p = at(path)
+        );
+    }
+    s.push_str("# shellcheck disable=SC2086\n[ -z \"$synced\" ] || sync $synced\necho committed\n");
+    s
+}
+
+/// Takes the host lock. Prints `locked` and then keeps running (holding the
+/// `flock`) until stdin closes, which happens when rampart finishes or its
+/// connection dies, so an interrupted run never leaves a lock behind. A lock
+/// held by someone else prints `busy\t<owner line>` and exits.
+pub fn lock(path: &str, owner: &str) -> String {
+    let mut s = String::from(PRELUDE);
+    let _ = writeln!(s, "L={}", at(path));
+    s.push_str("mkdir -p \"$(dirname \"$L\")\"\nexec 9>>\"$L\"\n");
+    s.push_str("if ! flock -n 9; then printf 'busy\\t%s\\n' \"$(head -n1 \"$L\")\"; exit 0; fi\n");
+    let _ = writeln!(
+        s,
+        "printf '%s\\tpid=%s\\tsince=%s\\n' {} \"$$\" \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" > \"$L\"",
+        quote(owner)
+    );
+    s.push_str("echo locked\nexec cat >/dev/null\n");
+    s
+}
+
+/// Ends the process holding the host lock (for `rampart hosts unlock`).
+pub fn unlock(path: &str) -> String {
+    let mut s = String::from(PRELUDE);
+    let _ = writeln!(s, "L={}", at(path));
+    s.push_str("[ -f \"$L\" ] || { echo free; exit 0; }\nexec 9>>\"$L\"\nif flock -n 9; then echo free; exit 0; fi\n");
+    s.push_str("pid=$(sed -n 's/.*\\tpid=\\([0-9]*\\).*/\\1/p' \"$L\" | head -n1)\n");
+    s.push_str(
+        "[ -n \"$pid\" ] && kill \"$pid\" 2>/dev/null || true\nflock -w 10 9 && echo released\n",
+    );
+    s
+}
+
+/// `systemctl` with fixed arguments (services without `.service`).
+pub fn systemctl(verb: &str, services: &[&str]) -> String {
+    let mut s = String::from(PRELUDE);
+    s.push_str("systemctl ");
+    s.push_str(verb);
+    for svc in services {
+        s.push(' ');
+        s.push_str(&quote(&format!("{svc}.service")));
+    }
+    s.push('\n');
+    s
+}
+
+/// `systemd-analyze verify` of installed unit files: catches what systemd
+/// would reject before anything is started.
+pub fn verify_units(paths: &[String]) -> String {
+    let mut s = String::from(PRELUDE);
+    s.push_str("systemd-analyze verify");
+    for p in paths {
+        s.push(' ');
+        s.push_str(&at(p));
+    }
+    s.push('\n');
+    s
+}
+
+/// Runs `cmd` (already quoted) until it succeeds or `seconds` pass; prints its
+/// last output either way. Health gates poll on the host, not over many round trips.
+pub fn poll(cmd: &str, seconds: u32) -> String {
+    let mut s = String::from(PRELUDE);
+    let _ = writeln!(
+        s,
+        "end=$(( $(date +%s) + {seconds} ))\nwhile :; do\n  if out=$({cmd} 2>&1); then printf '%s\\n' \"$out\"; exit 0; fi\n  if [ \"$(date +%s)\" -ge \"$end\" ]; then printf '%s\\n' \"$out\" >&2; exit 1; fi\n  sleep 1\ndone"
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_path_is_hidden_beside_the_file() {
+        assert_eq!(
+            staged_path("/etc/kubernetes/pki/ca.key"),
+            "/etc/kubernetes/pki/.ca.key.rampart-new"
+        );
+    }
+
+    #[test]
+    fn paths_are_quoted_under_the_root_prefix() {
+        assert_eq!(at("/etc/a b"), "\"$R\"'/etc/a b'");
+        assert_eq!(at("/etc/kubernetes"), "\"$R\"/etc/kubernetes");
+    }
+
+    #[test]
+    fn stage_script_is_stable() {
+        let s = stage(&[Staged {
+            path: "/etc/kubernetes/admin.conf".into(),
+            mode: 0o600,
+            owner: "root".into(),
+            group: "root".into(),
+            size: 42,
+        }]);
+        insta::assert_snapshot!(s);
+    }
+
+    #[test]
+    fn commit_script_is_stable() {
+        let s = commit(&Commit {
+            install: vec![("/etc/kubernetes/admin.conf".into(), "ab".repeat(32))],
+            remove: vec!["/etc/kubernetes/old.yaml".into()],
+            dirs: vec![DirSpec {
+                path: "/var/lib/etcd".into(),
+                mode: 0o700,
+                owner: "etcd".into(),
+                group: "etcd".into(),
+            }],
+            backup_dir: "/var/lib/rampart/backup/20261122T120000Z".into(),
+        });
+        insta::assert_snapshot!(s);
+    }
+}

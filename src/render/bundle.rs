@@ -169,7 +169,7 @@ impl HostBundle {
 }
 
 /// Modes as `"0600"` in manifests: what admins read in `ls -l` and chmod.
-mod octal {
+pub(crate) mod octal {
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {

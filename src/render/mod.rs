@@ -17,6 +17,7 @@ mod shared;
 mod templates;
 mod tls;
 
+pub(crate) use bundle::octal;
 pub use bundle::*;
 
 use crate::inventory::Inventory;

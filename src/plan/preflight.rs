@@ -1,0 +1,244 @@
+//! Preflight: can this host take the install? Judged purely from its facts,
+//! before anything is written, so a refusal leaves every host untouched.
+
+use serde::Serialize;
+
+use super::desired::Needed;
+use super::facts::HostFacts;
+use crate::render::Service;
+
+/// LoadCredential= (etcd reads its keys through it) arrived in systemd 247.
+const MIN_SYSTEMD: u32 = 247;
+/// Free space wanted where etcd keeps its data.
+const MIN_DISK_KIB: u64 = 1024 * 1024;
+/// Beyond this, certificates issued "now" look not-yet-valid on the host.
+const MAX_SKEW_SECS: i64 = 60;
+/// Beyond this, a warning: logs and audit timestamps drift apart.
+const WARN_SKEW_SECS: i64 = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub level: Level,
+    pub message: String,
+}
+
+/// What the preflight needs besides the facts.
+pub struct Expect<'a> {
+    pub services: &'a [Service],
+    pub binaries: &'a [Needed],
+    /// Binaries that this apply uploads (not required on the host yet).
+    pub uploading: &'a [&'a str],
+    /// Services whose start phase is skipped: a missing binary is a warning.
+    pub not_starting: &'a [Service],
+    /// `major.minor` of Kubernetes the inventory asks for.
+    pub kube_minor: (u32, u32),
+    /// Admin clock when the facts were taken (seconds since the epoch).
+    pub admin_time: i64,
+}
+
+/// Ports each service listens on; in use by anything else is an error.
+fn ports(svc: Service) -> &'static [u16] {
+    match svc {
+        Service::Etcd => &[2379, 2380],
+        Service::KubeApiserver => &[6443],
+        Service::KubeControllerManager => &[10257],
+        Service::KubeScheduler => &[10259],
+        Service::Kubelet => &[10250],
+        Service::KubeProxy => &[10256],
+    }
+}
+
+/// Finds `major.minor` in a version line ("Kubernetes v1.34.1", "etcd Version: 3.4.23").
+fn minor_version(line: &str) -> Option<(u32, u32)> {
+    let re = regex::Regex::new(r"v?(\d+)\.(\d+)(?:\.\d+)?").expect("static regex");
+    let c = re.captures(line)?;
+    Some((c[1].parse().ok()?, c[2].parse().ok()?))
+}
+
+pub fn check(facts: &HostFacts, e: &Expect) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut error = |m: String| {
+        out.push(Finding {
+            level: Level::Error,
+            message: m,
+        })
+    };
+    match facts.systemd {
+        None => error("systemd not found: rampart runs services as systemd units".into()),
+        Some(v) if v < MIN_SYSTEMD => error(format!(
+            "systemd {v} is too old: etcd's LoadCredential= needs {MIN_SYSTEMD} or newer (Debian 12 has 252)"
+        )),
+        _ => {}
+    }
+    if let Some(kib) = facts.disk_free_kib {
+        if kib < MIN_DISK_KIB {
+            error(format!(
+                "only {} MiB free under /var/lib; etcd needs at least {} MiB",
+                kib / 1024,
+                MIN_DISK_KIB / 1024
+            ));
+        }
+    }
+    if e.services.contains(&Service::Etcd) && facts.users.get("etcd") != Some(&true) {
+        error("user `etcd` does not exist: install Debian's etcd-server package or create a system user etcd".into());
+    }
+    for svc in e.services {
+        let running = facts
+            .services
+            .get(svc.name())
+            .is_some_and(|s| s.is_active());
+        for port in ports(*svc) {
+            if !running && facts.listening.contains(port) {
+                error(format!(
+                    "port {port} (for {svc}) is already in use by another program; `ss -ltnp sport = :{port}` shows which"
+                ));
+            }
+        }
+    }
+    let mut warnings = Vec::new();
+    for b in e.binaries {
+        if e.uploading.contains(&b.name) {
+            continue;
+        }
+        let skipped = b.service.is_some_and(|s| e.not_starting.contains(&s));
+        let mut problem = |m: String| {
+            if skipped {
+                warnings.push(format!("{m} (its start phase is skipped)"));
+            } else {
+                out.push(Finding {
+                    level: Level::Error,
+                    message: m,
+                });
+            }
+        };
+        match facts.binaries.get(b.name).cloned().flatten() {
+            None => problem(format!(
+                "{} is missing: install it or set binaries.artifacts to upload it",
+                b.path
+            )),
+            Some(line) => {
+                let Some((major, minor)) = minor_version(&line) else {
+                    problem(format!("{} printed no version (`{line}`)", b.path));
+                    continue;
+                };
+                let etcd = b.name == "etcd" || b.name == "etcdctl";
+                if etcd && !(major == 3 && (minor == 4 || minor == 5)) {
+                    problem(format!(
+                        "{} is {major}.{minor}; rampart supports etcd 3.4 and 3.5",
+                        b.path
+                    ));
+                } else if !etcd && (major, minor) != e.kube_minor {
+                    problem(format!(
+                        "{} is {major}.{minor}, the inventory asks for Kubernetes {}.{}",
+                        b.path, e.kube_minor.0, e.kube_minor.1
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(t) = facts.time {
+        let skew = t - e.admin_time;
+        if skew.abs() > MAX_SKEW_SECS {
+            out.push(Finding {
+                level: Level::Error,
+                message: format!("clock is {skew:+} s off this machine's; certificates issued now would not be valid there yet: fix NTP"),
+            });
+        } else if skew.abs() > WARN_SKEW_SECS {
+            warnings.push(format!("clock is {skew:+} s off this machine's"));
+        }
+    }
+    out.extend(warnings.into_iter().map(|m| Finding {
+        level: Level::Warning,
+        message: m,
+    }));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::facts::ServiceFact;
+
+    fn healthy() -> HostFacts {
+        let mut f = HostFacts {
+            systemd: Some(252),
+            disk_free_kib: Some(10 << 20),
+            time: Some(1000),
+            ..Default::default()
+        };
+        f.users.insert("etcd".into(), true);
+        f.binaries
+            .insert("etcd".into(), Some("etcd Version: 3.4.23".into()));
+        f
+    }
+
+    fn etcd_bin() -> Vec<Needed> {
+        vec![Needed {
+            name: "etcd",
+            path: "/usr/bin/etcd".into(),
+            version_args: "--version",
+            service: Some(Service::Etcd),
+        }]
+    }
+
+    fn expect<'a>(bins: &'a [Needed], not_starting: &'a [Service]) -> Expect<'a> {
+        Expect {
+            services: &[Service::Etcd],
+            binaries: bins,
+            uploading: &[],
+            not_starting,
+            kube_minor: (1, 34),
+            admin_time: 1000,
+        }
+    }
+
+    #[test]
+    fn a_healthy_etcd_host_passes() {
+        assert!(check(&healthy(), &expect(&etcd_bin(), &[])).is_empty());
+    }
+
+    #[test]
+    fn a_foreign_listener_on_an_etcd_port_is_an_error() {
+        let mut f = healthy();
+        f.listening.insert(2379);
+        let found = check(&f, &expect(&etcd_bin(), &[]));
+        assert!(found[0].message.contains("port 2379"), "{found:?}");
+        // …but etcd itself listening there is fine.
+        f.services.insert(
+            "etcd".into(),
+            ServiceFact {
+                active: "active".into(),
+                enabled: "enabled".into(),
+            },
+        );
+        assert!(check(&f, &expect(&etcd_bin(), &[])).is_empty());
+    }
+
+    #[test]
+    fn missing_binary_is_a_warning_when_its_start_is_skipped() {
+        let mut f = healthy();
+        f.binaries.insert("etcd".into(), None);
+        assert_eq!(check(&f, &expect(&etcd_bin(), &[]))[0].level, Level::Error);
+        assert_eq!(
+            check(&f, &expect(&etcd_bin(), &[Service::Etcd]))[0].level,
+            Level::Warning
+        );
+    }
+
+    #[test]
+    fn clock_skew_and_old_systemd_are_errors() {
+        let mut f = healthy();
+        f.time = Some(1000 + 120);
+        f.systemd = Some(241);
+        let found = check(&f, &expect(&etcd_bin(), &[]));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found.iter().any(|x| x.message.contains("+120 s")));
+    }
+}

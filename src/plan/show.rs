@@ -1,0 +1,131 @@
+//! The plan as text for people: one block per host, diffs for plain files,
+//! secrets named but never shown.
+
+use std::fmt::Write as _;
+
+use super::{Action, HostPlan, ServiceAction};
+
+/// A unified diff (via `similar`) of two text versions; None for binary data.
+pub fn unified_diff(path: &str, old: &[u8], new: &[u8]) -> Option<String> {
+    let (old, new) = (
+        std::str::from_utf8(old).ok()?,
+        std::str::from_utf8(new).ok()?,
+    );
+    let diff = similar::TextDiff::from_lines(old, new);
+    Some(
+        diff.unified_diff()
+            .context_radius(2)
+            .header(&format!("{path} (on host)"), &format!("{path} (rendered)"))
+            .to_string(),
+    )
+}
+
+/// One-line summary of a host's plan: `cp1: 3 to create, 1 to update, restart etcd`.
+pub fn summary(p: &HostPlan) -> String {
+    if p.is_noop() {
+        return format!("{}: no changes ({} files up to date)", p.host, p.unchanged);
+    }
+    let count = |a: Action| {
+        p.files
+            .iter()
+            .chain(&p.binaries)
+            .filter(|c| c.action == a)
+            .count()
+    };
+    let mut parts = Vec::new();
+    for (n, word) in [
+        (count(Action::Create), "to create"),
+        (count(Action::Update), "to update"),
+        (count(Action::Remove), "to remove"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {word}"));
+        }
+    }
+    if !p.dirs.is_empty() {
+        parts.push(format!("{} dirs to fix", p.dirs.len()));
+    }
+    for (svc, action) in &p.services {
+        parts.push(match action {
+            ServiceAction::Restart { .. } => format!("restart {svc}"),
+            ServiceAction::Start => format!("start {svc}"),
+        });
+    }
+    format!("{}: {}", p.host, parts.join(", "))
+}
+
+/// The full text of a host's plan.
+pub fn host(p: &HostPlan) -> String {
+    let mut s = summary(p);
+    s.push('\n');
+    for d in &p.dirs {
+        let sign = if d.action == Action::Create { '+' } else { '~' };
+        let _ = writeln!(
+            s,
+            "  {sign} {}/ ({:04o} {}:{}){}",
+            d.path,
+            d.mode,
+            d.owner,
+            d.group,
+            detail(&d.what)
+        );
+    }
+    for c in p.binaries.iter().chain(&p.files) {
+        let sign = match c.action {
+            Action::Create => '+',
+            Action::Update => '~',
+            Action::Remove => '-',
+        };
+        let tag = if c.secret {
+            " [secret]"
+        } else if c.binary {
+            " [binary]"
+        } else {
+            ""
+        };
+        if c.action == Action::Remove {
+            let _ = writeln!(s, "  - {} (kept in the backup dir)", c.path);
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "  {sign} {} ({:04o} {}:{}){tag}{}",
+            c.path,
+            c.mode,
+            c.owner,
+            c.group,
+            detail(&c.what)
+        );
+        if let Some(diff) = &c.diff {
+            for line in diff.lines() {
+                let _ = writeln!(s, "      {line}");
+            }
+        }
+    }
+    if p.daemon_reload {
+        s.push_str("  systemctl daemon-reload (unit files changed)\n");
+    }
+    if !p.enable.is_empty() {
+        let names: Vec<&str> = p.enable.iter().map(|s| s.name()).collect();
+        let _ = writeln!(s, "  systemctl enable {}", names.join(" "));
+    }
+    for (svc, action) in &p.services {
+        match action {
+            ServiceAction::Restart { because } => {
+                let _ = writeln!(s, "  restart {svc}: {} changed", because.join(", "));
+            }
+            ServiceAction::Start => {
+                let _ = writeln!(s, "  start {svc}: not running");
+            }
+        }
+    }
+    s
+}
+
+fn detail(what: &[String]) -> String {
+    if what.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", what.join(", "))
+    }
+}
