@@ -4,8 +4,10 @@
 //! files). I/O lives at the edges: the state dir, the bundle writer, and the
 //! hosts ([`remote`]).
 
+pub mod actions;
 pub mod cis;
 pub mod inventory;
+pub mod phases;
 pub mod pki;
 pub mod plan;
 pub mod remote;

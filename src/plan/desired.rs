@@ -90,6 +90,9 @@ pub struct Needed {
     pub version_args: &'static str,
     /// The service it runs, if any (kubectl and etcdctl run none).
     pub service: Option<Service>,
+    /// The service whose start phase needs it: its own, or for a tool the
+    /// service its health gate talks to (etcdctl: etcd; kubectl: the apiserver).
+    pub needed_for: Service,
 }
 
 /// Binaries a host with these services needs, where the inventory puts them.
@@ -106,6 +109,7 @@ pub fn needed_binaries(inv: &Inventory, services: &[Service]) -> Vec<Needed> {
             path: dir(base, svc.name()),
             version_args: args,
             service: Some(svc),
+            needed_for: svc,
         });
     }
     if services.contains(&Service::Etcd) {
@@ -114,6 +118,7 @@ pub fn needed_binaries(inv: &Inventory, services: &[Service]) -> Vec<Needed> {
             path: dir(&inv.binaries.etcd_dir, "etcdctl"),
             version_args: "version",
             service: None,
+            needed_for: Service::Etcd,
         });
     }
     if services.contains(&Service::KubeApiserver) {
@@ -122,6 +127,7 @@ pub fn needed_binaries(inv: &Inventory, services: &[Service]) -> Vec<Needed> {
             path: dir(&inv.binaries.dir, "kubectl"),
             version_args: "version --client",
             service: None,
+            needed_for: Service::KubeApiserver,
         });
     }
     out

@@ -26,6 +26,20 @@ pub const RECORD: &str = "/var/lib/rampart/record.json";
 pub const LOCK: &str = "/var/lib/rampart/lock";
 /// Previous versions of replaced files, per apply.
 pub const BACKUP_DIR: &str = "/var/lib/rampart/backup";
+/// The cluster manifests (RBAC, tenants) on control-plane hosts.
+pub const ADDONS_DIR: &str = "/etc/kubernetes/addons";
+/// sha256 of the manifests last applied to the cluster, on each control plane.
+pub const ADDONS_STAMP: &str = "/var/lib/rampart/addons.applied";
+
+/// What this run will not do (`--skip-phases`), so the plan shows only what
+/// will happen: skipped starts are not listed as restarts.
+#[derive(Debug, Clone, Default)]
+pub struct Skips {
+    /// Services whose start phase is skipped.
+    pub not_starting: Vec<Service>,
+    /// The apply-manifests phase is skipped.
+    pub manifests: bool,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -96,6 +110,8 @@ pub struct HostPlan {
     pub unchanged: usize,
     /// A unit file changed: `systemctl daemon-reload` before any restart.
     pub daemon_reload: bool,
+    /// The cluster manifests changed since they were last applied (or never were).
+    pub apply_manifests: bool,
     /// Services to `systemctl enable`.
     pub enable: Vec<Service>,
     /// In start order.
@@ -103,6 +119,10 @@ pub struct HostPlan {
     /// Every managed path after this apply (the new record).
     #[serde(skip)]
     pub record: Vec<String>,
+    /// The host's record differs from `record`: it is rewritten (bookkeeping
+    /// only, not a change an admin needs to see).
+    #[serde(skip)]
+    pub record_changed: bool,
 }
 
 impl HostPlan {
@@ -113,6 +133,7 @@ impl HostPlan {
             && !self.daemon_reload
             && self.enable.is_empty()
             && self.services.is_empty()
+            && !self.apply_manifests
     }
     /// Whether files, dirs or binaries change (the install phases have work).
     pub fn changes_files(&self) -> bool {
@@ -192,7 +213,7 @@ fn compare(want: &Want, fact: Option<&facts::FileFact>) -> Option<FileChange> {
 }
 
 /// Diffs one host's desired state against its facts.
-pub fn plan_host(host: &str, desired: &Desired, facts: &HostFacts) -> HostPlan {
+pub fn plan_host(host: &str, desired: &Desired, facts: &HostFacts, skips: &Skips) -> HostPlan {
     let mut files = Vec::new();
     let mut unchanged = 0;
     for want in &desired.files {
@@ -272,6 +293,12 @@ pub fn plan_host(host: &str, desired: &Desired, facts: &HostFacts) -> HostPlan {
     let mut services = BTreeMap::new();
     let mut enable = Vec::new();
     for &svc in &desired.services {
+        if !state_enabled(facts, svc) {
+            enable.push(svc);
+        }
+        if skips.not_starting.contains(&svc) {
+            continue;
+        }
         let because: Vec<String> = files
             .iter()
             .chain(&binaries)
@@ -284,9 +311,6 @@ pub fn plan_host(host: &str, desired: &Desired, facts: &HostFacts) -> HostPlan {
         } else if !state.is_some_and(|s| s.is_active()) {
             services.insert(svc, ServiceAction::Start);
         }
-        if !state.is_some_and(|s| s.is_enabled()) {
-            enable.push(svc);
-        }
     }
     let mut record: Vec<String> = desired
         .files
@@ -295,6 +319,15 @@ pub fn plan_host(host: &str, desired: &Desired, facts: &HostFacts) -> HostPlan {
         .map(|w| w.path.clone())
         .collect();
     record.sort();
+    let apply_manifests = !skips.manifests
+        && addons_stamp(desired).is_some_and(|(_, sha)| {
+            facts
+                .files
+                .get(ADDONS_STAMP)
+                .and_then(|f| f.sha256.as_deref())
+                != Some(sha.as_str())
+        });
+    let record_changed = facts.record.as_ref().map(|r| &r.files) != Some(&record);
     HostPlan {
         host: host.to_string(),
         files,
@@ -304,6 +337,40 @@ pub fn plan_host(host: &str, desired: &Desired, facts: &HostFacts) -> HostPlan {
         daemon_reload,
         enable,
         services,
+        apply_manifests,
         record,
+        record_changed,
     }
+}
+
+fn state_enabled(facts: &HostFacts, svc: Service) -> bool {
+    facts
+        .services
+        .get(svc.name())
+        .is_some_and(|s| s.is_enabled())
+}
+
+/// The stamp a control plane holds once its manifests are applied: the
+/// sha256 of the manifests in path order (as `cat ADDONS_DIR/*.yaml` reads
+/// them), and the sha256 of that stamp file. None without manifests.
+pub fn addons_stamp(desired: &Desired) -> Option<(String, String)> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut any = false;
+    for w in desired
+        .files
+        .iter()
+        .filter(|w| w.path.starts_with(&format!("{ADDONS_DIR}/")) && w.path.ends_with(".yaml"))
+    {
+        if let desired::Body::Rendered(c) = &w.body {
+            hasher.update(c.bytes());
+            any = true;
+        }
+    }
+    if !any {
+        return None;
+    }
+    let stamp = format!("{}\n", hex::encode(hasher.finalize()));
+    let sha = hex::encode(Sha256::digest(stamp.as_bytes()));
+    Some((stamp, sha))
 }

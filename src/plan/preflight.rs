@@ -107,7 +107,7 @@ pub fn check(facts: &HostFacts, e: &Expect) -> Vec<Finding> {
         if e.uploading.contains(&b.name) {
             continue;
         }
-        let skipped = b.service.is_some_and(|s| e.not_starting.contains(&s));
+        let skipped = e.not_starting.contains(&b.needed_for);
         let mut problem = |m: String| {
             if skipped {
                 warnings.push(format!("{m} (its start phase is skipped)"));
@@ -185,6 +185,7 @@ mod tests {
             path: "/usr/bin/etcd".into(),
             version_args: "--version",
             service: Some(Service::Etcd),
+            needed_for: Service::Etcd,
         }]
     }
 

@@ -69,7 +69,7 @@ pub fn facts(req: &FactsRequest) -> String {
             "if [ -x {p} ]; then printf 'bin\\t%s\\t%s\\n' {n} \"$({p} {f} 2>&1 | head -n1)\"; else printf 'bin\\t%s\\t-\\n' {n}; fi",
             p = at(path),
             n = quote(name),
-            f = quote(flag),
+            f = flag.split_whitespace().map(quote).collect::<Vec<_>>().join(" "),
         );
     }
     for user in &req.users {
@@ -163,7 +163,9 @@ pub fn stage(files: &[Staged]) -> String {
             f.size
         );
     }
-    s.push_str("# shellcheck disable=SC2086\n[ -z \"$staged\" ] || sync $staged\nok=1\necho staged\n");
+    s.push_str(
+        "# shellcheck disable=SC2086\n[ -z \"$staged\" ] || sync $staged\nok=1\necho staged\n",
+    );
     s
 }
 
@@ -204,7 +206,7 @@ pub fn commit(c: &Commit) -> String {
         s.push_str("EOF\nthen echo 'staged files are incomplete or missing: upload again' >&2; exit 3; fi\n");
     }
     s.push_str(
-        "keep() {\n  [ -e \"$R$1\" ] || return 0\n  mkdir -p \"$B$(dirname \"$1\")\"\n  cp -a \"$R$1\" \"$B$1\"\n}\n",
+        "keep() {\n  [ -e \"$R$1\" ] || return 0\n  (umask 077; mkdir -p \"$B$(dirname \"$1\")\")\n  cp -a \"$R$1\" \"$B$1\"\n}\n",
     );
     s.push_str("synced=\n");
     for d in &c.dirs {
@@ -245,7 +247,7 @@ pub fn commit(c: &Commit) -> String {
 pub fn lock(path: &str, owner: &str) -> String {
     let mut s = String::from(PRELUDE);
     let _ = writeln!(s, "L={}", at(path));
-    s.push_str("mkdir -p \"$(dirname \"$L\")\"\nexec 9>>\"$L\"\n");
+    s.push_str("(umask 077; mkdir -p \"$(dirname \"$L\")\")\nexec 9>>\"$L\"\n");
     s.push_str("if ! flock -n 9; then printf 'busy\\t%s\\n' \"$(head -n1 \"$L\")\"; exit 0; fi\n");
     let _ = writeln!(
         s,
@@ -265,6 +267,22 @@ pub fn unlock(path: &str) -> String {
     s.push_str(
         "[ -n \"$pid\" ] && kill \"$pid\" 2>/dev/null || true\nflock -w 10 9 && echo released\n",
     );
+    s
+}
+
+/// Prints `file\t<path>\t<base64>` for each readable path: the old contents
+/// of updated plain files, for diffs. Only asked for when a plan has updates,
+/// so a no-op run never reads file contents, only their hashes.
+pub fn fetch(paths: &[String]) -> String {
+    let mut s = String::from(PRELUDE);
+    for p in paths {
+        let _ = writeln!(
+            s,
+            "if [ -f {a} ]; then printf 'file\\t%s\\t%s\\n' {q} \"$(base64 -w0 < {a})\"; fi",
+            a = at(p),
+            q = quote(p)
+        );
+    }
     s
 }
 

@@ -19,6 +19,7 @@ mod tls;
 
 pub(crate) use bundle::octal;
 pub use bundle::*;
+pub use context::{https_url, secure_port};
 
 use crate::inventory::Inventory;
 use crate::pki::Pki;

@@ -1,5 +1,6 @@
 //! rampart integration tests: one binary, one module per capability.
 
+mod apply;
 mod cis;
 mod etcd;
 mod inventory;

@@ -1,0 +1,355 @@
+//! The phases that (re)start services, each behind a health gate that polls
+//! on the host itself (one round trip, not one per probe).
+//!
+//! Order: etcd members, then the control plane one host at a time, then the
+//! cluster manifests (RBAC, policies) once, then kubelets and kube-proxies.
+//! Only services whose plan says `Restart` or `Start` are touched, so a
+//! no-op apply restarts nothing.
+
+use crate::inventory::{Host, Inventory};
+use crate::plan::{ServiceAction, ADDONS_DIR, ADDONS_STAMP};
+use crate::remote::script::{self, quote};
+use crate::remote::{BoxFuture, Input};
+use crate::render::Service;
+
+use super::{for_each, step, Ctx, Phase, PhaseError, StepError, Target};
+
+const ETCD_HEALTH_SECS: u32 = 120;
+const APISERVER_HEALTH_SECS: u32 = 180;
+const COMPONENT_HEALTH_SECS: u32 = 60;
+const PKI: &str = "/etc/kubernetes/pki";
+
+/// `start-etcd`: a new cluster's members start together (each waits for a
+/// quorum); a running cluster's members restart one at a time, each gated
+/// on the health of the whole cluster, so quorum is never lost.
+pub struct StartEtcd;
+
+/// `start-control-plane`: apiserver, controller-manager, scheduler, one
+/// host at a time, each behind its health gate.
+pub struct StartControlPlane;
+
+/// `apply-manifests`: RBAC, tenants' quotas, limit ranges and default-deny
+/// policies, applied once through the first control-plane host.
+pub struct ApplyManifests;
+
+/// `start-nodes`: kubelets and kube-proxies, in parallel.
+pub struct StartNodes;
+
+fn action(t: &Target, svc: Service) -> Option<&ServiceAction> {
+    t.plan.services.get(&svc)
+}
+
+fn with_service<'a>(ctx: &'a Ctx<'a>, svcs: &[Service]) -> Vec<&'a Target> {
+    ctx.targets
+        .iter()
+        .filter(|t| svcs.iter().any(|s| action(t, *s).is_some()))
+        .collect()
+}
+
+impl Phase for StartEtcd {
+    fn name(&self) -> &'static str {
+        "start-etcd"
+    }
+    fn title(&self) -> &'static str {
+        "start etcd"
+    }
+    fn hosts(&self, ctx: &Ctx) -> usize {
+        with_service(ctx, &[Service::Etcd]).len()
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(async move {
+            let members = with_service(ctx, &[Service::Etcd]);
+            let running = ctx
+                .targets
+                .iter()
+                .any(|t| t.facts.services.get("etcd").is_some_and(|s| s.is_active()));
+            if !running {
+                // No member runs: a new cluster (or a cold start). Each member
+                // blocks until it sees a quorum, so all start at once.
+                return for_each(ctx, self.name(), members, move |t| {
+                    Box::pin(async move {
+                        step(
+                            ctx,
+                            t,
+                            "start etcd",
+                            &script::systemctl("restart --no-block", &["etcd"]),
+                            Input::None,
+                        )
+                        .await?;
+                        etcd_healthy(ctx, t).await
+                    })
+                })
+                .await;
+            }
+            for t in members {
+                for_each(ctx, self.name(), vec![t], move |t| {
+                    Box::pin(async move {
+                        step(
+                            ctx,
+                            t,
+                            "restart etcd",
+                            &script::systemctl("restart", &["etcd"]),
+                            Input::None,
+                        )
+                        .await?;
+                        etcd_healthy(ctx, t).await
+                    })
+                })
+                .await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Waits until every member answers `endpoint health` over mTLS with the
+/// healthcheck client certificate; reports `cp1: etcd healthy (3/3)`.
+async fn etcd_healthy(ctx: &Ctx<'_>, t: &Target) -> Result<(), StepError> {
+    let cmd = etcd_health_cmd(ctx.inv, &t.host);
+    let out = poll(ctx, t, "etcd health", &cmd, ETCD_HEALTH_SECS).await?;
+    let healthy = out.lines().filter(|l| l.contains("is healthy")).count();
+    let members = ctx.inv.etcd_members().count();
+    ctx.reporter
+        .line(&t.host.name, &format!("etcd healthy ({healthy}/{members})"));
+    Ok(())
+}
+
+/// `etcdctl endpoint health --cluster` against the local member.
+pub fn etcd_health_cmd(inv: &Inventory, host: &Host) -> String {
+    let etcdctl = format!("{}/etcdctl", inv.binaries.etcd_dir.trim_end_matches('/'));
+    let local = match host.address {
+        std::net::IpAddr::V4(_) => "https://127.0.0.1:2379",
+        std::net::IpAddr::V6(_) => "https://[::1]:2379",
+    };
+    format!(
+        "env ETCDCTL_API=3 {} --endpoints={local} --cacert={PKI}/etcd/ca.crt --cert={PKI}/etcd/healthcheck-client.crt --key={PKI}/etcd/healthcheck-client.key --command-timeout=5s endpoint health --cluster",
+        quote(&etcdctl)
+    )
+}
+
+/// Polls `cmd` on the host until it succeeds; its last output is the error.
+async fn poll(
+    ctx: &Ctx<'_>,
+    t: &Target,
+    what: &str,
+    cmd: &str,
+    seconds: u32,
+) -> Result<String, StepError> {
+    if ctx.cancel.is_cancelled() {
+        return Err(StepError::Cancelled { step: what.into() });
+    }
+    ctx.reporter.step(&t.host.name, &format!("wait for {what}"));
+    let out = t
+        .remote
+        .run(&script::poll(cmd, seconds), Input::None)
+        .await?;
+    if out.success() {
+        Ok(out.stdout_text())
+    } else {
+        Err(StepError::Unhealthy {
+            what: what.into(),
+            seconds,
+            output: out.stderr_tail(),
+        })
+    }
+}
+
+impl Phase for StartControlPlane {
+    fn name(&self) -> &'static str {
+        "start-control-plane"
+    }
+    fn title(&self) -> &'static str {
+        "start the control plane, one host at a time"
+    }
+    fn hosts(&self, ctx: &Ctx) -> usize {
+        with_service(ctx, &CONTROL_PLANE).len()
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(async move {
+            for t in with_service(ctx, &CONTROL_PLANE) {
+                for_each(ctx, self.name(), vec![t], move |t| {
+                    Box::pin(start_control_plane(ctx, t))
+                })
+                .await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+const CONTROL_PLANE: [Service; 3] = [
+    Service::KubeApiserver,
+    Service::KubeControllerManager,
+    Service::KubeScheduler,
+];
+
+async fn start_control_plane(ctx: &Ctx<'_>, t: &Target) -> Result<(), StepError> {
+    for svc in CONTROL_PLANE {
+        if action(t, svc).is_none() {
+            continue;
+        }
+        restart(ctx, t, svc).await?;
+        let (what, cmd, secs) = match svc {
+            Service::KubeApiserver => (
+                "apiserver /readyz",
+                apiserver_ready_cmd(ctx.inv, &t.host),
+                APISERVER_HEALTH_SECS,
+            ),
+            Service::KubeControllerManager => (
+                "controller-manager /healthz",
+                local_healthz(10257, true),
+                COMPONENT_HEALTH_SECS,
+            ),
+            _ => (
+                "scheduler /healthz",
+                local_healthz(10259, true),
+                COMPONENT_HEALTH_SECS,
+            ),
+        };
+        poll(ctx, t, what, &cmd, secs).await?;
+        ctx.reporter.line(&t.host.name, &format!("{svc} healthy"));
+    }
+    Ok(())
+}
+
+async fn restart(ctx: &Ctx<'_>, t: &Target, svc: Service) -> Result<(), StepError> {
+    let verb = match action(t, svc) {
+        Some(ServiceAction::Start) => "start",
+        _ => "restart",
+    };
+    step(
+        ctx,
+        t,
+        &format!("{verb} {svc}"),
+        &script::systemctl(verb, &[svc.name()]),
+        Input::None,
+    )
+    .await?;
+    Ok(())
+}
+
+/// An authenticated `/readyz` (anonymous auth is off): the apiserver's own
+/// kubelet-client certificate, verified against the cluster CA.
+pub fn apiserver_ready_cmd(inv: &Inventory, host: &Host) -> String {
+    let url = crate::render::https_url(host.address, crate::render::secure_port(inv, host));
+    format!(
+        "curl -sSf --max-time 5 --cacert {PKI}/ca.crt --cert {PKI}/apiserver-kubelet-client.crt --key {PKI}/apiserver-kubelet-client.key {}",
+        quote(&format!("{url}/readyz"))
+    )
+}
+
+/// Components' `/healthz` on loopback (always-allowed paths, no client cert).
+fn local_healthz(port: u16, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    // -k: these serve self-signed certificates on 127.0.0.1 only.
+    let insecure = if tls { "-k " } else { "" };
+    format!("curl -sSf --max-time 5 {insecure}{scheme}://127.0.0.1:{port}/healthz")
+}
+
+impl Phase for ApplyManifests {
+    fn name(&self) -> &'static str {
+        "apply-manifests"
+    }
+    fn title(&self) -> &'static str {
+        "apply RBAC and policy manifests"
+    }
+    fn hosts(&self, ctx: &Ctx) -> usize {
+        usize::from(manifests_target(ctx).is_some())
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(async move {
+            let Some(first) = manifests_target(ctx) else {
+                return Ok(());
+            };
+            let Some((stamp, _)) = crate::plan::addons_stamp(&first.desired) else {
+                return Ok(());
+            };
+            for_each(ctx, self.name(), vec![first], move |t| {
+                Box::pin(async move {
+                    let kubectl = format!("{}/kubectl", ctx.inv.binaries.dir.trim_end_matches('/'));
+                    let text = format!(
+                        "set -eu\n{} --kubeconfig /etc/kubernetes/admin.conf apply --server-side --force-conflicts -f {ADDONS_DIR}/\n",
+                        quote(&kubectl)
+                    );
+                    step(ctx, t, "kubectl apply", &text, Input::None).await?;
+                    ctx.reporter.line(&t.host.name, "manifests applied");
+                    Ok(())
+                })
+            })
+            .await?;
+            // Every control plane records what the cluster now holds, so the
+            // next plan is a no-op and a run that failed before this point
+            // applies the manifests again.
+            let pending: Vec<&Target> = ctx
+                .targets
+                .iter()
+                .filter(|t| t.plan.apply_manifests)
+                .collect();
+            let stamp = &stamp;
+            for_each(ctx, self.name(), pending, move |t| {
+                Box::pin(async move {
+                    let text = format!(
+                        "set -eu\numask 077\nprintf %s {} > \"${{ROOT:-}}\"{ADDONS_STAMP}\n",
+                        quote(stamp)
+                    );
+                    step(ctx, t, "record applied manifests", &text, Input::None).await?;
+                    Ok(())
+                })
+            })
+            .await
+        })
+    }
+}
+
+/// The first control-plane host whose plan says its manifests are pending.
+fn manifests_target<'a>(ctx: &'a Ctx<'a>) -> Option<&'a Target> {
+    ctx.targets
+        .iter()
+        .filter(|t| t.host.roles.control_plane)
+        .find(|t| t.plan.apply_manifests)
+}
+
+impl Phase for StartNodes {
+    fn name(&self) -> &'static str {
+        "start-nodes"
+    }
+    fn title(&self) -> &'static str {
+        "start kubelets and kube-proxies"
+    }
+    fn hosts(&self, ctx: &Ctx) -> usize {
+        with_service(ctx, &NODE).len()
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(for_each(
+            ctx,
+            self.name(),
+            with_service(ctx, &NODE),
+            move |t| {
+                Box::pin(async move {
+                    for svc in NODE {
+                        if action(t, svc).is_none() {
+                            continue;
+                        }
+                        restart(ctx, t, svc).await?;
+                        let (what, port) = match svc {
+                            Service::Kubelet => ("kubelet /healthz", 10248),
+                            _ => ("kube-proxy /healthz", 10256),
+                        };
+                        poll(
+                            ctx,
+                            t,
+                            what,
+                            &local_healthz(port, false),
+                            COMPONENT_HEALTH_SECS,
+                        )
+                        .await?;
+                        ctx.reporter.line(&t.host.name, &format!("{svc} healthy"));
+                    }
+                    Ok(())
+                })
+            },
+        ))
+    }
+}
+
+const NODE: [Service; 2] = [Service::Kubelet, Service::KubeProxy];
