@@ -36,6 +36,63 @@ pub enum Command {
     /// CIS Kubernetes Benchmark self-check.
     #[command(subcommand)]
     Cis(CisCommand),
+    /// Show, per host, what `apply` would change: files (diffs, secrets redacted), services.
+    Plan(PlanArgs),
+    /// Install the rendered bundle on the hosts over SSH and start the services in order.
+    Apply(ApplyArgs),
+    /// Host keys and locks.
+    #[command(subcommand)]
+    Hosts(HostsCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Only these hosts (comma-separated inventory names).
+    #[arg(long, value_delimiter = ',')]
+    pub hosts: Option<Vec<String>>,
+    /// Phases to leave out (comma-separated): connect, preflight, upload-binaries,
+    /// install-files, systemd, start-etcd, start-control-plane, apply-manifests, start-nodes.
+    #[arg(long, value_delimiter = ',')]
+    pub skip_phases: Vec<String>,
+    /// Hosts worked on at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// Trust and record host keys never seen before (trust on first use). Changed keys are always refused.
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+    /// Compute and print the plan, change nothing (the same plan `apply` executes).
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostsCommand {
+    /// Show each host's SSH key fingerprint and pin the accepted ones in the known_hosts file.
+    Trust {
+        #[command(flatten)]
+        inv: InventoryArgs,
+        /// Only these hosts (comma-separated inventory names).
+        #[arg(long, value_delimiter = ',')]
+        hosts: Option<Vec<String>>,
+        /// Pin unknown keys without asking (review the fingerprints printed).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Clear a host's apply lock left by a run that is gone.
+    Unlock {
+        #[command(flatten)]
+        inv: InventoryArgs,
+        /// The host (inventory name).
+        host: String,
+    },
 }
 
 #[derive(Debug, Args)]

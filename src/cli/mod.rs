@@ -1,8 +1,10 @@
 //! Command implementations: each turns parsed arguments into library calls and
 //! prints the result as a table or JSON. Library errors bubble up as `anyhow`.
 
+mod apply_cmds;
 pub mod args;
 mod pki_cmds;
+mod report;
 mod unlock;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +24,18 @@ pub mod code {
     pub const INVALID_INVENTORY: u8 = 3;
     /// The CIS self-check found failing automated checks.
     pub const CIS_FAILED: u8 = 4;
+    /// `apply`: a phase failed on one or more hosts (all are listed).
+    pub const HOSTS_FAILED: u8 = 5;
+    /// A host key is unknown or changed; nothing was sent to that host.
+    pub const HOST_KEY: u8 = 6;
+    /// A host is locked by another apply.
+    pub const LOCKED: u8 = 7;
+    /// Preflight found errors; nothing was changed.
+    pub const PREFLIGHT: u8 = 8;
+    /// A host could not be reached or authenticated.
+    pub const UNREACHABLE: u8 = 9;
+    /// Interrupted (Ctrl-C) between steps.
+    pub const CANCELLED: u8 = 130;
 }
 
 /// An error that carries its own exit code (e.g. "CIS checks failed").
@@ -46,7 +60,16 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    let verbose = cli.verbose > 0;
     match cli.command {
+        Command::Plan(a) => apply_cmds::plan(&a, verbose),
+        Command::Apply(a) => apply_cmds::apply(&a, verbose),
+        Command::Hosts(args::HostsCommand::Trust { inv, hosts, yes }) => {
+            apply_cmds::hosts_trust(&inv, hosts.as_deref(), yes)
+        }
+        Command::Hosts(args::HostsCommand::Unlock { inv, host }) => {
+            apply_cmds::hosts_unlock(&inv, &host)
+        }
         Command::Check(a) => check(&a),
         Command::Cis(args::CisCommand::Check {
             bundle,
