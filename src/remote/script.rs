@@ -163,7 +163,9 @@ pub fn stage(files: &[Staged]) -> String {
             f.size
         );
     }
-    s.push_str("# shellcheck disable=SC2086\n[ -z \"$staged\" ] || sync $staged\nok=1\necho staged\n");
+    s.push_str(
+        "# shellcheck disable=SC2086\n[ -z \"$staged\" ] || sync $staged\nok=1\necho staged\n",
+    );
     s
 }
 
