@@ -5,4 +5,5 @@ mod etcd;
 mod inventory;
 mod pki;
 mod render;
+mod ssh;
 mod systemd;

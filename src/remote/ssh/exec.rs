@@ -4,14 +4,17 @@
 //! non-root login. Stdin is fed while output is read (a script may fill its
 //! stdout window before it has read all of stdin), files in 32 KiB chunks so
 //! a binary never sits in memory whole. Channels are independent, so scripts
-//! run concurrently on one session.
+//! run concurrently on one session, up to [`MAX_CHANNELS`] at a time: OpenSSH
+//! refuses channels beyond `MaxSessions` (10 by default), so more scripts wait
+//! for a free channel instead of failing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use russh::client::Handle;
 use russh::{ChannelMsg, ChannelReadHalf};
 use tokio::io::AsyncReadExt;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::Client;
 use crate::remote::script::quote;
@@ -20,6 +23,10 @@ use crate::remote::{BoxFuture, Held, Hold, Input, Output, Remote, RemoteError};
 /// Stdin chunk size: big enough for throughput, small enough to interleave
 /// with other channels on the session.
 const CHUNK: usize = 32 * 1024;
+
+/// Channels open at once on one session (held scripts included); below
+/// OpenSSH's default `MaxSessions` of 10.
+pub const MAX_CHANNELS: usize = 8;
 
 /// An authenticated SSH session to one host.
 pub struct SshRemote {
@@ -30,6 +37,7 @@ pub struct SshRemote {
     /// The bastion session carrying this one; kept alive as long as it.
     _jump: Option<Handle<Client>>,
     sent: AtomicU64,
+    slots: Arc<Semaphore>,
 }
 
 impl SshRemote {
@@ -47,6 +55,7 @@ impl SshRemote {
             session,
             _jump: jump,
             sent: AtomicU64::new(0),
+            slots: Arc::new(Semaphore::new(MAX_CHANNELS)),
         }
     }
 
@@ -83,11 +92,14 @@ impl SshRemote {
         }
     }
 
-    /// Opens a channel and starts `script` on it.
-    async fn start(
-        &self,
-        script: &str,
-    ) -> Result<(ChannelReadHalf, russh::ChannelWriteHalf<russh::client::Msg>), RemoteError> {
+    /// Opens a channel (waiting for a free slot) and starts `script` on it.
+    async fn start(&self, script: &str) -> Result<Started, RemoteError> {
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| self.lost(e))?;
         let channel = self
             .session
             .channel_open_session()
@@ -98,7 +110,8 @@ impl SshRemote {
             .await
             .map_err(|e| self.lost(format!("cannot start the script: {e}")))?;
         self.sent.fetch_add(script.len() as u64, Ordering::Relaxed);
-        Ok(channel.split())
+        let (rx, tx) = channel.split();
+        Ok((rx, tx, permit))
     }
 
     /// sudo refusing for want of a password, before the script ran.
@@ -157,6 +170,13 @@ impl SshRemote {
         Ok(())
     }
 }
+
+/// A started script's channel halves and its slot.
+type Started = (
+    ChannelReadHalf,
+    russh::ChannelWriteHalf<russh::client::Msg>,
+    OwnedSemaphorePermit,
+);
 
 /// Stdin, opened before the script starts so a missing file runs nothing.
 enum Source {
@@ -226,7 +246,7 @@ impl Remote for SshRemote {
                     }
                 },
             };
-            let (mut rx, tx) = self.start(script).await?;
+            let (mut rx, tx, _slot) = self.start(script).await?;
             let feed = self.feed(&tx, source);
             let read = collect(&mut rx, Output::default());
             tokio::pin!(feed, read);
@@ -252,7 +272,7 @@ impl Remote for SshRemote {
 
     fn hold<'a>(&'a self, script: &'a str) -> BoxFuture<'a, Result<Hold, RemoteError>> {
         Box::pin(async move {
-            let (mut rx, tx) = self.start(script).await?;
+            let (mut rx, tx, slot) = self.start(script).await?;
             let mut out = Output::default();
             let mut line = None;
             let mut refused = false;
@@ -297,6 +317,7 @@ impl Remote for SshRemote {
             // The channel is drained until it closes: an unread channel would
             // stall the whole session once its buffer fills.
             let task = tokio::spawn(async move {
+                let _slot = slot;
                 let mut released = released;
                 let mut eof_sent = false;
                 let mut complete = false;
