@@ -3,7 +3,7 @@
 # etcd-server's package would start an etcd on 127.0.0.1:2379 where systemd runs;
 # a policy-rc.d keeps it stopped: the tests start their own members.
 set -euo pipefail
-pkgs=(openssl etcd-server etcd-client age systemd ca-certificates)
+pkgs=(openssl etcd-server etcd-client age systemd ca-certificates openssh-server openssh-client sudo)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -23,3 +23,6 @@ fi
 trap '[ $created_policy -eq 1 ] && rm -f /usr/sbin/policy-rc.d' EXIT
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# The ssh tests start their own sshd on loopback; the distribution's stays off
+# (policy-rc.d only stops it starting now, not at the next boot of this root).
+systemctl disable --quiet ssh.service ssh.socket 2>/dev/null || true

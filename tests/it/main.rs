@@ -6,4 +6,5 @@ mod etcd;
 mod inventory;
 mod pki;
 mod render;
+mod ssh;
 mod systemd;
