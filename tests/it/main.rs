@@ -3,6 +3,7 @@
 mod cis;
 mod etcd;
 mod inventory;
+mod lab;
 mod pki;
 mod render;
 mod systemd;
