@@ -4,6 +4,7 @@ mod apply;
 mod cis;
 mod etcd;
 mod inventory;
+mod lab;
 mod pki;
 mod render;
 mod ssh;

@@ -712,14 +712,21 @@ EOF
         bastion_json=$(printf '{"name":"%s","address":"%s","inner_address":"%s","port":22,"user":"root"}' \
             "$(host_name 1)" "$(host_ip 1)" "$(host_ip_inner 1)")
     fi
+    # net: the operator's /24; cluster_net / cluster_ip: the network and
+    # address the hosts talk to each other on (the inner network with a
+    # bastion, so host 1's cluster_ip is its inner address; else = net / ip).
+    local cluster_net=$TH_NET
+    [ "$TH_BASTION" != 1 ] || cluster_net=$TH_INNER_NET
     {
-        printf '{"lab_netns":"%s","operator_ip":"%s","ssh_key":"%s","ssh_config":"%s","known_hosts":"%s","sudo_user":"%s","bastion":%s,"hosts":[' \
-            "$LAB" "$OPERATOR_IP" "$TH_CLIENT_DIR/id_ed25519" "$TH_STATE/ssh_config" "$TH_CLIENT_DIR/known_hosts" \
-            "$DEPLOY_USER" "$bastion_json"
+        printf '{"lab_netns":"%s","operator_ip":"%s","net":"%s.0/24","cluster_net":"%s.0/24","ssh_key":"%s","ssh_config":"%s","known_hosts":"%s","sudo_user":"%s","bastion":%s,"hosts":[' \
+            "$LAB" "$OPERATOR_IP" "$TH_NET" "$cluster_net" "$TH_CLIENT_DIR/id_ed25519" "$TH_STATE/ssh_config" \
+            "$TH_CLIENT_DIR/known_hosts" "$DEPLOY_USER" "$bastion_json"
         for i in $(seq 1 "$n"); do
             [ "$i" = 1 ] || printf ','
-            printf '{"name":"%s","ip":"%s","user":"root","port":22,"behind_bastion":%s,"root":"%s","changes":"%s"}' \
-                "$(host_name "$i")" "$(host_ip "$i")" "$(behind_bastion "$i" && echo true || echo false)" \
+            printf '{"name":"%s","ip":"%s","cluster_ip":"%s","user":"root","port":22,"behind_bastion":%s,"root":"%s","changes":"%s"}' \
+                "$(host_name "$i")" "$(host_ip "$i")" \
+                "$(if [ "$TH_BASTION" = 1 ]; then host_ip_inner "$i"; else host_ip "$i"; fi)" \
+                "$(behind_bastion "$i" && echo true || echo false)" \
                 "$(host_dir "$i")/root" "$(host_dir "$i")/upper"
         done
         printf ']}\n'
