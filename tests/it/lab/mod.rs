@@ -18,6 +18,7 @@
 // not every item has a user yet.
 #![allow(dead_code)]
 
+mod apply;
 mod smoke;
 
 use std::os::unix::fs::MetadataExt;
