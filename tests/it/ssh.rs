@@ -798,3 +798,25 @@ async fn refused_connection_is_a_connect_error_after_bounded_retries() {
     let err = ssh::connect(&host, &opts).await.err().expect("no key");
     assert!(matches!(err, SshError::Key { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn a_dropped_connection_is_reported_as_disconnected() {
+    if !can_run() {
+        return;
+    }
+    let lab = Lab::new();
+    let sshd = lab.sshd("sshd", "");
+    let remote = ssh::connect(&lab.host(&sshd), &lab.opts()).await.unwrap();
+    let (_, held) = remote.hold("echo locked; cat").await.unwrap().unwrap();
+    // The script's parent is the sshd process serving this connection.
+    let err = remote
+        .run("kill -9 $PPID; sleep 5", Input::None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Disconnected { .. }), "{err}");
+    assert!(err.to_string().starts_with("cp1: connection lost"), "{err}");
+    let err = remote.run("true", Input::None).await.unwrap_err();
+    assert!(matches!(err, RemoteError::Disconnected { .. }), "{err}");
+    let err = held.release().await.unwrap_err();
+    assert!(matches!(err, RemoteError::Disconnected { .. }), "{err}");
+}
