@@ -660,6 +660,11 @@ async fn bastion_carries_the_session_over_direct_tcpip() {
     );
     drop(remote);
 
+    // hosts trust scans the target through the bastion, the target's key.
+    let scanned = ssh::scan_host_key(&host, &lab.opts()).await.unwrap();
+    assert_eq!(scanned.status, KeyStatus::Known);
+    assert_eq!(scanned.fingerprint(), target.fingerprint());
+
     // The bastion's key is verified the same strict way.
     let other = keygen(lab.dir.path(), "other_bastion", "ed25519", "");
     host.ssh.bastion.as_mut().unwrap().host_key = Some(pubkey(&other));
@@ -674,6 +679,10 @@ async fn bastion_carries_the_session_over_direct_tcpip() {
         }
         other => panic!("unexpected: {other}"),
     }
+    let err = ssh::scan_host_key(&host, &lab.opts())
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, SshError::ChangedHostKey { .. }), "{err}");
 
     // ProxyJump from the ssh config does the same when the inventory has no bastion.
     let cfg = lab.path("jump_config");

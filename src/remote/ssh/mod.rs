@@ -356,7 +356,11 @@ async fn through(
     opts: &ConnectOptions,
     scan_only: bool,
 ) -> Result<(Handle<Client>, Handle<Client>), (Failure, Option<Seen>)> {
-    let mut jump = dial(bastion, opts, false).await?;
+    // The bastion's key verdict is already in the failure; the seen key is
+    // dropped so that a scan never takes the bastion's key for the target's.
+    let mut jump = dial(bastion, opts, false)
+        .await
+        .map_err(|(f, _)| (f, None))?;
     let mut tried = Vec::new();
     let ids = auth::load(bastion, &mut tried).map_err(|error| {
         (
