@@ -25,4 +25,5 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
 # The ssh tests start their own sshd on loopback; the distribution's stays off
 # (policy-rc.d only stops it starting now, not at the next boot of this root).
-systemctl disable --quiet ssh.service ssh.socket 2>/dev/null || true
+systemctl disable --quiet ssh.service 2>/dev/null || true
+systemctl disable --quiet ssh.socket 2>/dev/null || true

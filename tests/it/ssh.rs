@@ -660,6 +660,11 @@ async fn bastion_carries_the_session_over_direct_tcpip() {
     );
     drop(remote);
 
+    // hosts trust scans the target through the bastion, the target's key.
+    let scanned = ssh::scan_host_key(&host, &lab.opts()).await.unwrap();
+    assert_eq!(scanned.status, KeyStatus::Known);
+    assert_eq!(scanned.fingerprint(), target.fingerprint());
+
     // The bastion's key is verified the same strict way.
     let other = keygen(lab.dir.path(), "other_bastion", "ed25519", "");
     host.ssh.bastion.as_mut().unwrap().host_key = Some(pubkey(&other));
@@ -674,6 +679,10 @@ async fn bastion_carries_the_session_over_direct_tcpip() {
         }
         other => panic!("unexpected: {other}"),
     }
+    let err = ssh::scan_host_key(&host, &lab.opts())
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, SshError::ChangedHostKey { .. }), "{err}");
 
     // ProxyJump from the ssh config does the same when the inventory has no bastion.
     let cfg = lab.path("jump_config");
@@ -797,4 +806,26 @@ async fn refused_connection_is_a_connect_error_after_bounded_retries() {
     host.ssh.identity_file = Some(lab.path("no-such-key"));
     let err = ssh::connect(&host, &opts).await.err().expect("no key");
     assert!(matches!(err, SshError::Key { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_reported_as_disconnected() {
+    if !can_run() {
+        return;
+    }
+    let lab = Lab::new();
+    let sshd = lab.sshd("sshd", "");
+    let remote = ssh::connect(&lab.host(&sshd), &lab.opts()).await.unwrap();
+    let (_, held) = remote.hold("echo locked; cat").await.unwrap().unwrap();
+    // The script's parent is the sshd process serving this connection.
+    let err = remote
+        .run("kill -9 $PPID; sleep 5", Input::None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Disconnected { .. }), "{err}");
+    assert!(err.to_string().starts_with("cp1: connection lost"), "{err}");
+    let err = remote.run("true", Input::None).await.unwrap_err();
+    assert!(matches!(err, RemoteError::Disconnected { .. }), "{err}");
+    let err = held.release().await.unwrap_err();
+    assert!(matches!(err, RemoteError::Disconnected { .. }), "{err}");
 }

@@ -75,7 +75,7 @@ pub enum SshError {
         fingerprint: String,
         key_type: String,
     },
-    #[error("{host}: HOST KEY CHANGED: the server presents {actual}, expected {}; someone may be intercepting the connection, or the host was reinstalled: check out of band, then fix the pin or known_hosts entry", expected.join(" or "))]
+    #[error("{host}: host key changed: the server presents {actual}, expected {}; someone may be intercepting the connection, or the host was reinstalled: check out of band, then fix the pin or known_hosts entry", expected.join(" or "))]
     ChangedHostKey {
         host: String,
         expected: Vec<String>,
@@ -356,7 +356,11 @@ async fn through(
     opts: &ConnectOptions,
     scan_only: bool,
 ) -> Result<(Handle<Client>, Handle<Client>), (Failure, Option<Seen>)> {
-    let mut jump = dial(bastion, opts, false).await?;
+    // The bastion's key verdict is already in the failure; the seen key is
+    // dropped so that a scan never takes the bastion's key for the target's.
+    let mut jump = dial(bastion, opts, false)
+        .await
+        .map_err(|(f, _)| (f, None))?;
     let mut tried = Vec::new();
     let ids = auth::load(bastion, &mut tried).map_err(|error| {
         (
@@ -382,8 +386,14 @@ async fn through(
         .channel_open_direct_tcpip(target.address.clone(), target.port as u32, "127.0.0.1", 0)
         .await
         .map_err(|e| {
+            // The target not answering may pass; a bastion forbidding
+            // forwarding will not.
+            let transient = matches!(
+                e,
+                russh::Error::ChannelOpenFailure(russh::ChannelOpenFailure::ConnectFailed)
+            ) || transient_russh(&e);
             let reason = format!("bastion {} cannot reach it: {e}", bastion.addr());
-            (connect_failure(target, reason, true), None)
+            (connect_failure(target, reason, transient), None)
         })?;
     let handle = handshake(target, opts, channel.into_stream(), scan_only).await?;
     Ok((handle, jump))
