@@ -56,10 +56,14 @@ pub trait Connector: Send + Sync {
     ) -> BoxFuture<'a, Result<Arc<dyn Remote>, ConnectError>>;
 }
 
-/// A host could not be reached (the transport's error, kept whole).
+/// A host could not be reached or trusted (the transport's error, kept whole).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConnectError(pub Box<dyn std::error::Error + Send + Sync>);
+#[error("{error}")]
+pub struct ConnectError {
+    pub error: Box<dyn std::error::Error + Send + Sync>,
+    /// The host's key is unknown or not the recorded one: nothing was sent.
+    pub untrusted_key: bool,
+}
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -299,10 +303,20 @@ async fn connect_all(
                 })
             } else {
                 reporter.step(&h.name, "connect");
-                connector
-                    .connect(h)
-                    .await
-                    .map_err(|e| StepError::Connect(e.0.to_string()))
+                connector.connect(h).await.map_err(|e| {
+                    // The transport names the host itself; the report puts
+                    // it in front of every line already.
+                    let msg = e.error.to_string();
+                    let msg = msg
+                        .strip_prefix(&format!("{}: ", h.name))
+                        .unwrap_or(&msg)
+                        .to_string();
+                    if e.untrusted_key {
+                        StepError::HostKey(msg)
+                    } else {
+                        StepError::Connect(msg)
+                    }
+                })
             };
             reporter.done(&h.name);
             (i, (*h).clone(), r)

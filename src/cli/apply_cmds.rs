@@ -32,7 +32,13 @@ impl Connector for Ssh {
         Box::pin(async move {
             match ssh::connect(host, &self.0).await {
                 Ok(r) => Ok(Arc::new(r) as Arc<dyn Remote>),
-                Err(e) => Err(ConnectError(Box::new(e))),
+                Err(e) => Err(ConnectError {
+                    untrusted_key: matches!(
+                        e,
+                        SshError::UnknownHostKey { .. } | SshError::ChangedHostKey { .. }
+                    ),
+                    error: Box::new(e),
+                }),
             }
         })
     }
@@ -246,16 +252,15 @@ fn classify(e: ApplyError) -> anyhow::Error {
         {
             code::LOCKED
         }
-        ApplyError::Hosts(pe) if pe.phase == "connect" => {
-            if pe.failures.iter().any(|(_, f)| {
-                let m = f.to_string();
-                m.contains("unknown host key") || m.contains("HOST KEY CHANGED")
-            }) {
-                code::HOST_KEY
-            } else {
-                code::UNREACHABLE
-            }
+        ApplyError::Hosts(pe)
+            if pe
+                .failures
+                .iter()
+                .any(|(_, f)| matches!(f, StepError::HostKey(_))) =>
+        {
+            code::HOST_KEY
         }
+        ApplyError::Hosts(pe) if pe.phase == "connect" => code::UNREACHABLE,
         ApplyError::Preflight(_) => code::PREFLIGHT,
         ApplyError::Hosts(_) => code::HOSTS_FAILED,
         _ => code::FAILURE,
@@ -290,9 +295,9 @@ pub fn hosts_trust(a: &InventoryArgs, only: Option<&[String]>, yes: bool) -> Res
     };
     let rt = runtime()?;
     let opts = ConnectOptions::default();
-    let scanned: Vec<Result<ssh::ScannedKey, SshError>> = rt.block_on(
-        futures::future::join_all(hosts.iter().map(|h| ssh::scan_host_key(h, &opts))),
-    );
+    let scanned: Vec<Result<ssh::ScannedKey, SshError>> = rt.block_on(futures::future::join_all(
+        hosts.iter().map(|h| ssh::scan_host_key(h, &opts)),
+    ));
     let interactive = std::io::stdin().is_terminal();
     let mut refused = Vec::new();
     let mut json = Vec::new();
@@ -308,12 +313,17 @@ pub fn hosts_trust(a: &InventoryArgs, only: Option<&[String]>, yes: bool) -> Res
         let file = known_hosts_file(host)?;
         let status = match &key.status {
             KeyStatus::Known => {
-                println!("{}: trusted {} {}", host.name, key.key_type(), key.fingerprint());
+                println!(
+                    "{}: trusted {} {}",
+                    host.name,
+                    key.key_type(),
+                    key.fingerprint()
+                );
                 "trusted"
             }
             KeyStatus::Changed { expected } => {
                 eprintln!(
-                    "error: {}: HOST KEY CHANGED: the server presents {}, {} records {}; check out of band before removing the old entry",
+                    "error: {}: host key changed: the server presents {}, {} records {}; check out of band before removing the old entry",
                     host.name,
                     key.fingerprint(),
                     file.display(),
@@ -331,7 +341,8 @@ pub fn hosts_trust(a: &InventoryArgs, only: Option<&[String]>, yes: bool) -> Res
                     key.address,
                     key.port
                 );
-                let accept = yes || (interactive && confirm(&format!("pin it in {}?", file.display()))?);
+                let accept =
+                    yes || (interactive && confirm(&format!("pin it in {}?", file.display()))?);
                 if accept {
                     ssh::pin_host_key(&file, host, &key)
                         .with_context(|| format!("cannot write {}", file.display()))?;

@@ -103,6 +103,9 @@ pub enum StepError {
     /// The transport's message, whole (it names host keys, auth, addresses).
     #[error("{0}")]
     Connect(String),
+    /// Unknown or changed host key: refused before anything was sent.
+    #[error("{0}")]
+    HostKey(String),
     #[error("locked by another run ({holder}); if that run is gone, clear it with `rampart hosts unlock -i INVENTORY {host}`")]
     Locked { host: String, holder: String },
     #[error("{0}")]

@@ -1,7 +1,8 @@
 //! Host key trust: pinned keys from the inventory and OpenSSH `known_hosts` files.
 //!
 //! The rule is strict and the same for targets and bastions:
-//! - the server key matches a pin or a `known_hosts` entry for the address → known;
+//! - the server key matches a pin or, when the host has no pin, a
+//!   `known_hosts` entry for the address → known;
 //! - the address has pins or entries, none of them this key → changed (a hard
 //!   error, never bypassed: it is what a man in the middle looks like);
 //! - nothing recorded → unknown (refused, unless the caller accepts new keys).
@@ -63,9 +64,14 @@ impl Trust {
         })
     }
 
-    /// Every key recorded for the address: pins first, then `known_hosts`.
+    /// Every key recorded for the address. A pin in the inventory is the
+    /// whole truth: with pins, `known_hosts` is not consulted, so a stale or
+    /// planted `known_hosts` line cannot override what the admin pinned.
     pub fn recorded(&self) -> Result<Vec<PublicKey>, KnownHostsError> {
-        let mut keys = self.pins.clone();
+        if !self.pins.is_empty() {
+            return Ok(self.pins.clone());
+        }
+        let mut keys = Vec::new();
         let found = russh::keys::known_hosts::known_host_keys_path(
             &self.address,
             self.port,
@@ -303,6 +309,25 @@ mod tests {
         let pin = parse_pin(&format!("{} cp1 pinned", openssh_line(&a))).unwrap();
         let t = trust(dir.path(), "10.1.1.1", 22, vec![pin]);
         assert_eq!(t.verdict(&a).unwrap(), Verdict::Known);
+        assert_eq!(
+            t.verdict(&b).unwrap(),
+            Verdict::Changed {
+                expected: vec![fp_a]
+            }
+        );
+    }
+
+    #[test]
+    fn a_pin_overrides_a_known_hosts_entry_for_the_same_address() {
+        if !have_keygen() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (a, fp_a) = keygen(dir.path(), "a");
+        let (b, _) = keygen(dir.path(), "b");
+        // known_hosts trusts b, the inventory pins a: b is refused.
+        append(&dir.path().join("known_hosts"), "10.1.1.2", &b).unwrap();
+        let t = trust(dir.path(), "10.1.1.2", 22, vec![a]);
         assert_eq!(
             t.verdict(&b).unwrap(),
             Verdict::Changed {

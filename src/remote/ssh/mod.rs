@@ -69,7 +69,7 @@ pub enum SshError {
         addr: String,
         reason: String,
     },
-    #[error("{host}: unknown host key {key_type} {fingerprint}; pin it with `rampart hosts trust -i INVENTORY --hosts NAME` after checking the fingerprint")]
+    #[error("{host}: unknown host key {key_type} {fingerprint}; pin it with `rampart hosts trust -i INVENTORY --hosts {host}` after checking the fingerprint")]
     UnknownHostKey {
         host: String,
         fingerprint: String,
