@@ -43,10 +43,7 @@ pub fn summary(p: &HostPlan) -> String {
         }
     }
     let new_dirs = p.dirs.iter().filter(|d| d.action == Action::Create).count();
-    for (n, word) in [
-        (new_dirs, "to create"),
-        (p.dirs.len() - new_dirs, "to fix"),
-    ] {
+    for (n, word) in [(new_dirs, "to create"), (p.dirs.len() - new_dirs, "to fix")] {
         if n > 0 {
             parts.push(format!("{n} dir{} {word}", if n == 1 { "" } else { "s" }));
         }
