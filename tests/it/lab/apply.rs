@@ -327,10 +327,10 @@ fn lab_apply_installs_converges_and_survives_a_dropped_connection() {
         healthy, names,
         "one member after the other, in inventory order"
     );
-    for i in 0..3 {
+    for (i, before) in started.iter().enumerate() {
         assert_ne!(
-            etcd_started_at(&lab, i),
-            started[i],
+            &etcd_started_at(&lab, i),
+            before,
             "{} was not restarted",
             lab.hosts[i].name
         );
