@@ -49,7 +49,7 @@ export RAMPART_IDENTITY=$work/admin-identity.txt RAMPART_STATE_DIR=$work/state
 step "$rampart" check -i "$inventory"
 step "$rampart" init -i "$inventory" >/dev/null
 inlab "$rampart" hosts trust -i "$inventory"
-inlab "$rampart" plan -i "$inventory" --skip-phases "$skip" | grep -v '^  [+~]' || true
+inlab "$rampart" plan -i "$inventory" --skip-phases "$skip" | grep -v '^  ' || true
 inlab "$rampart" apply -i "$inventory" --skip-phases "$skip"
 
 printf '\n# etcd, asked on cp1 with the healthcheck client certificate:\n'

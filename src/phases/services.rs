@@ -128,8 +128,11 @@ pub fn etcd_health_cmd(inv: &Inventory, host: &Host) -> String {
         std::net::IpAddr::V4(_) => "https://127.0.0.1:2379",
         std::net::IpAddr::V6(_) => "https://[::1]:2379",
     };
+    let members = inv.etcd_members().count();
+    // `--cluster` asks every member that has joined; a member still joining
+    // is not listed yet, so the exit status alone could pass at 2 of 3.
     format!(
-        "env ETCDCTL_API=3 {} --endpoints={local} --cacert={PKI}/etcd/ca.crt --cert={PKI}/etcd/healthcheck-client.crt --key={PKI}/etcd/healthcheck-client.key --command-timeout=5s endpoint health --cluster",
+        "{{ o=$(env ETCDCTL_API=3 {} --endpoints={local} --cacert={PKI}/etcd/ca.crt --cert={PKI}/etcd/healthcheck-client.crt --key={PKI}/etcd/healthcheck-client.key --command-timeout=5s endpoint health --cluster 2>&1); s=$?; printf '%s\\n' \"$o\"; [ $s -eq 0 ] && [ \"$(printf '%s\\n' \"$o\" | grep -c 'is healthy')\" -ge {members} ]; }}",
         quote(&etcdctl)
     )
 }
