@@ -3,6 +3,7 @@
 
 mod apply_cmds;
 pub mod args;
+mod backup_cmds;
 mod pki_cmds;
 mod report;
 mod unlock;
@@ -70,6 +71,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Hosts(args::HostsCommand::Unlock { inv, host }) => {
             apply_cmds::hosts_unlock(&inv, &host)
         }
+        Command::Backup(args::BackupCommand::Verify {
+            file,
+            identity,
+            etcdctl,
+            scratch_dir,
+            output,
+        }) => backup_cmds::verify(&file, identity, etcdctl, scratch_dir, output),
+        Command::Agent(args::AgentCommand::Snapshot { config }) => backup_cmds::snapshot(&config),
         Command::Check(a) => check(&a),
         Command::Cis(args::CisCommand::Check {
             bundle,
