@@ -23,7 +23,13 @@ pub struct SnapshotStatus {
 }
 
 /// `etcdctl` against the local member, with the client certificate.
-pub(crate) fn etcdctl(cfg: &AgentConfig) -> Command {
+///
+/// `command_timeout` bounds the whole command. etcdctl 3.4 does not block on
+/// the dial, so with the member down a command waits for this long: quick
+/// commands get a short one, which makes `endpoint status` the job's fail-fast
+/// health gate; `snapshot save` needs a long one, as 3.4 applies it to the whole
+/// stream and the default 5 s would cut off any real database.
+pub(crate) fn etcdctl(cfg: &AgentConfig, command_timeout: &str) -> Command {
     let mut cmd = Command::new(&cfg.etcdctl);
     cmd.env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={}", cfg.endpoint))
@@ -31,9 +37,7 @@ pub(crate) fn etcdctl(cfg: &AgentConfig) -> Command {
         .arg(format!("--cert={}", cfg.cert.display()))
         .arg(format!("--key={}", cfg.key.display()))
         .arg("--dial-timeout=10s")
-        // 3.4 applies the command timeout to the whole snapshot stream; the
-        // default 5 s would cut off any real database.
-        .arg("--command-timeout=1h");
+        .arg(format!("--command-timeout={command_timeout}"));
     cmd
 }
 
@@ -121,7 +125,7 @@ pub(crate) fn server_version(cfg: &AgentConfig) -> Result<String, BackupError> {
     struct Status {
         version: String,
     }
-    let mut cmd = etcdctl(cfg);
+    let mut cmd = etcdctl(cfg, "15s");
     cmd.args(["endpoint", "status", "-w", "json"]);
     let command = describe(&cmd);
     let out = run(cmd)?;

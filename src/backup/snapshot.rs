@@ -27,7 +27,7 @@ use super::{etcd, manifest_path, to_prune, AgentConfig, BackupError, Candidate, 
 /// The job's outcome, in `<dir>/last-run.json`, for monitoring and `backup list`.
 pub const LAST_RUN: &str = "last-run.json";
 
-const WORK: &str = ".work";
+pub(crate) const WORK: &str = ".work";
 const SUFFIX: &str = ".db.age";
 const STAMP: &[time::format_description::FormatItem<'static>] =
     format_description!("[year][month][day]T[hour][minute][second]Z");
@@ -87,6 +87,8 @@ fn snapshot(cfg: &AgentConfig, now: OffsetDateTime) -> Result<SnapshotOutcome, B
     private_dir(&work).map_err(BackupError::io("create", &work))?;
     let work_guard = RemoveOnDrop::new(work.clone());
 
+    // Also the health gate: with the member down this fails in seconds, where
+    // `snapshot save` would wait for its whole (long) timeout.
     let etcd_version = etcd::server_version(cfg)?;
     let name = format!(
         "{}{}",
@@ -96,7 +98,7 @@ fn snapshot(cfg: &AgentConfig, now: OffsetDateTime) -> Result<SnapshotOutcome, B
             .expect("UTC time formats")
     );
     let plain = work.join(format!("{name}.db"));
-    let mut save = etcd::etcdctl(cfg);
+    let mut save = etcd::etcdctl(cfg, "50m");
     save.args(["snapshot", "save"]).arg(&plain);
     etcd::run(save)?;
 
@@ -265,7 +267,7 @@ fn prune(cfg: &AgentConfig, now: OffsetDateTime) -> Result<Vec<PathBuf>, BackupE
     Ok(doomed)
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
     t.to_offset(time::UtcOffset::UTC)
         .replace_nanosecond(0)
         .expect("0 ns is valid")

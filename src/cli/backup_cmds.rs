@@ -14,6 +14,8 @@ use super::args::Output;
 pub fn snapshot(config: &Path) -> Result<ExitCode> {
     let cfg = AgentConfig::load(config)?;
     let now = time::OffsetDateTime::now_utc();
+    // Before anything spawns a thread or a process (see backup::cleanup_on_signal).
+    backup::cleanup_on_signal(&cfg.dir, now);
     let out = backup::run_job(&cfg, now)
         .with_context(|| format!("{}: etcd backup failed", cfg.member))?;
     let m = &out.manifest;
