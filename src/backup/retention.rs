@@ -93,6 +93,10 @@ mod tests {
     const NOW: OffsetDateTime = datetime!(2026-06-30 12:00 UTC);
 
     /// `(name, age in days, good)`.
+    type Listing<'a> = &'a [(&'a str, i64, bool)];
+    /// `(case, listing, policy, expected deletions)`.
+    type Case<'a> = (&'a str, Listing<'a>, RetentionPolicy, &'a [&'a str]);
+
     fn cands(list: &[(&str, i64, bool)]) -> Vec<Candidate> {
         list.iter()
             .map(|&(name, days, good)| Candidate {
@@ -110,7 +114,7 @@ mod tests {
             max_age_days,
         };
         #[rustfmt::skip]
-        let cases: &[(&str, &[(&str, i64, bool)], RetentionPolicy, &[&str])] = &[
+        let cases: &[Case] = &[
             ("count keeps the newest n", &[("a", 4, true), ("b", 3, true), ("c", 2, true), ("d", 1, true)], p(Some(3), None), &["a"]),
             ("count not reached", &[("a", 2, true), ("b", 1, true)], p(Some(3), None), &[]),
             ("input order does not matter", &[("d", 1, true), ("a", 4, true), ("c", 2, true), ("b", 3, true)], p(Some(2), None), &["a", "b"]),

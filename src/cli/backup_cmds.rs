@@ -11,7 +11,7 @@ use super::args::Output;
 
 /// The scheduled job. Errors reach `main`, which prints them to stderr (the
 /// journal) and exits 1, so systemd marks the unit failed.
-pub fn snapshot(config: &Path) -> Result<ExitCode> {
+pub fn snapshot(config: &Path, verbose: bool) -> Result<ExitCode> {
     let cfg = AgentConfig::load(config)?;
     let now = time::OffsetDateTime::now_utc();
     // Before anything spawns a thread or a process (see backup::cleanup_on_signal).
@@ -29,6 +29,17 @@ pub fn snapshot(config: &Path) -> Result<ExitCode> {
     );
     for p in &out.pruned {
         println!("{}: pruned {}", cfg.member, p.display());
+    }
+    if verbose {
+        // rampart's own peak memory, apart from etcdctl's (for tests/bench/backup.sh).
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        if let Some(hwm) = status.lines().find(|l| l.starts_with("VmHWM:")) {
+            eprintln!(
+                "{}: peak memory {}",
+                cfg.member,
+                hwm.trim_start_matches("VmHWM:").trim()
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

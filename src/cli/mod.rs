@@ -78,7 +78,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             scratch_dir,
             output,
         }) => backup_cmds::verify(&file, identity, etcdctl, scratch_dir, output),
-        Command::Agent(args::AgentCommand::Snapshot { config }) => backup_cmds::snapshot(&config),
+        Command::Agent(args::AgentCommand::Snapshot { config }) => {
+            backup_cmds::snapshot(&config, verbose)
+        }
         Command::Check(a) => check(&a),
         Command::Cis(args::CisCommand::Check {
             bundle,
