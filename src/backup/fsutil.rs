@@ -116,6 +116,62 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// A file being written in a stream that starts the kernel's write-back every
+/// few MiB (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does not wait), so
+/// the disk works while the CPU encrypts and the final fsync has little left to
+/// do. Without it, the whole ciphertext sits dirty in the page cache until the
+/// fsync: measured on a 300 MB snapshot, that fsync alone was about half the
+/// job's overhead over a bare `etcdctl snapshot save`.
+pub(crate) struct WritebackFile {
+    file: File,
+    written: u64,
+    kicked: u64,
+}
+
+/// Write-back is started in windows of this size.
+const WRITEBACK_WINDOW: u64 = 8 << 20;
+
+impl WritebackFile {
+    pub(crate) fn new(file: File) -> Self {
+        WritebackFile {
+            file,
+            written: 0,
+            kicked: 0,
+        }
+    }
+    pub(crate) fn into_inner(self) -> File {
+        self.file
+    }
+}
+
+impl Write for WritebackFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.kicked >= WRITEBACK_WINDOW {
+            #[cfg(target_os = "linux")]
+            {
+                use std::os::fd::AsRawFd;
+                // SAFETY: a valid fd and a byte range of it; the call only schedules I/O.
+                // A failure here is not an error: the final fsync still covers everything.
+                unsafe {
+                    libc::sync_file_range(
+                        self.file.as_raw_fd(),
+                        self.kicked as libc::off64_t,
+                        (self.written - self.kicked) as libc::off64_t,
+                        libc::SYNC_FILE_RANGE_WRITE,
+                    );
+                }
+            }
+            self.kicked = self.written;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// The hex sha256 and size of a file, read in a stream.
 pub(crate) fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
     let mut f = File::open(path)?;

@@ -12,6 +12,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
@@ -21,6 +22,7 @@ use time::{OffsetDateTime, PrimitiveDateTime};
 use super::error::chain;
 use super::fsutil::{
     create_private, private_dir, sync_dir, tmp_path, write_atomic, HashingWriter, RemoveOnDrop,
+    WritebackFile,
 };
 use super::{etcd, manifest_path, to_prune, AgentConfig, BackupError, Candidate, Manifest};
 
@@ -51,6 +53,8 @@ pub struct SnapshotOutcome {
     pub manifest: Manifest,
     /// Older backups deleted by retention.
     pub pruned: Vec<PathBuf>,
+    /// Wall time of each step, for `-v` and the benchmark.
+    pub phases: Vec<(&'static str, Duration)>,
 }
 
 /// Runs the job and records its outcome in `<dir>/last-run.json`, success or not.
@@ -89,7 +93,14 @@ fn snapshot(cfg: &AgentConfig, now: OffsetDateTime) -> Result<SnapshotOutcome, B
 
     // Also the health gate: with the member down this fails in seconds, where
     // `snapshot save` would wait for its whole (long) timeout.
+    let mut phases = Vec::new();
+    let mut t = Instant::now();
+    let mut lap = |name: &'static str| {
+        phases.push((name, t.elapsed()));
+        t = Instant::now();
+    };
     let etcd_version = etcd::server_version(cfg)?;
+    lap("endpoint status");
     let name = format!(
         "{}{}",
         cfg.prefix(),
@@ -101,6 +112,7 @@ fn snapshot(cfg: &AgentConfig, now: OffsetDateTime) -> Result<SnapshotOutcome, B
     let mut save = etcd::etcdctl(cfg, "50m");
     save.args(["snapshot", "save"]).arg(&plain);
     etcd::run(save)?;
+    lap("snapshot save");
 
     let mut status_cmd = etcd::status_command(&cfg.etcdctl, cfg.etcdutl.as_deref(), &plain);
     let status_desc = etcd::describe(&status_cmd);
@@ -120,10 +132,15 @@ fn snapshot(cfg: &AgentConfig, now: OffsetDateTime) -> Result<SnapshotOutcome, B
     let tmp = tmp_path(&out);
     let _ = fs::remove_file(&tmp);
     let tmp_guard = RemoveOnDrop::new(tmp.clone());
-    let (sha256, ciphertext_size, snapshot_size) = encrypt(&plain, &tmp, &recipients)?;
+    let (file, sha256, ciphertext_size, snapshot_size) = encrypt(&plain, &tmp, &recipients)?;
+    lap("encrypt");
+    file.sync_all().map_err(BackupError::io("sync", &tmp))?;
+    drop(file);
+    lap("fsync");
 
     let status = etcd::finish(status_child.take(), &status_desc)?;
     let status = etcd::parse_status(&status.stdout, &status_desc)?;
+    lap("wait for snapshot status");
 
     fs::rename(&tmp, &out).map_err(BackupError::io("rename", &tmp))?;
     tmp_guard.disarm();
@@ -157,21 +174,24 @@ fn snapshot(cfg: &AgentConfig, now: OffsetDateTime) -> Result<SnapshotOutcome, B
     fs::remove_dir_all(&work).map_err(BackupError::io("remove the plaintext in", &work))?;
     work_guard.disarm();
 
+    lap("manifest + cleanup");
     let pruned = prune(cfg, now)?;
+    lap("retention");
     Ok(SnapshotOutcome {
         file: out,
         manifest,
         pruned,
+        phases,
     })
 }
 
-/// Streams `plain` through age into `dest` (new, 0600), fsyncs it.
-/// Returns (sha256 of the ciphertext, ciphertext bytes, plaintext bytes).
+/// Streams `plain` through age into `dest` (new, 0600); the caller fsyncs.
+/// Returns (the file, sha256 of the ciphertext, ciphertext bytes, plaintext bytes).
 fn encrypt(
     plain: &Path,
     dest: &Path,
     recipients: &[Box<dyn age::Recipient + Send>],
-) -> Result<(String, u64, u64), BackupError> {
+) -> Result<(File, String, u64, u64), BackupError> {
     let encryptor = age::Encryptor::with_recipients(
         recipients.iter().map(|r| r.as_ref() as &dyn age::Recipient),
     )
@@ -182,12 +202,12 @@ fn encrypt(
     let file = create_private(dest).map_err(BackupError::io("create", dest))?;
     let write_err = BackupError::io("write", dest);
     let mut stream = encryptor
-        .wrap_output(HashingWriter::new(file))
+        .wrap_output(HashingWriter::new(WritebackFile::new(file)))
         .map_err(BackupError::io("write", dest))?;
     // 1 MiB reads: few syscalls, and memory stays flat whatever the snapshot size.
     let mut buf = vec![0u8; 1 << 20];
     let mut plain_bytes = 0u64;
-    let result = (|| -> io::Result<HashingWriter<File>> {
+    let result = (|| -> io::Result<HashingWriter<WritebackFile>> {
         loop {
             let n = input.read(&mut buf)?;
             if n == 0 {
@@ -199,8 +219,7 @@ fn encrypt(
         stream.finish()
     })();
     let (file, sha, size) = result.map_err(write_err)?.finish();
-    file.sync_all().map_err(BackupError::io("sync", dest))?;
-    Ok((sha, size, plain_bytes))
+    Ok((file.into_inner(), sha, size, plain_bytes))
 }
 
 fn parse_recipients(rs: &[String]) -> Result<Vec<Box<dyn age::Recipient + Send>>, BackupError> {

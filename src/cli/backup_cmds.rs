@@ -31,6 +31,9 @@ pub fn snapshot(config: &Path, verbose: bool) -> Result<ExitCode> {
         println!("{}: pruned {}", cfg.member, p.display());
     }
     if verbose {
+        for (name, d) in &out.phases {
+            eprintln!("{}: {name}: {:.2} s", cfg.member, d.as_secs_f64());
+        }
         // rampart's own peak memory, apart from etcdctl's (for tests/bench/backup.sh).
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         if let Some(hwm) = status.lines().find(|l| l.starts_with("VmHWM:")) {

@@ -32,8 +32,9 @@ hosts:
 YAML
 age-keygen -o "$work/state-id.txt" 2>/dev/null
 export RAMPART_IDENTITY=$work/state-id.txt
-"$bin" init -i "$work/inventory.yaml" --state-dir "$work/state" > /dev/null
-"$bin" render -i "$work/inventory.yaml" --state-dir "$work/state" --out "$work/bundle" > /dev/null
+# (stderr: warnings about a loopback, worker-less inventory, expected here)
+"$bin" init -i "$work/inventory.yaml" --state-dir "$work/state" > /dev/null 2>&1
+"$bin" render -i "$work/inventory.yaml" --state-dir "$work/state" --out "$work/bundle" > /dev/null 2>&1
 pki=$work/bundle/b5/etc/kubernetes/pki/etcd
 
 etcd --name=b5 --data-dir="$work/data" \
@@ -42,15 +43,15 @@ etcd --name=b5 --data-dir="$work/data" \
   --initial-cluster="b5=http://$addr:2380" --listen-metrics-urls="http://$addr:2381" \
   --cert-file="$pki/server.crt" --key-file="$pki/server.key" \
   --trusted-ca-file="$pki/ca.crt" --client-cert-auth=true \
-  --logger=zap --log-outputs="$work/etcd.log" &
+  --logger=zap --log-outputs="$work/etcd.log" 2> /dev/null &
 etcd_pid=$!
 
-ctl() {
-  ETCDCTL_API=3 etcdctl --endpoints="https://$addr:2379" --cacert="$pki/ca.crt" \
-    --cert="$pki/healthcheck-client.crt" --key="$pki/healthcheck-client.key" "$@"
-}
+export ETCDCTL_API=3
+etcdctl_tls=(etcdctl --endpoints="https://$addr:2379" --cacert="$pki/ca.crt"
+  --cert="$pki/healthcheck-client.crt" --key="$pki/healthcheck-client.key")
+ctl() { "${etcdctl_tls[@]}" "$@"; }
 for _ in $(seq 1 100); do ctl endpoint health > /dev/null 2>&1 && break; sleep 0.2; done
-ctl endpoint health > /dev/null
+ctl endpoint health > /dev/null 2>&1
 
 echo "filling etcd with $size_mb × 1 MiB values…" >&2
 for i in $(seq 1 "$size_mb"); do
@@ -89,12 +90,13 @@ mkdir -p "$work/bare"
 echo "run  bare_s  bare_MB  job_s  job_MB  rampart_MB  ratio"
 for r in $(seq 1 "$runs"); do
   rm -f "$work/bare/snap.db"
-  read -r bw bm < <(measure bare ctl --command-timeout=1h snapshot save "$work/bare/snap.db")
+  read -r bw bm < <(measure bare "${etcdctl_tls[@]}" --command-timeout=1h snapshot save "$work/bare/snap.db")
   sleep 1 # distinct file names: the job names backups to the second
   read -r jw jm < <(measure job "$bin" -v agent snapshot --config "$work/backup.yaml")
   printf '%-4s %-7s %-8s %-6s %-7s %-11s %s\n' "$r" "$bw" "$bm" "$jw" "$jm" "$(own_rss)" \
     "$(awk -v a="$jw" -v b="$bw" 'BEGIN{printf "%.2f", a/b}')"
 done
+echo "last job's steps:"; sed -n 's/^b5: \(.*: [0-9.]* s\)$/  \1/p' "$work/err"
 m=$(ls "$work"/backups/*.manifest.json)
 echo "snapshot: $(stat -c %s "$work/bare/snap.db") bytes; backup: $(stat -c %s "${m%.manifest.json}.db.age") bytes"
 /usr/bin/time -f "%M" -o "$work/time" "$bin" backup verify "${m%.manifest.json}.db.age" \
