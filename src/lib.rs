@@ -2,9 +2,10 @@
 //!
 //! The core is pure: [`inventory`] → [`pki`] → [`render`] (a per-host bundle of
 //! files). I/O lives at the edges: the state dir, the bundle writer, and the
-//! hosts ([`remote`]).
+//! hosts ([`remote`]). [`backup`] holds the etcd backup job that runs on the hosts.
 
 pub mod actions;
+pub mod backup;
 pub mod cis;
 pub mod inventory;
 pub mod phases;

@@ -43,6 +43,43 @@ pub enum Command {
     /// Host keys and locks.
     #[command(subcommand)]
     Hosts(HostsCommand),
+    /// Encrypted etcd backups.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// Jobs rampart runs on the hosts themselves (started by systemd, not by hand).
+    #[command(subcommand, hide = true)]
+    Agent(AgentCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Decrypt a backup in a stream and check it: sha256 against the manifest beside it, then etcd's snapshot status.
+    Verify {
+        /// The backup (`<cluster>-<member>-<time>.db.age`).
+        file: PathBuf,
+        /// age identity file or unencrypted SSH private key (repeat for several).
+        #[arg(short, long, required = true)]
+        identity: Vec<PathBuf>,
+        /// etcdctl to read the snapshot with (etcdutl is preferred when on PATH).
+        #[arg(long, default_value = "etcdctl")]
+        etcdctl: PathBuf,
+        /// Where the decrypted copy goes while it is checked (needs room for the snapshot).
+        #[arg(long)]
+        scratch_dir: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Take, encrypt and prune etcd snapshots on this member (rampart-backup.service).
+    Snapshot {
+        /// The job's config, written by `apply`.
+        #[arg(long, default_value = "/etc/rampart/backup.yaml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 
 mod apply_cmds;
 pub mod args;
+mod backup_cmds;
 mod pki_cmds;
 mod report;
 mod unlock;
@@ -69,6 +70,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Hosts(args::HostsCommand::Unlock { inv, host }) => {
             apply_cmds::hosts_unlock(&inv, &host)
+        }
+        Command::Backup(args::BackupCommand::Verify {
+            file,
+            identity,
+            etcdctl,
+            scratch_dir,
+            output,
+        }) => backup_cmds::verify(&file, identity, etcdctl, scratch_dir, output),
+        Command::Agent(args::AgentCommand::Snapshot { config }) => {
+            backup_cmds::snapshot(&config, verbose)
         }
         Command::Check(a) => check(&a),
         Command::Cis(args::CisCommand::Check {

@@ -14,7 +14,7 @@ mod context;
 mod encryption;
 mod host;
 mod shared;
-mod templates;
+pub(crate) mod templates;
 mod tls;
 
 pub(crate) use bundle::octal;

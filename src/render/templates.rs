@@ -25,6 +25,8 @@ pub const ADMISSION_CONFIG: &str = "kubernetes/admission-config.yaml";
 pub const EVENT_RATE_LIMIT: &str = "kubernetes/event-rate-limit.yaml";
 pub const ADDON_RBAC: &str = "addons/rbac.yaml";
 pub const ADDON_TENANTS: &str = "addons/tenants.yaml";
+pub const BACKUP_SERVICE: &str = "systemd/rampart-backup.service";
+pub const BACKUP_TIMER: &str = "systemd/rampart-backup.timer";
 
 macro_rules! embedded {
     ($($name:expr => $file:literal),* $(,)?) => {
@@ -32,7 +34,7 @@ macro_rules! embedded {
     };
 }
 
-const SOURCES: [(&str, &str); 14] = embedded![
+const SOURCES: [(&str, &str); 16] = embedded![
     ETCD_UNIT => "systemd/etcd.service",
     APISERVER_UNIT => "systemd/kube-apiserver.service",
     CONTROLLER_MANAGER_UNIT => "systemd/kube-controller-manager.service",
@@ -47,6 +49,8 @@ const SOURCES: [(&str, &str); 14] = embedded![
     EVENT_RATE_LIMIT => "kubernetes/event-rate-limit.yaml",
     ADDON_RBAC => "addons/rbac.yaml",
     ADDON_TENANTS => "addons/tenants.yaml",
+    BACKUP_SERVICE => "systemd/rampart-backup.service",
+    BACKUP_TIMER => "systemd/rampart-backup.timer",
 ];
 
 /// The parsed templates. A parse error is a bug in a file shipped inside the

@@ -1,6 +1,7 @@
 //! rampart integration tests: one binary, one module per capability.
 
 mod apply;
+mod backup;
 mod cis;
 mod etcd;
 mod inventory;

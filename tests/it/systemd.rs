@@ -47,7 +47,7 @@ fn exec_start_binary(unit: &str) -> Option<&str> {
 
 /// Runs `systemd-analyze verify` on `units` (name, text) inside a fresh root.
 /// Returns the combined output when verification fails or warns.
-fn verify(units: &[(String, String)]) -> Result<(), String> {
+pub(super) fn verify(units: &[(String, String)]) -> Result<(), String> {
     let root = tempfile::tempdir().unwrap();
     copy_system_units(root.path());
     let unit_dir = root.path().join("etc/systemd/system");
@@ -86,7 +86,7 @@ fn verify(units: &[(String, String)]) -> Result<(), String> {
     }
 }
 
-fn have_systemd_analyze() -> bool {
+pub(super) fn have_systemd_analyze() -> bool {
     if Path::new(SYSTEMD_ANALYZE).exists() && Path::new(SYSTEM_UNITS).is_dir() {
         true
     } else {

@@ -1,0 +1,133 @@
+//! Why a backup job or a verification failed. Each variant names the file,
+//! command or recipient involved and ends with what to do about it.
+
+use std::path::PathBuf;
+
+/// A failure of the scheduled job (`rampart agent snapshot`).
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("cannot read the backup config {path}; it is written by `rampart apply` from the inventory's `backups:` section")]
+    ConfigRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the backup config {path} is invalid; re-run `rampart apply` to rewrite it")]
+    ConfigParse {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("backup recipient #{index} `{recipient}` is not an age (age1…) or SSH public key; fix `backups.recipients` in the inventory")]
+    Recipient { index: usize, recipient: String },
+    #[error("no backup recipients are configured; add at least one to `backups.recipients`")]
+    NoRecipients,
+    #[error("cannot {action} {path}; check the backup dir's filesystem and permissions")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot run {program}; is etcd-client installed at that path?")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status}): {stderr}; check that etcd is healthy (`etcdctl endpoint health`) and the client certificate is valid")]
+    Etcdctl {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error(
+        "`{command}` printed output rampart cannot read ({reason}); is this etcd 3.4 or later?"
+    )]
+    EtcdctlOutput { command: String, reason: String },
+    #[error("cannot encrypt to the backup recipients: {message}; check `backups.recipients`")]
+    Encrypt { message: String },
+}
+
+/// Why `rampart backup verify` refused a file. Each refusal is its own variant so
+/// scripts (and tests) can tell a wrong key from a damaged file.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} holds no usable identity ({reason}); give an age identity file (AGE-SECRET-KEY-…) or an unencrypted SSH private key")]
+    Identity { path: PathBuf, reason: String },
+    #[error("the manifest {path} is unreadable ({reason}); move it away to verify the backup without it")]
+    Manifest { path: PathBuf, reason: String },
+    #[error(
+        "{path} is truncated: {actual} bytes, the manifest says {expected}; copy the file again"
+    )]
+    Truncated {
+        path: PathBuf,
+        actual: u64,
+        expected: u64,
+    },
+    #[error("{path} does not match its manifest: sha256 {actual}, expected {expected}; the file is corrupt or was replaced, so it was not decrypted")]
+    ShaMismatch {
+        path: PathBuf,
+        actual: String,
+        expected: String,
+    },
+    #[error("{path} is not an age file ({reason}); is this a rampart backup?")]
+    NotAge { path: PathBuf, reason: String },
+    #[error("none of the identities can decrypt {path}; it was encrypted to other recipients (see its manifest)")]
+    WrongIdentity { path: PathBuf },
+    #[error("{path} is corrupt or truncated: decryption failed after {offset} plaintext bytes ({reason}); use another copy")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("{path} decrypts, but not to an etcd snapshot: {reason}")]
+    NotSnapshot { path: PathBuf, reason: String },
+    #[error("{path} decrypts to a snapshot that differs from its manifest: {field} is {actual}, the manifest says {expected}")]
+    ManifestDisagrees {
+        path: PathBuf,
+        field: &'static str,
+        actual: String,
+        expected: String,
+    },
+    #[error("cannot check the decrypted snapshot")]
+    Tool(#[source] Box<BackupError>),
+    #[error("cannot {action} {path} for the decrypted copy; pass --scratch-dir with room for the snapshot")]
+    Scratch {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BackupError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> BackupError {
+        let path = path.into();
+        move |source| BackupError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
+/// `error: a: b: c` as the CLI prints it, for the last-run record and the journal.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.join(": ")
+}

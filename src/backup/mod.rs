@@ -1,0 +1,35 @@
+//! Encrypted etcd backups: the scheduled job that runs on each etcd member
+//! (`rampart agent snapshot`), the check an admin runs on a copy
+//! (`rampart backup verify`), and the systemd units that schedule the job.
+//!
+//! - `config`: the job's YAML config (`/etc/rampart/backup.yaml`), derived from the inventory.
+//! - `etcd`: running `etcdctl`/`etcdutl` and reading `snapshot status`.
+//! - `snapshot`: the job itself: save, check, stream-encrypt, manifest, prune.
+//! - `retention`: which backups to delete (pure).
+//! - `verify`: decrypt a backup with identity files and check it is a sound snapshot.
+//! - `signals`: deleting the plaintext when systemd stops the job.
+//! - `units`: the `rampart-backup.service`/`.timer` pair rendered for a host.
+//!
+//! Hosts only ever hold recipients (public keys): a compromised etcd member can
+//! write new backups but cannot read old ones.
+
+mod config;
+mod error;
+mod etcd;
+mod fsutil;
+mod manifest;
+mod retention;
+mod signals;
+mod snapshot;
+mod units;
+mod verify;
+
+pub use config::{AgentConfig, CONFIG_PATH, SERVICE_PATH, TIMER_PATH};
+pub use error::{BackupError, VerifyError};
+pub use etcd::SnapshotStatus;
+pub use manifest::{manifest_path, Manifest};
+pub use retention::{to_prune, Candidate, RetentionPolicy};
+pub use signals::cleanup_on_signal;
+pub use snapshot::{run_job, LastRun, SnapshotOutcome, LAST_RUN};
+pub use units::units;
+pub use verify::{verify, VerifyOptions, VerifyReport};

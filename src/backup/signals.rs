@@ -1,0 +1,67 @@
+//! Cleanup when systemd stops the job (SIGTERM on `systemctl stop` or at
+//! `TimeoutStartSec=`), or on Ctrl-C when run by hand.
+//!
+//! A Rust process killed by a signal runs no destructors, so the plaintext
+//! guard alone would leave the snapshot in `.work` until the next run. Here the
+//! signals are blocked in every thread and one thread waits for them with
+//! `sigwait`, which may then do ordinary I/O (a signal handler may not). Child
+//! processes start with an empty signal mask (std resets it), so etcdctl still
+//! dies on systemd's SIGTERM as it should.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use time::OffsetDateTime;
+
+use super::fsutil::write_atomic;
+use super::{LastRun, LAST_RUN};
+
+/// Starts the watcher for `dir`. Call before any other thread is spawned, so
+/// every thread inherits the blocked mask. `now` stamps the last-run record.
+pub fn cleanup_on_signal(dir: &Path, now: OffsetDateTime) {
+    let dir: PathBuf = dir.to_path_buf();
+    let now = super::snapshot::rfc3339(now);
+    // SAFETY: plain libc calls on a local sigset_t.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::thread::spawn(move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is initialised above; sigwait writes one int.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            return;
+        }
+        remove_plaintext(&dir);
+        let record = LastRun {
+            time: now,
+            ok: false,
+            error: Some(format!(
+                "interrupted by signal {sig} before the backup was complete; no backup was written"
+            )),
+            file: None,
+        };
+        if let Ok(json) = serde_json::to_vec_pretty(&record) {
+            let _ = write_atomic(&dir.join(LAST_RUN), &json);
+        }
+        eprintln!("error: interrupted by signal {sig}; plaintext removed, no backup written");
+        std::process::exit(128 + sig);
+    });
+}
+
+/// Deletes the work dir and any half-written ciphertext.
+pub(crate) fn remove_plaintext(dir: &Path) {
+    let _ = fs::remove_dir_all(dir.join(super::snapshot::WORK));
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".db.age.tmp") {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}

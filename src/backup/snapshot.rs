@@ -1,0 +1,314 @@
+//! The scheduled job: `etcdctl snapshot save` into a private work dir, stream it
+//! through age to the recipients while hashing the ciphertext, write the
+//! manifest, delete the plaintext, prune old backups, record the outcome.
+//!
+//! The plaintext lives only in `<dir>/.work` (0700), which a guard deletes on
+//! every exit path (errors and panics included) and which the next run clears
+//! first in case the process was killed. `snapshot status` reads the plaintext in
+//! a child process while this one encrypts it, so the check costs no wall time
+//! on a two-core member.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime};
+
+use super::error::chain;
+use super::fsutil::{
+    create_private, private_dir, sync_dir, tmp_path, write_atomic, HashingWriter, RemoveOnDrop,
+    WritebackFile,
+};
+use super::{etcd, manifest_path, to_prune, AgentConfig, BackupError, Candidate, Manifest};
+
+/// The job's outcome, in `<dir>/last-run.json`, for monitoring and `backup list`.
+pub const LAST_RUN: &str = "last-run.json";
+
+pub(crate) const WORK: &str = ".work";
+const SUFFIX: &str = ".db.age";
+const STAMP: &[time::format_description::FormatItem<'static>] =
+    format_description!("[year][month][day]T[hour][minute][second]Z");
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastRun {
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The backup written (file name), when ok.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// What a successful run produced.
+#[derive(Debug, Clone)]
+pub struct SnapshotOutcome {
+    pub file: PathBuf,
+    pub manifest: Manifest,
+    /// Older backups deleted by retention.
+    pub pruned: Vec<PathBuf>,
+    /// Wall time of each step, for `-v` and the benchmark.
+    pub phases: Vec<(&'static str, Duration)>,
+}
+
+/// Runs the job and records its outcome in `<dir>/last-run.json`, success or not.
+/// `now` names the backup and drives retention.
+pub fn run_job(cfg: &AgentConfig, now: OffsetDateTime) -> Result<SnapshotOutcome, BackupError> {
+    let result = snapshot(cfg, now);
+    let record = LastRun {
+        time: rfc3339(now),
+        ok: result.is_ok(),
+        error: result.as_ref().err().map(|e| chain(e)),
+        file: result.as_ref().ok().map(|o| o.manifest.file.clone()),
+    };
+    let path = cfg.dir.join(LAST_RUN);
+    let json = serde_json::to_vec_pretty(&record).expect("plain struct serializes");
+    let written = private_dir(&cfg.dir)
+        .and_then(|()| write_atomic(&path, &json))
+        .map_err(BackupError::io("write", &path));
+    // The job's own error matters more than a failure to record it.
+    let outcome = result?;
+    written?;
+    Ok(outcome)
+}
+
+fn snapshot(cfg: &AgentConfig, now: OffsetDateTime) -> Result<SnapshotOutcome, BackupError> {
+    // Bad recipients fail before etcd is asked for anything.
+    let recipients = parse_recipients(&cfg.recipients)?;
+    private_dir(&cfg.dir).map_err(BackupError::io("create", &cfg.dir))?;
+
+    // A run killed by SIGKILL or a power cut leaves plaintext here: clear it first.
+    let work = cfg.dir.join(WORK);
+    if work.exists() {
+        fs::remove_dir_all(&work).map_err(BackupError::io("remove the stale", &work))?;
+    }
+    private_dir(&work).map_err(BackupError::io("create", &work))?;
+    let work_guard = RemoveOnDrop::new(work.clone());
+
+    // Also the health gate: with the member down this fails in seconds, where
+    // `snapshot save` would wait for its whole (long) timeout.
+    let mut phases = Vec::new();
+    let mut t = Instant::now();
+    let mut lap = |name: &'static str| {
+        phases.push((name, t.elapsed()));
+        t = Instant::now();
+    };
+    let etcd_version = etcd::server_version(cfg)?;
+    lap("endpoint status");
+    let name = format!(
+        "{}{}",
+        cfg.prefix(),
+        now.to_offset(time::UtcOffset::UTC)
+            .format(STAMP)
+            .expect("UTC time formats")
+    );
+    let plain = work.join(format!("{name}.db"));
+    let mut save = etcd::etcdctl(cfg, "50m");
+    save.args(["snapshot", "save"]).arg(&plain);
+    etcd::run(save)?;
+    lap("snapshot save");
+
+    let mut status_cmd = etcd::status_command(&cfg.etcdctl, cfg.etcdutl.as_deref(), &plain);
+    let status_desc = etcd::describe(&status_cmd);
+    let status_child = KillOnDrop(Some(etcd::spawn(&mut status_cmd)?));
+
+    let out = cfg.dir.join(format!("{name}{SUFFIX}"));
+    if out.exists() {
+        return Err(BackupError::Io {
+            action: "write",
+            path: out,
+            source: io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a backup with this name exists",
+            ),
+        });
+    }
+    let tmp = tmp_path(&out);
+    let _ = fs::remove_file(&tmp);
+    let tmp_guard = RemoveOnDrop::new(tmp.clone());
+    let (file, sha256, ciphertext_size, snapshot_size) = encrypt(&plain, &tmp, &recipients)?;
+    lap("encrypt");
+    file.sync_all().map_err(BackupError::io("sync", &tmp))?;
+    drop(file);
+    lap("fsync");
+
+    let status = etcd::finish(status_child.take(), &status_desc)?;
+    let status = etcd::parse_status(&status.stdout, &status_desc)?;
+    lap("wait for snapshot status");
+
+    fs::rename(&tmp, &out).map_err(BackupError::io("rename", &tmp))?;
+    tmp_guard.disarm();
+    sync_dir(&cfg.dir).map_err(BackupError::io("sync", &cfg.dir))?;
+
+    let file = out
+        .file_name()
+        .expect("joined a name")
+        .to_string_lossy()
+        .into_owned();
+    let manifest = Manifest {
+        file,
+        sha256,
+        ciphertext_size,
+        snapshot_size,
+        revision: status.revision,
+        total_keys: status.total_key,
+        snapshot_hash: status.hash,
+        etcd_version,
+        cluster: cfg.cluster.clone(),
+        member: cfg.member.clone(),
+        created: rfc3339(now),
+        recipients: cfg.recipients.clone(),
+        rampart_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let mpath = manifest_path(&out);
+    let json = serde_json::to_vec_pretty(&manifest).expect("plain struct serializes");
+    write_atomic(&mpath, &json).map_err(BackupError::io("write", &mpath))?;
+
+    // Explicitly, so a failure to delete plaintext is an error, not a silent Drop.
+    fs::remove_dir_all(&work).map_err(BackupError::io("remove the plaintext in", &work))?;
+    work_guard.disarm();
+
+    lap("manifest + cleanup");
+    let pruned = prune(cfg, now)?;
+    lap("retention");
+    Ok(SnapshotOutcome {
+        file: out,
+        manifest,
+        pruned,
+        phases,
+    })
+}
+
+/// Streams `plain` through age into `dest` (new, 0600); the caller fsyncs.
+/// Returns (the file, sha256 of the ciphertext, ciphertext bytes, plaintext bytes).
+fn encrypt(
+    plain: &Path,
+    dest: &Path,
+    recipients: &[Box<dyn age::Recipient + Send>],
+) -> Result<(File, String, u64, u64), BackupError> {
+    let encryptor = age::Encryptor::with_recipients(
+        recipients.iter().map(|r| r.as_ref() as &dyn age::Recipient),
+    )
+    .map_err(|e| BackupError::Encrypt {
+        message: e.to_string(),
+    })?;
+    let mut input = File::open(plain).map_err(BackupError::io("open", plain))?;
+    let file = create_private(dest).map_err(BackupError::io("create", dest))?;
+    let write_err = BackupError::io("write", dest);
+    let mut stream = encryptor
+        .wrap_output(HashingWriter::new(WritebackFile::new(file)))
+        .map_err(BackupError::io("write", dest))?;
+    // 1 MiB reads: few syscalls, and memory stays flat whatever the snapshot size.
+    let mut buf = vec![0u8; 1 << 20];
+    let mut plain_bytes = 0u64;
+    let result = (|| -> io::Result<HashingWriter<WritebackFile>> {
+        loop {
+            let n = input.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            stream.write_all(&buf[..n])?;
+            plain_bytes += n as u64;
+        }
+        stream.finish()
+    })();
+    let (file, sha, size) = result.map_err(write_err)?.finish();
+    Ok((file.into_inner(), sha, size, plain_bytes))
+}
+
+fn parse_recipients(rs: &[String]) -> Result<Vec<Box<dyn age::Recipient + Send>>, BackupError> {
+    if rs.is_empty() {
+        return Err(BackupError::NoRecipients);
+    }
+    rs.iter()
+        .enumerate()
+        .map(|(index, r)| {
+            let r = r.trim();
+            if let Ok(x) = r.parse::<age::x25519::Recipient>() {
+                Ok(Box::new(x) as Box<dyn age::Recipient + Send>)
+            } else if let Ok(s) = r.parse::<age::ssh::Recipient>() {
+                Ok(Box::new(s) as Box<dyn age::Recipient + Send>)
+            } else {
+                Err(BackupError::Recipient {
+                    index,
+                    recipient: r.to_string(),
+                })
+            }
+        })
+        .collect()
+}
+
+/// Applies retention to this member's backups in `dir`; returns what was deleted.
+fn prune(cfg: &AgentConfig, now: OffsetDateTime) -> Result<Vec<PathBuf>, BackupError> {
+    let prefix = cfg.prefix();
+    let entries = fs::read_dir(&cfg.dir).map_err(BackupError::io("list", &cfg.dir))?;
+    let mut candidates = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(BackupError::io("list", &cfg.dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Files of other members or clusters, and anything hand-made, are not ours to delete.
+        let Some(stamp) = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(SUFFIX))
+        else {
+            continue;
+        };
+        let Ok(created) = PrimitiveDateTime::parse(stamp, STAMP) else {
+            continue;
+        };
+        let path = entry.path();
+        let good = fs::read(manifest_path(&path))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+            .is_some();
+        candidates.push(Candidate {
+            path,
+            created: created.assume_utc(),
+            good,
+        });
+    }
+    let doomed = to_prune(&candidates, &cfg.retention, now);
+    for path in &doomed {
+        fs::remove_file(path).map_err(BackupError::io("delete the old backup", path))?;
+        let m = manifest_path(path);
+        match fs::remove_file(&m) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(BackupError::io("delete the old manifest", &m)(e)),
+        }
+    }
+    Ok(doomed)
+}
+
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .expect("0 ns is valid")
+        .format(&Rfc3339)
+        .expect("UTC time formats")
+}
+
+/// The `snapshot status` child: killed if the job fails before waiting for it,
+/// so nothing keeps reading a plaintext that is being deleted.
+struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    fn take(mut self) -> Child {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
