@@ -12,7 +12,9 @@ use serde::Serialize;
 
 use crate::inventory::{Host, Inventory};
 use crate::phases::install::{InstallFiles, Systemd, UploadBinaries};
-use crate::phases::services::{ApplyManifests, StartControlPlane, StartEtcd, StartNodes};
+use crate::phases::services::{
+    ApplyManifests, StartBackups, StartControlPlane, StartEtcd, StartNodes,
+};
 use crate::phases::{Cancel, Ctx, Phase, PhaseError, Reporter, StepError, Target};
 use crate::plan::desired::{self, ArtifactError, Desired};
 use crate::plan::facts::HostFacts;
@@ -23,13 +25,14 @@ use crate::remote::{BoxFuture, Held, Input, Remote, RemoteError};
 use crate::render::{Bundle, Service};
 
 /// Phases `--skip-phases` accepts, in the order they run.
-pub const PHASES: [&str; 9] = [
+pub const PHASES: [&str; 10] = [
     "connect",
     "preflight",
     "upload-binaries",
     "install-files",
     "systemd",
     "start-etcd",
+    "start-backups",
     "start-control-plane",
     "apply-manifests",
     "start-nodes",
@@ -42,6 +45,7 @@ fn install_phases() -> Vec<Box<dyn Phase>> {
         Box::new(InstallFiles),
         Box::new(Systemd),
         Box::new(StartEtcd),
+        Box::new(StartBackups),
         Box::new(StartControlPlane),
         Box::new(ApplyManifests),
         Box::new(StartNodes),
@@ -153,6 +157,7 @@ pub fn not_starting(skip: &[String]) -> Vec<Service> {
     for s in skip {
         match s.as_str() {
             "start-etcd" => out.push(Service::Etcd),
+            "start-backups" => out.push(Service::Backups),
             "start-control-plane" => out.extend([
                 Service::KubeApiserver,
                 Service::KubeControllerManager,
@@ -220,10 +225,16 @@ pub async fn prepare(
         .iter()
         .map(|n| n.name)
         .collect();
-    let artifacts = desired::artifacts(inv, &names)?;
+    let mut artifacts = desired::artifacts(inv, &names)?;
+    if names.contains(&Service::Backups.binary()) {
+        artifacts.insert(
+            Service::Backups.binary().to_string(),
+            desired::self_artifact()?,
+        );
+    }
 
     reporter.phase("connect", "connect", hosts.len());
-    let remotes = connect_all(&hosts, connector, o, reporter, cancel).await?;
+    let remotes = connect_all(&hosts, connector, o.concurrency, reporter, cancel).await?;
 
     let mut locks = Vec::new();
     if o.lock {
@@ -287,10 +298,12 @@ pub async fn prepare(
     })
 }
 
-async fn connect_all(
+/// Connects to `hosts`, at most `concurrency` at once; every failure is
+/// collected (in inventory order) so one report names every broken host.
+pub async fn connect_all(
     hosts: &[&Host],
     connector: &dyn Connector,
-    o: &Options,
+    concurrency: usize,
     reporter: &dyn Reporter,
     cancel: &Cancel,
 ) -> Result<Vec<(Host, Arc<dyn Remote>)>, PhaseError> {
@@ -321,7 +334,7 @@ async fn connect_all(
             reporter.done(&h.name);
             (i, (*h).clone(), r)
         })
-        .buffer_unordered(o.concurrency.max(1))
+        .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
     let mut results = results;
@@ -423,11 +436,7 @@ async fn plan_one(
             .map(|w| w.path.clone())
             .collect(),
         dirs: desired.dirs.iter().map(|d| d.path.clone()).collect(),
-        services: desired
-            .services
-            .iter()
-            .map(|s| s.name().to_string())
-            .collect(),
+        services: desired.services.iter().map(|s| s.unit()).collect(),
         binaries: needed
             .iter()
             .map(|n| {

@@ -23,7 +23,7 @@ use super::report::Progress;
 use super::{code, load_inventory, state_dir, unlock, Exit};
 
 /// Connects over SSH with the CLI's options.
-struct Ssh(ConnectOptions);
+pub(super) struct Ssh(pub(super) ConnectOptions);
 
 impl Connector for Ssh {
     fn connect<'a>(
@@ -45,7 +45,7 @@ impl Connector for Ssh {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -246,7 +246,7 @@ fn human_bytes(n: u64) -> String {
 }
 
 /// Maps engine errors to documented exit codes.
-fn classify(e: ApplyError) -> anyhow::Error {
+pub(super) fn classify(e: ApplyError) -> anyhow::Error {
     let code = match &e {
         ApplyError::Hosts(pe) if pe.cancelled() => code::CANCELLED,
         ApplyError::Hosts(pe)

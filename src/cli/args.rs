@@ -53,6 +53,21 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {
+    /// Run the backup job on the etcd members now, and show what they hold afterwards.
+    Now(BackupHostsArgs),
+    /// Every backup on every member: time, size, revision, keys, sha256; last run and next run.
+    List(BackupHostsArgs),
+    /// Copy backups to this machine (`DIR/<member>/`), each checked against its manifest's sha256.
+    Pull {
+        #[command(flatten)]
+        hosts: BackupHostsArgs,
+        /// Where the copies go.
+        #[arg(long)]
+        to: PathBuf,
+        /// Only each member's newest backup.
+        #[arg(long)]
+        latest: bool,
+    },
     /// Decrypt a backup in a stream and check it: sha256 against the manifest beside it, then etcd's snapshot status.
     Verify {
         /// The backup (`<cluster>-<member>-<time>.db.age`).
@@ -70,6 +85,15 @@ pub enum BackupCommand {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct BackupHostsArgs {
+    #[command(flatten)]
+    pub inv: InventoryArgs,
+    /// Only these members (comma-separated inventory names).
+    #[arg(long, value_delimiter = ',')]
+    pub hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Subcommand)]

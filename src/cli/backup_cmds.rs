@@ -7,7 +7,16 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use rampart::backup::{self, AgentConfig, VerifyOptions};
 
-use super::args::Output;
+use rampart::actions::apply::{connect_all, ApplyError};
+use rampart::actions::backup::{self as actions, MemberBackups};
+use rampart::inventory::{Host, Inventory};
+use rampart::phases::{Cancel, PhaseError, Reporter, StepError};
+use rampart::remote::ssh::ConnectOptions;
+
+use super::apply_cmds::{classify, runtime, Ssh};
+use super::args::{BackupHostsArgs, Output};
+use super::load_inventory;
+use super::report::Progress;
 
 /// The scheduled job. Errors reach `main`, which prints them to stderr (the
 /// journal) and exits 1, so systemd marks the unit failed.
@@ -87,4 +96,212 @@ fn on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+/// The selected backup members of the inventory, or why there are none.
+fn selected(inv: &Inventory, only: Option<&[String]>) -> Result<Vec<(Host, AgentConfig)>> {
+    let all = actions::members(inv);
+    if all.is_empty() {
+        anyhow::bail!(
+            "the inventory has no `backups:` section (or no etcd member): nothing is scheduled; see docs/backups.md"
+        );
+    }
+    if let Some(names) = only {
+        for n in names {
+            if !all.iter().any(|(h, _)| &h.name == n) {
+                anyhow::bail!(
+                    "`{n}` is not an etcd member with backups; members: {}",
+                    names_of(&all)
+                );
+            }
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|(h, _)| only.is_none_or(|names| names.contains(&h.name)))
+        .map(|(h, c)| (h.clone(), c))
+        .collect())
+}
+
+fn names_of(members: &[(&Host, AgentConfig)]) -> String {
+    members
+        .iter()
+        .map(|(h, _)| h.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Connects to the members and runs `work` on each, all at once; every
+/// failure is reported together, like `apply` does.
+fn on_members<T, F>(a: &BackupHostsArgs, verbose: bool, title: &str, work: F) -> Result<Vec<T>>
+where
+    T: Send,
+    F: for<'x> Fn(
+            &'x dyn rampart::remote::Remote,
+            &'x Host,
+            &'x AgentConfig,
+        ) -> rampart::remote::BoxFuture<'x, Result<T, StepError>>
+        + Sync,
+{
+    let inv = load_inventory(&a.inv.inventory)?.inventory;
+    let members = selected(&inv, a.hosts.as_deref())?;
+    let progress = Progress::new(verbose, a.inv.output == Output::Json);
+    let cancel = Cancel::default();
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let hosts: Vec<&Host> = members.iter().map(|(h, _)| h).collect();
+        progress.phase("connect", "connect", hosts.len());
+        let remotes = connect_all(
+            &hosts,
+            &Ssh(ConnectOptions::default()),
+            32,
+            &progress,
+            &cancel,
+        )
+        .await
+        .map_err(ApplyError::from)?;
+        progress.phase("backup", title, remotes.len());
+        let results = futures::future::join_all(remotes.iter().zip(&members).map(
+            |((host, remote), (_, cfg))| {
+                let work = &work;
+                let progress = &progress;
+                async move {
+                    progress.step(&host.name, title);
+                    let r = work(&**remote, host, cfg).await;
+                    progress.done(&host.name);
+                    r.map_err(|e| (host.name.clone(), e))
+                }
+            },
+        ))
+        .await;
+        let mut ok = Vec::new();
+        let mut failures = Vec::new();
+        for r in results {
+            match r {
+                Ok(v) => ok.push(v),
+                Err(f) => failures.push(f),
+            }
+        }
+        if failures.is_empty() {
+            Ok(ok)
+        } else {
+            Err(ApplyError::Hosts(PhaseError {
+                phase: "backup",
+                failures,
+            }))
+        }
+    });
+    progress.finish();
+    result.map_err(classify)
+}
+
+pub fn list(a: &BackupHostsArgs, verbose: bool) -> Result<ExitCode> {
+    let members = on_members(a, verbose, "list backups", |r, h, c| {
+        Box::pin(actions::list(r, h, c))
+    })?;
+    print_members(&members, a.inv.output)?;
+    // A member whose last run failed is worth a non-zero exit in scripts.
+    if members
+        .iter()
+        .any(|m| m.last_run.as_ref().is_some_and(|r| !r.ok))
+    {
+        return Ok(ExitCode::from(super::code::HOSTS_FAILED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn now(a: &BackupHostsArgs, verbose: bool) -> Result<ExitCode> {
+    let members = on_members(a, verbose, "run the backup job", |r, h, c| {
+        Box::pin(actions::now(r, h, c))
+    })?;
+    print_members(&members, a.inv.output)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn pull(a: &BackupHostsArgs, to: &Path, latest: bool, verbose: bool) -> Result<ExitCode> {
+    let to = to.to_path_buf();
+    let pulled = on_members(a, verbose, "pull backups", |r, h, c| {
+        let to = to.clone();
+        Box::pin(async move {
+            let m = actions::list(r, h, c).await?;
+            let wanted: Vec<&backup::Manifest> = if latest {
+                m.backups.iter().take(1).collect()
+            } else {
+                m.backups.iter().collect()
+            };
+            let mut out = Vec::new();
+            for b in wanted {
+                match actions::pull(r, &m, b, &to).await {
+                    Ok(p) => out.push(p),
+                    Err(actions::PullError::Step(e)) => return Err(e),
+                    Err(e) => {
+                        return Err(StepError::Script {
+                            step: format!("pull {}", b.file),
+                            status: "-".into(),
+                            stderr: e.to_string(),
+                        })
+                    }
+                }
+            }
+            Ok(out)
+        })
+    })?;
+    let pulled: Vec<_> = pulled.into_iter().flatten().collect();
+    match a.inv.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&pulled)?),
+        Output::Table => {
+            for p in &pulled {
+                let how = if p.skipped { "already here" } else { "copied" };
+                println!(
+                    "{}: {} ({} bytes, sha256 {}) {how}",
+                    p.host,
+                    p.file.display(),
+                    p.bytes,
+                    p.sha256
+                );
+            }
+            println!("{} backups in {}", pulled.len(), to.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_members(members: &[MemberBackups], output: Output) -> Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(members)?);
+        return Ok(());
+    }
+    for m in members {
+        let last = match &m.last_run {
+            None => "never ran".to_string(),
+            Some(r) if r.ok => format!("last run {} ok", r.time),
+            Some(r) => format!(
+                "last run {} FAILED: {}",
+                r.time,
+                r.error.as_deref().unwrap_or("see the journal")
+            ),
+        };
+        println!(
+            "{}: {} backups in {}; {last}; timer {}, next run {}",
+            m.host,
+            m.backups.len(),
+            m.dir,
+            m.timer,
+            if m.next_run.is_empty() {
+                "-"
+            } else {
+                &m.next_run
+            }
+        );
+        for b in &m.backups {
+            println!(
+                "  {}  {}  {} bytes  revision {}  {} keys  sha256 {}",
+                b.created, b.file, b.ciphertext_size, b.revision, b.total_keys, b.sha256
+            );
+        }
+        for f in &m.unlisted {
+            println!("  {f}: no manifest beside it (not a complete backup)");
+        }
+    }
+    Ok(())
 }

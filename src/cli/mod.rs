@@ -78,6 +78,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             scratch_dir,
             output,
         }) => backup_cmds::verify(&file, identity, etcdctl, scratch_dir, output),
+        Command::Backup(args::BackupCommand::Now(a)) => backup_cmds::now(&a, verbose),
+        Command::Backup(args::BackupCommand::List(a)) => backup_cmds::list(&a, verbose),
+        Command::Backup(args::BackupCommand::Pull { hosts, to, latest }) => {
+            backup_cmds::pull(&hosts, &to, latest, verbose)
+        }
         Command::Agent(args::AgentCommand::Snapshot { config }) => {
             backup_cmds::snapshot(&config, verbose)
         }

@@ -233,7 +233,8 @@ async fn systemd(ctx: &Ctx<'_>, t: &Target) -> Result<(), StepError> {
         verify_units(ctx, t).await?;
     }
     if !t.plan.enable.is_empty() {
-        let names: Vec<&str> = t.plan.enable.iter().map(|s| s.name()).collect();
+        let units: Vec<String> = t.plan.enable.iter().map(|s| s.unit()).collect();
+        let units: Vec<&str> = units.iter().map(String::as_str).collect();
         // --no-reload: the units are loaded already (daemon-reload above when
         // they changed); enabling only adds symlinks. Without it systemd
         // reloads a second time, the slowest step of a first apply.
@@ -241,7 +242,7 @@ async fn systemd(ctx: &Ctx<'_>, t: &Target) -> Result<(), StepError> {
             ctx,
             t,
             "enable",
-            &script::systemctl("enable --no-reload", &names),
+            &script::systemctl("enable --no-reload", &units),
             Input::None,
         )
         .await?;
@@ -291,9 +292,9 @@ pub fn unit_problems(output: &str, services: &[Service], not_starting: &[Service
         .filter(|l| !l.is_empty())
         .filter(|l| {
             let missing_binary = l.contains("is not executable") || l.contains("No such file");
-            let skipped = services.iter().any(|s| {
-                not_starting.contains(s) && l.starts_with(&format!("{}.service", s.name()))
-            });
+            let skipped = services
+                .iter()
+                .any(|s| not_starting.contains(s) && l.starts_with(&format!("{}.", s.name())));
             !(missing_binary && skipped)
         })
         // systemd explains a failed unit twice; the second line adds nothing.

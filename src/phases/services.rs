@@ -35,6 +35,51 @@ pub struct ApplyManifests;
 /// `start-nodes`: kubelets and kube-proxies, in parallel.
 pub struct StartNodes;
 
+/// `start-backups`: the backup timer on etcd members, once etcd is healthy.
+/// A restart re-reads the schedule; the job itself runs when the timer fires.
+pub struct StartBackups;
+
+impl Phase for StartBackups {
+    fn name(&self) -> &'static str {
+        "start-backups"
+    }
+    fn title(&self) -> &'static str {
+        "start the backup timers"
+    }
+    fn hosts(&self, ctx: &Ctx) -> usize {
+        with_service(ctx, &[Service::Backups]).len()
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(for_each(
+            ctx,
+            self.name(),
+            with_service(ctx, &[Service::Backups]),
+            move |t| {
+                Box::pin(async move {
+                    restart(ctx, t, Service::Backups).await?;
+                    let unit = Service::Backups.unit();
+                    let out = step(
+                        ctx,
+                        t,
+                        "timer schedule",
+                        &format!(
+                            "set -eu\nsystemctl is-active --quiet {unit}\nsystemctl show {unit} -p NextElapseUSecRealtime --value\n"
+                        ),
+                        Input::None,
+                    )
+                    .await?;
+                    let next = out.stdout_text();
+                    ctx.reporter.line(
+                        &t.host.name,
+                        &format!("backups scheduled, next run {}", next.trim()),
+                    );
+                    Ok(())
+                })
+            },
+        ))
+    }
+}
+
 fn action(t: &Target, svc: Service) -> Option<&ServiceAction> {
     t.plan.services.get(&svc)
 }
@@ -68,7 +113,11 @@ impl Phase for StartEtcd {
                         .iter()
                         .any(|p| p == &crate::plan::unit_path(Service::Etcd))
                 });
-                ours && t.facts.services.get("etcd").is_some_and(|s| s.is_active())
+                ours && t
+                    .facts
+                    .services
+                    .get("etcd.service")
+                    .is_some_and(|s| s.is_active())
             });
             if !running {
                 // No member runs: a new cluster (or a cold start). Each member
@@ -79,7 +128,7 @@ impl Phase for StartEtcd {
                             ctx,
                             t,
                             "start etcd",
-                            &script::systemctl("restart --no-block", &["etcd"]),
+                            &script::systemctl("restart --no-block", &["etcd.service"]),
                             Input::None,
                         )
                         .await?;
@@ -231,7 +280,7 @@ async fn restart(ctx: &Ctx<'_>, t: &Target, svc: Service) -> Result<(), StepErro
         ctx,
         t,
         &format!("{verb} {svc}"),
-        &script::systemctl(verb, &[svc.name()]),
+        &script::systemctl(verb, &[&svc.unit()]),
         Input::None,
     )
     .await?;

@@ -105,8 +105,8 @@ pub fn needed_binaries(inv: &Inventory, services: &[Service]) -> Vec<Needed> {
             _ => (&inv.binaries.dir, "--version"),
         };
         out.push(Needed {
-            name: svc.name(),
-            path: dir(base, svc.name()),
+            name: svc.binary(),
+            path: dir(base, svc.binary()),
             version_args: args,
             service: Some(svc),
             needed_for: svc,
@@ -149,6 +149,21 @@ pub enum ArtifactError {
         expected: String,
         actual: String,
     },
+}
+
+/// This very binary, for hosts that run the backup job (which is rampart
+/// itself): uploaded like an artifact, so a host's copy always matches the
+/// admin's, sha256 and all.
+pub fn self_artifact() -> Result<(PathBuf, u64, String), ArtifactError> {
+    let path = std::env::current_exe().map_err(|source| ArtifactError::Read {
+        path: PathBuf::from("/proc/self/exe"),
+        source,
+    })?;
+    let (size, sha) = hash_file(&path).map_err(|source| ArtifactError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    Ok((path, size, sha))
 }
 
 /// Hashes the artifacts the hosts need (each once, whatever the host count)

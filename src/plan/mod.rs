@@ -166,7 +166,7 @@ impl HostPlan {
 
 /// The unit file path of a service.
 pub fn unit_path(service: Service) -> String {
-    format!("/etc/systemd/system/{}.service", service.name())
+    format!("/etc/systemd/system/{}", service.unit())
 }
 
 fn compare(want: &Want, fact: Option<&facts::FileFact>) -> Option<FileChange> {
@@ -305,7 +305,7 @@ pub fn plan_host(host: &str, desired: &Desired, facts: &HostFacts, skips: &Skips
             .filter(|c| c.action != Action::Remove && c.services.contains(&svc))
             .map(|c| c.path.clone())
             .collect();
-        let state = facts.services.get(svc.name());
+        let state = facts.services.get(&svc.unit());
         if !because.is_empty() {
             services.insert(svc, ServiceAction::Restart { because });
         } else if !state.is_some_and(|s| s.is_active()) {
@@ -346,7 +346,7 @@ pub fn plan_host(host: &str, desired: &Desired, facts: &HostFacts, skips: &Skips
 fn state_enabled(facts: &HostFacts, svc: Service) -> bool {
     facts
         .services
-        .get(svc.name())
+        .get(&svc.unit())
         .is_some_and(|s| s.is_enabled())
 }
 

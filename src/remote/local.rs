@@ -5,7 +5,7 @@
 //! SSH. `systemctl` and friends are whatever `PATH` gives: tests put recording
 //! stand-ins first. The proof against real hosts is the lab (tests/it/lab).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -106,6 +106,42 @@ impl Remote for LocalRemote {
             Ok(Output {
                 status: out.status.code().map(|c| c as u32),
                 stdout: out.stdout,
+                stderr: out.stderr,
+            })
+        })
+    }
+
+    fn run_to_file<'a>(
+        &'a self,
+        script: &'a str,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<Output, RemoteError>> {
+        Box::pin(async move {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dest)
+                .map_err(|source| RemoteError::Output {
+                    host: self.name.clone(),
+                    path: dest.to_path_buf(),
+                    source,
+                })?;
+            self.sent.fetch_add(script.len() as u64, Ordering::Relaxed);
+            let out = self
+                .command(script)
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(file))
+                .output()
+                .await
+                .map_err(|source| RemoteError::Spawn {
+                    host: self.name.clone(),
+                    source,
+                })?;
+            Ok(Output {
+                status: out.status.code().map(|c| c as u32),
+                stdout: Vec::new(),
                 stderr: out.stderr,
             })
         })

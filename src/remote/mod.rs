@@ -16,7 +16,7 @@ pub mod script;
 pub mod ssh;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
 /// A boxed future, so `dyn Remote` works (SSH and local remotes side by side).
@@ -87,6 +87,15 @@ pub trait Remote: Send + Sync {
         input: Input,
     ) -> BoxFuture<'a, Result<Output, RemoteError>>;
 
+    /// Runs `script` like [`Remote::run`], streaming its stdout into a new
+    /// file `dest` (mode 0600) instead of memory: for pulling backups, which
+    /// may be larger than memory should hold. `Output::stdout` stays empty.
+    fn run_to_file<'a>(
+        &'a self,
+        script: &'a str,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<Output, RemoteError>>;
+
     /// Starts `script` as root, waits for its first stdout line and returns it
     /// with a handle that keeps the script running. A script that exits before
     /// printing a line yields its [`Output`] instead (`Err(output)` inside `Ok`).
@@ -102,6 +111,13 @@ pub trait Remote: Send + Sync {
 pub enum RemoteError {
     #[error("{host}: connection lost: {reason}")]
     Disconnected { host: String, reason: String },
+    #[error("{host}: cannot write {path}")]
+    Output {
+        host: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{host}: cannot read {path}")]
     Input {
         host: String,

@@ -31,7 +31,7 @@ pub struct FactsRequest {
     pub files: Vec<String>,
     /// Directories whose mode and owner are wanted.
     pub dirs: Vec<String>,
-    /// systemd units (without `.service`) whose state is wanted.
+    /// systemd units (`etcd.service`, `rampart-backup.timer`) whose state is wanted.
     pub services: Vec<String>,
     /// (name, absolute path, version flag) of binaries to look for.
     pub binaries: Vec<(String, String, String)>,
@@ -82,7 +82,7 @@ pub fn facts(req: &FactsRequest) -> String {
     for svc in &req.services {
         let _ = writeln!(
             s,
-            "printf 'svc\\t%s\\t%s\\t%s\\n' {u} \"$(systemctl is-active {u}.service 2>/dev/null)\" \"$(systemctl is-enabled {u}.service 2>/dev/null)\"",
+            "printf 'svc\\t%s\\t%s\\t%s\\n' {u} \"$(systemctl is-active {u} 2>/dev/null)\" \"$(systemctl is-enabled {u} 2>/dev/null)\"",
             u = quote(svc)
         );
     }
@@ -286,14 +286,14 @@ pub fn fetch(paths: &[String]) -> String {
     s
 }
 
-/// `systemctl` with fixed arguments (services without `.service`).
-pub fn systemctl(verb: &str, services: &[&str]) -> String {
+/// `systemctl` with fixed arguments over whole unit names (`etcd.service`).
+pub fn systemctl(verb: &str, units: &[&str]) -> String {
     let mut s = String::from(PRELUDE);
     s.push_str("systemctl ");
     s.push_str(verb);
-    for svc in services {
+    for unit in units {
         s.push(' ');
-        s.push_str(&quote(&format!("{svc}.service")));
+        s.push_str(&quote(unit));
     }
     s.push('\n');
     s

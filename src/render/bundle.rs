@@ -22,18 +22,22 @@ pub enum Service {
     KubeScheduler,
     Kubelet,
     KubeProxy,
+    /// The scheduled etcd backup job (`rampart-backup.timer` and its service).
+    Backups,
 }
 
 impl Service {
-    pub const ALL: [Service; 6] = [
+    pub const ALL: [Service; 7] = [
         Service::Etcd,
         Service::KubeApiserver,
         Service::KubeControllerManager,
         Service::KubeScheduler,
         Service::Kubelet,
         Service::KubeProxy,
+        Service::Backups,
     ];
-    /// The systemd unit name without `.service` (also the binary's name).
+    /// The systemd unit name without its suffix (also the binary's name, but
+    /// for the backup job, which is rampart itself).
     pub fn name(self) -> &'static str {
         match self {
             Service::Etcd => "etcd",
@@ -42,6 +46,22 @@ impl Service {
             Service::KubeScheduler => "kube-scheduler",
             Service::Kubelet => "kubelet",
             Service::KubeProxy => "kube-proxy",
+            Service::Backups => "rampart-backup",
+        }
+    }
+    /// The unit rampart enables, starts and restarts: `<name>.service`, or the
+    /// timer of a scheduled job (its service runs when the timer fires).
+    pub fn unit(self) -> String {
+        match self {
+            Service::Backups => "rampart-backup.timer".into(),
+            s => format!("{}.service", s.name()),
+        }
+    }
+    /// The binary the unit runs.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Service::Backups => "rampart",
+            s => s.name(),
         }
     }
 }

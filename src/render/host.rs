@@ -115,6 +115,7 @@ pub fn host_bundle(
             Etcd => host.roles.etcd,
             KubeApiserver | KubeControllerManager | KubeScheduler => host.roles.control_plane,
             Kubelet | KubeProxy => host.roles.runs_kubelet(),
+            Backups => host.roles.etcd && inv.backups.is_some(),
         })
         .collect();
     let files = b
@@ -137,7 +138,7 @@ pub fn host_bundle(
 }
 
 fn unit_path(s: Service) -> String {
-    format!("/etc/systemd/system/{}.service", s.name())
+    format!("/etc/systemd/system/{}", s.unit())
 }
 
 fn etcd(
@@ -177,6 +178,25 @@ fn etcd(
         &[],
     );
     b.dir("/var/lib/etcd", 0o700, "etcd");
+    backups(b, inv, host)
+}
+
+/// The scheduled backup job, when the inventory has a `backups:` section:
+/// its config (recipients only: hosts never hold an identity), its units and
+/// its directory. The job is rampart itself, uploaded by `apply`.
+fn backups(b: &mut Builder, inv: &Inventory, host: &Host) -> Result<(), RenderError> {
+    let (Some(config), Some((service, timer))) = (
+        crate::backup::AgentConfig::from_inventory(inv, host),
+        crate::backup::units(inv, host)?,
+    ) else {
+        return Ok(());
+    };
+    b.dir("/etc/rampart", 0o700, "root");
+    b.config(crate::backup::CONFIG_PATH, config.to_yaml(), &[Backups]);
+    b.config(crate::backup::SERVICE_PATH, service, &[Backups]);
+    b.config(crate::backup::TIMER_PATH, timer, &[Backups]);
+    // systemd refuses a unit whose ReadWritePaths= does not exist.
+    b.dir(&config.dir.display().to_string(), 0o700, "root");
     Ok(())
 }
 

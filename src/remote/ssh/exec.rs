@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use russh::client::Handle;
 use russh::{ChannelMsg, ChannelReadHalf};
+
 use tokio::io::AsyncReadExt;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -130,6 +131,38 @@ impl SshRemote {
         })
     }
 
+    /// Runs one script: feeds stdin while reading stdout (into memory or
+    /// `sink`), stderr and the exit status.
+    async fn exec(
+        &self,
+        script: &str,
+        source: Source,
+        sink: Option<&mut tokio::fs::File>,
+    ) -> Result<Output, RemoteError> {
+        let (mut rx, tx, _slot) = self.start(script).await?;
+        let feed = self.feed(&tx, source);
+        let read = collect(&mut rx, Output::default(), sink);
+        tokio::pin!(feed, read);
+        let mut fed = false;
+        let got = loop {
+            tokio::select! {
+                r = &mut feed, if !fed => { fed = true; r?; }
+                got = &mut read => break got,
+            }
+        };
+        let got = got.map_err(|e| self.lost(format!("cannot write the output locally: {e}")))?;
+        if got.refused {
+            return Err(self.lost("the server refused to run the command"));
+        }
+        if !got.complete {
+            return Err(self.lost("the connection dropped while the script ran"));
+        }
+        if let Some(e) = self.sudo_refused(&got.out) {
+            return Err(e);
+        }
+        Ok(got.out)
+    }
+
     /// Writes `input` to the channel, then EOF. A write refused because the
     /// script closed its stdin is not an error: its exit status tells.
     async fn feed(
@@ -194,12 +227,20 @@ struct Collected {
     refused: bool,
 }
 
-async fn collect(rx: &mut ChannelReadHalf, mut out: Output) -> Collected {
+async fn collect(
+    rx: &mut ChannelReadHalf,
+    mut out: Output,
+    mut sink: Option<&mut tokio::fs::File>,
+) -> Result<Collected, std::io::Error> {
+    use tokio::io::AsyncWriteExt;
     let mut complete = false;
     let mut refused = false;
     while let Some(msg) = rx.wait().await {
         match msg {
-            ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+            ChannelMsg::Data { data } => match sink.as_deref_mut() {
+                Some(file) => file.write_all(&data).await?,
+                None => out.stdout.extend_from_slice(&data),
+            },
             ChannelMsg::ExtendedData { data, ext: 1 } => out.stderr.extend_from_slice(&data),
             ChannelMsg::ExitStatus { exit_status } => {
                 out.status = Some(exit_status);
@@ -214,11 +255,14 @@ async fn collect(rx: &mut ChannelReadHalf, mut out: Output) -> Collected {
             _ => {}
         }
     }
-    Collected {
+    if let Some(file) = sink {
+        file.flush().await?;
+    }
+    Ok(Collected {
         out,
         complete,
         refused,
-    }
+    })
 }
 
 impl Remote for SshRemote {
@@ -246,27 +290,28 @@ impl Remote for SshRemote {
                     }
                 },
             };
-            let (mut rx, tx, _slot) = self.start(script).await?;
-            let feed = self.feed(&tx, source);
-            let read = collect(&mut rx, Output::default());
-            tokio::pin!(feed, read);
-            let mut fed = false;
-            let got = loop {
-                tokio::select! {
-                    r = &mut feed, if !fed => { fed = true; r?; }
-                    got = &mut read => break got,
-                }
-            };
-            if got.refused {
-                return Err(self.lost("the server refused to run the command"));
-            }
-            if !got.complete {
-                return Err(self.lost("the connection dropped while the script ran"));
-            }
-            if let Some(e) = self.sudo_refused(&got.out) {
-                return Err(e);
-            }
-            Ok(got.out)
+            self.exec(script, source, None).await
+        })
+    }
+
+    fn run_to_file<'a>(
+        &'a self,
+        script: &'a str,
+        dest: &'a std::path::Path,
+    ) -> BoxFuture<'a, Result<Output, RemoteError>> {
+        Box::pin(async move {
+            let mut file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dest)
+                .await
+                .map_err(|source| RemoteError::Output {
+                    host: self.name.clone(),
+                    path: dest.to_path_buf(),
+                    source,
+                })?;
+            self.exec(script, Source::None, Some(&mut file)).await
         })
     }
 

@@ -17,14 +17,14 @@ const SKIP: &str = "start-control-plane,apply-manifests,start-nodes";
 
 /// Puts every host back to the image's state: rampart's units stopped and
 /// removed, its files and etcd's data gone. Scenarios start from here.
-fn reset(lab: &Lab) {
+pub(super) fn reset(lab: &Lab) {
     for i in 0..lab.hosts.len() {
         lab.ssh_ok(
             i,
-            "systemctl disable --now etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy >/dev/null 2>&1 || true; \
+            "systemctl disable --now rampart-backup.timer etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy >/dev/null 2>&1 || true; \
              rm -rf /etc/kubernetes /var/lib/etcd /var/lib/rampart /var/lib/kubelet /var/lib/kube-proxy \
                     /etc/systemd/system/etcd.service /etc/systemd/system/kube-*.service /etc/sysctl.d/90-rampart-kubelet.conf \
-                    /usr/local/bin/dd; \
+                    /usr/local/bin/dd /usr/local/bin/rampart /etc/rampart /var/backups/etcd /etc/systemd/system/rampart-backup.*; \
              systemctl daemon-reload; systemctl reset-failed",
         );
     }

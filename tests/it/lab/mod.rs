@@ -19,6 +19,7 @@
 #![allow(dead_code)]
 
 mod apply;
+mod backup;
 mod smoke;
 
 use std::os::unix::fs::MetadataExt;
