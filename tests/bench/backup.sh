@@ -16,7 +16,8 @@ addr=127.0.0.5
 work=$(mktemp -d "${BENCH_DIR:-/tmp}/rampart-bench-backup.XXXXXX")
 etcd_pid=
 cleanup() {
-  [ -n "$etcd_pid" ] && kill "$etcd_pid" 2>/dev/null && wait "$etcd_pid" 2>/dev/null
+  # `|| true`: under set -e a failing kill/wait would skip the rm.
+  if [ -n "$etcd_pid" ]; then kill "$etcd_pid" 2>/dev/null || true; wait "$etcd_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
