@@ -114,7 +114,7 @@ pub struct PlanArgs {
     #[arg(long, value_delimiter = ',')]
     pub hosts: Option<Vec<String>>,
     /// Phases to leave out (comma-separated): connect, preflight, upload-binaries,
-    /// install-files, systemd, start-etcd, start-control-plane, apply-manifests, start-nodes.
+    /// install-files, systemd, start-etcd, start-backups, start-control-plane, apply-manifests, start-nodes.
     #[arg(long, value_delimiter = ',')]
     pub skip_phases: Vec<String>,
     /// Hosts worked on at once.
