@@ -10,7 +10,7 @@
 
 use crate::plan::desired::Body;
 use crate::plan::{Action, FileChange, HostPlan, BACKUP_DIR, RECORD};
-use crate::remote::script::{self, Commit, DirSpec, Staged};
+use crate::remote::script::{self, Attrs, Commit, Staged};
 use crate::remote::{BoxFuture, Input};
 use crate::render::Service;
 
@@ -152,7 +152,6 @@ async fn commit(
         backup_dir: format!("{BACKUP_DIR}/{}", ctx.stamp),
         ..Default::default()
     };
-    let mut fixes = String::new();
     for change in changes {
         match change.action {
             Action::Remove => c.remove.push(change.path.clone()),
@@ -160,13 +159,12 @@ async fn commit(
                 c.install.push((change.path.clone(), change.sha256.clone()))
             }
             // Only mode or owner differ: fix them in place, no upload.
-            _ => fixes.push_str(&format!(
-                "chown {o}:{g} \"$R\"{p}; chmod {m:04o} \"$R\"{p}\n",
-                o = script::quote(&change.owner),
-                g = script::quote(&change.group),
-                p = script::quote(&change.path),
-                m = change.mode
-            )),
+            _ => c.fix.push(Attrs {
+                path: change.path.clone(),
+                mode: change.mode,
+                owner: change.owner.clone(),
+                group: change.group.clone(),
+            }),
         }
     }
     if bundle && t.plan.record_changed {
@@ -178,7 +176,7 @@ async fn commit(
             .plan
             .dirs
             .iter()
-            .map(|d| DirSpec {
+            .map(|d| Attrs {
                 path: d.path.clone(),
                 mode: d.mode,
                 owner: d.owner.clone(),
@@ -186,13 +184,7 @@ async fn commit(
             })
             .collect();
     }
-    let mut text = script::commit(&c);
-    if !fixes.is_empty() {
-        // Before `echo committed`, so a failed chown fails the step.
-        let at = text.rfind("echo committed").unwrap_or(text.len());
-        text.insert_str(at, &fixes);
-    }
-    step(ctx, t, "commit", &text, Input::None).await?;
+    step(ctx, t, "commit", &script::commit(&c), Input::None).await?;
     Ok(())
 }
 

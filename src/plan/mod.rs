@@ -302,7 +302,9 @@ pub fn plan_host(host: &str, desired: &Desired, facts: &HostFacts, skips: &Skips
         let because: Vec<String> = files
             .iter()
             .chain(&binaries)
-            .filter(|c| c.action != Action::Remove && c.services.contains(&svc))
+            // New bytes restart a service; a mode or owner fix does not
+            // change what it reads.
+            .filter(|c| c.needs_upload() && c.services.contains(&svc))
             .map(|c| c.path.clone())
             .collect();
         let state = facts.services.get(&svc.unit());

@@ -169,9 +169,10 @@ pub fn stage(files: &[Staged]) -> String {
     s
 }
 
-/// A directory the host must have.
+/// A path's mode and owner: a directory to create or fix, or a file whose
+/// contents are right but whose mode or owner are not.
 #[derive(Debug, Clone)]
-pub struct DirSpec {
+pub struct Attrs {
     pub path: String,
     pub mode: u32,
     pub owner: String,
@@ -186,7 +187,9 @@ pub struct Commit {
     /// Files rampart installed before and no longer manages.
     pub remove: Vec<String>,
     /// Directories to create or fix (mode, owner).
-    pub dirs: Vec<DirSpec>,
+    pub dirs: Vec<Attrs>,
+    /// Files to fix in place (mode, owner), contents unchanged.
+    pub fix: Vec<Attrs>,
     /// Where previous versions go (`/var/lib/rampart/backup/<timestamp>`).
     pub backup_dir: String,
 }
@@ -226,6 +229,16 @@ pub fn commit(c: &Commit) -> String {
             q = quote(path),
             t = at(&staged_path(path)),
             p = at(path)
+        );
+    }
+    for f in &c.fix {
+        let _ = writeln!(
+            s,
+            "chown {o}:{g} {p}; chmod {m:04o} {p}",
+            p = at(&f.path),
+            o = quote(&f.owner),
+            g = quote(&f.group),
+            m = f.mode
         );
     }
     for path in &c.remove {
@@ -358,7 +371,13 @@ mod tests {
         let s = commit(&Commit {
             install: vec![("/etc/kubernetes/admin.conf".into(), "ab".repeat(32))],
             remove: vec!["/etc/kubernetes/old.yaml".into()],
-            dirs: vec![DirSpec {
+            fix: vec![Attrs {
+                path: "/etc/kubernetes/pki/ca.crt".into(),
+                mode: 0o600,
+                owner: "root".into(),
+                group: "root".into(),
+            }],
+            dirs: vec![Attrs {
                 path: "/var/lib/etcd".into(),
                 mode: 0o700,
                 owner: "etcd".into(),

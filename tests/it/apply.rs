@@ -445,3 +445,45 @@ async fn artifacts_are_uploaded_once_and_checked_against_their_pins() {
     let err = prepare(&lab, &wrong, &bundle, false).await.err().unwrap();
     assert!(err.to_string().contains("binaries.sha256.kubelet"), "{err}");
 }
+
+/// A file whose contents are right but whose mode or owner were changed by
+/// hand is fixed in place: planned as such, nothing uploaded, no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loosened_mode_is_fixed_in_place() {
+    let lab = Lab::new();
+    let inv = inventory("");
+    let bundle = lab.bundle(&inv);
+    apply(&lab, &inv, &bundle).await;
+    let key = lab.root("cp1").join("etc/kubernetes/pki/ca.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let p = prepare(&lab, &inv, &bundle, false).await.unwrap();
+    let cp1 = &p.targets[0].plan;
+    assert_eq!(cp1.files.len(), 1);
+    assert_eq!(cp1.files[0].what, ["mode 0644 -> 0600"]);
+    assert!(!cp1.files[0].needs_upload());
+    let mut skip_nothing = options(false);
+    skip_nothing.skip.clear();
+    let all = apply::prepare(
+        &inv,
+        &bundle,
+        &lab,
+        &skip_nothing,
+        &Silent,
+        &Cancel::default(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !all.targets[0]
+            .plan
+            .services
+            .values()
+            .any(|a| matches!(a, rampart::plan::ServiceAction::Restart { .. })),
+        "a mode fix restarts nothing: {:?}",
+        all.targets[0].plan.services
+    );
+    let fixed = apply(&lab, &inv, &bundle).await;
+    assert!(fixed.targets[0].remote.bytes_sent() < 20_000, "no upload");
+    assert_eq!(std::fs::metadata(&key).unwrap().mode() & 0o7777, 0o600);
+    assert!(prepare(&lab, &inv, &bundle, false).await.unwrap().is_noop());
+}
