@@ -12,6 +12,7 @@ use rampart::actions::apply::{self, ApplyError, ConnectError, Connector, Options
 use rampart::inventory::{Host, Inventory};
 use rampart::phases::{Cancel, StepError};
 use rampart::pki;
+use rampart::plan::preflight::Level;
 use rampart::plan::show;
 use rampart::remote::ssh::{self, ConnectOptions, KeyStatus, SshError};
 use rampart::remote::{BoxFuture, Remote};
@@ -145,7 +146,11 @@ fn print_plan(p: &Prepared, output: Output) -> Result<()> {
             for t in &p.targets {
                 print!("{}", show::host(&t.plan));
                 for f in p.findings.get(&t.host.name).into_iter().flatten() {
-                    println!("  {:?}: {}", f.level, f.message);
+                    let level = match f.level {
+                        Level::Error => "error",
+                        Level::Warning => "warning",
+                    };
+                    println!("  {level}: {}", f.message);
                 }
             }
             if p.is_noop() {

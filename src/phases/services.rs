@@ -59,10 +59,17 @@ impl Phase for StartEtcd {
     fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
         Box::pin(async move {
             let members = with_service(ctx, &[Service::Etcd]);
-            let running = ctx
-                .targets
-                .iter()
-                .any(|t| t.facts.services.get("etcd").is_some_and(|s| s.is_active()));
+            // A cluster of ours runs when a member rampart installed before
+            // is active. Debian's own etcd (single node, started by the
+            // package) does not count: its members are started together.
+            let running = ctx.targets.iter().any(|t| {
+                let ours = t.facts.record.as_ref().is_some_and(|r| {
+                    r.files
+                        .iter()
+                        .any(|p| p == &crate::plan::unit_path(Service::Etcd))
+                });
+                ours && t.facts.services.get("etcd").is_some_and(|s| s.is_active())
+            });
             if !running {
                 // No member runs: a new cluster (or a cold start). Each member
                 // blocks until it sees a quorum, so all start at once.
@@ -84,14 +91,14 @@ impl Phase for StartEtcd {
             for t in members {
                 for_each(ctx, self.name(), vec![t], move |t| {
                     Box::pin(async move {
-                        step(
-                            ctx,
-                            t,
-                            "restart etcd",
-                            &script::systemctl("restart", &["etcd"]),
-                            Input::None,
-                        )
-                        .await?;
+                        // Blocks until the member is ready again (Type=notify),
+                        // so the next one restarts only after this one
+                        // rejoined; `timeout` bounds it, as etcd's unit has no
+                        // start timeout (a large database may take long).
+                        let text = format!(
+                            "set -eu\ntimeout {ETCD_HEALTH_SECS} systemctl restart etcd.service || echo 'etcd is still starting' >&2\n"
+                        );
+                        step(ctx, t, "restart etcd", &text, Input::None).await?;
                         etcd_healthy(ctx, t).await
                     })
                 })
@@ -121,8 +128,11 @@ pub fn etcd_health_cmd(inv: &Inventory, host: &Host) -> String {
         std::net::IpAddr::V4(_) => "https://127.0.0.1:2379",
         std::net::IpAddr::V6(_) => "https://[::1]:2379",
     };
+    let members = inv.etcd_members().count();
+    // `--cluster` asks every member that has joined; a member still joining
+    // is not listed yet, so the exit status alone could pass at 2 of 3.
     format!(
-        "env ETCDCTL_API=3 {} --endpoints={local} --cacert={PKI}/etcd/ca.crt --cert={PKI}/etcd/healthcheck-client.crt --key={PKI}/etcd/healthcheck-client.key --command-timeout=5s endpoint health --cluster",
+        "{{ o=$(env ETCDCTL_API=3 {} --endpoints={local} --cacert={PKI}/etcd/ca.crt --cert={PKI}/etcd/healthcheck-client.crt --key={PKI}/etcd/healthcheck-client.key --command-timeout=5s endpoint health --cluster 2>&1); s=$?; printf '%s\\n' \"$o\"; [ $s -eq 0 ] && [ \"$(printf '%s\\n' \"$o\" | grep -c 'is healthy')\" -ge {members} ]; }}",
         quote(&etcdctl)
     )
 }

@@ -42,8 +42,14 @@ pub fn summary(p: &HostPlan) -> String {
             parts.push(format!("{n} {word}"));
         }
     }
-    if !p.dirs.is_empty() {
-        parts.push(format!("{} dirs to fix", p.dirs.len()));
+    let new_dirs = p.dirs.iter().filter(|d| d.action == Action::Create).count();
+    for (n, word) in [(new_dirs, "to create"), (p.dirs.len() - new_dirs, "to fix")] {
+        if n > 0 {
+            parts.push(format!("{n} dir{} {word}", if n == 1 { "" } else { "s" }));
+        }
+    }
+    if p.apply_manifests {
+        parts.push("apply manifests".into());
     }
     for (svc, action) in &p.services {
         parts.push(match action {
@@ -108,6 +114,9 @@ pub fn host(p: &HostPlan) -> String {
     if !p.enable.is_empty() {
         let names: Vec<&str> = p.enable.iter().map(|s| s.name()).collect();
         let _ = writeln!(s, "  systemctl enable {}", names.join(" "));
+    }
+    if p.apply_manifests {
+        s.push_str("  kubectl apply the RBAC and policy manifests (changed since last applied)\n");
     }
     for (svc, action) in &p.services {
         match action {

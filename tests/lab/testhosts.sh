@@ -271,6 +271,13 @@ undo_journal() {
             # directories created on our behalf (by nspawn under /run): remove
             # what is left of them if it is only empty directories
             if [ -d "$arg" ]; then find "$arg" -depth -type d -empty -delete 2>/dev/null || true; fi ;;
+        sysctl)
+            # a kernel limit raised for the hosts: set back once no lab runs
+            # (another lab's hosts would still need it)
+            local key=${arg%% *} old=${arg#* }
+            if ! ls /run/netns 2>/dev/null | grep -q -- '-lab$'; then
+                sysctl -qw "$key=$old" || log "warning: could not restore $key=$old"
+            fi ;;
         netns-mount)
             # `ip netns add` bind-mounted /run/netns onto itself; undo if unused
             if [ -d /run/netns ] && [ -z "$(ls -A /run/netns)" ]; then
@@ -408,6 +415,19 @@ ensure_base() {
 # ---------------------------------------------------------------- lab network
 lab_up() {
     local j=$TH_STATE/created
+    # Every host's systemd, journald, logind and user manager hold inotify
+    # instances, all counted against root: Debian's default of 128 runs out
+    # at about 16 hosts (user@0.service fails, boots stall). Raise it while
+    # labs run; undone by `down`.
+    local key cur want
+    for key in fs.inotify.max_user_instances:4096 fs.inotify.max_user_watches:1048576; do
+        want=${key#*:}; key=${key%%:*}
+        cur=$(sysctl -n "$key")
+        if [ "$cur" -lt "$want" ]; then
+            journal "$j" "sysctl $key $cur"
+            sysctl -qw "$key=$want"
+        fi
+    done
     # TH_NET must not overlap anything routed on this machine
     if [ -n "$(ip route show match "$TH_NET.1")" ] && ip route show match "$TH_NET.1" | grep -qv '^default'; then
         die "TH_NET $TH_NET.0/24 overlaps a route of this machine: $(ip route show match "$TH_NET.1" | grep -v '^default' | head -n1) - pick another TH_NET"

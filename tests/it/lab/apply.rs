@@ -291,6 +291,51 @@ fn lab_apply_installs_converges_and_survives_a_dropped_connection() {
     for i in 0..3 {
         assert_eq!(etcd_healthy_members(&lab, i), 3);
     }
+
+    // A change that feeds etcd (its cipher suites): the running cluster's
+    // members restart one at a time, each gated on the whole cluster's health.
+    let started: Vec<String> = (0..3).map(|i| etcd_started_at(&lab, i)).collect();
+    let ciphers = lab.write_inventory(&InventorySpec {
+        sudo: true,
+        extra: "security:\n  auditLog:\n    maxAgeDays: 47\n  tls:\n    cipherSuites:\n      \
+                - TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256\n      - TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256\n      \
+                - TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384\n      - TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384\n"
+            .into(),
+        ..Default::default()
+    });
+    let planned = plan(&c, &ciphers);
+    for h in &lab.hosts[..3] {
+        assert!(
+            planned[&h.name].1.contains(&"etcd".to_string()),
+            "{}: {:?}",
+            h.name,
+            planned[&h.name]
+        );
+    }
+    let out = apply(&c, &ciphers, &[]);
+    assert_success(&out, "apply of new etcd cipher suites");
+    let err = stderr(&out);
+    let healthy: Vec<&str> = err
+        .lines()
+        .filter(|l| l.ends_with("etcd healthy (3/3)"))
+        .collect();
+    let names: Vec<String> = lab.hosts[..3]
+        .iter()
+        .map(|h| format!("{}: etcd healthy (3/3)", h.name))
+        .collect();
+    assert_eq!(
+        healthy, names,
+        "one member after the other, in inventory order"
+    );
+    for (i, before) in started.iter().enumerate() {
+        assert_ne!(
+            &etcd_started_at(&lab, i),
+            before,
+            "{} was not restarted",
+            lab.hosts[i].name
+        );
+        assert_eq!(etcd_healthy_members(&lab, i), 3);
+    }
 }
 
 #[test]
