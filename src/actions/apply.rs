@@ -223,11 +223,11 @@ pub async fn prepare(
     let artifacts = desired::artifacts(inv, &names)?;
 
     reporter.phase("connect", "connect", hosts.len());
-    let remotes = connect_all(&hosts, connector, o, reporter, cancel).await?;
+    let remotes = connect_all(&hosts, connector, o.concurrency, reporter, cancel).await?;
 
     let mut locks = Vec::new();
     if o.lock {
-        locks = lock_all(&remotes, o, reporter, cancel).await?;
+        locks = lock_all(&remotes, &o.owner, reporter, cancel).await?;
     }
 
     reporter.phase("facts", "read host facts and plan", remotes.len());
@@ -287,10 +287,12 @@ pub async fn prepare(
     })
 }
 
-async fn connect_all(
+/// Connects to every host (at most `concurrency` at once); every failure is
+/// reported together. Shared by all actions that work on hosts.
+pub(crate) async fn connect_all(
     hosts: &[&Host],
     connector: &dyn Connector,
-    o: &Options,
+    concurrency: usize,
     reporter: &dyn Reporter,
     cancel: &Cancel,
 ) -> Result<Vec<(Host, Arc<dyn Remote>)>, PhaseError> {
@@ -321,7 +323,7 @@ async fn connect_all(
             reporter.done(&h.name);
             (i, (*h).clone(), r)
         })
-        .buffer_unordered(o.concurrency.max(1))
+        .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
     let mut results = results;
@@ -346,13 +348,13 @@ async fn connect_all(
 
 /// Takes `/var/lib/rampart/lock` on every host, or none: a busy host names
 /// its holder and how to clear a stale lock.
-async fn lock_all(
+pub(crate) async fn lock_all(
     remotes: &[(Host, Arc<dyn Remote>)],
-    o: &Options,
+    owner: &str,
     reporter: &dyn Reporter,
     cancel: &Cancel,
 ) -> Result<Vec<Box<dyn Held>>, PhaseError> {
-    let text = script::lock(LOCK, &o.owner);
+    let text = script::lock(LOCK, owner);
     let results = futures::future::join_all(remotes.iter().map(|(host, remote)| {
         let text = &text;
         async move {

@@ -5,3 +5,4 @@
 //! run the phases that carry it out.
 
 pub mod apply;
+pub mod restore;
