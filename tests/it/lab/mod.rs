@@ -19,6 +19,7 @@
 #![allow(dead_code)]
 
 mod apply;
+mod restore;
 mod smoke;
 
 use std::os::unix::fs::MetadataExt;
