@@ -284,12 +284,13 @@ fn go_ahead(a: &RestoreArgs, what: &str) -> Result<()> {
     if a.yes {
         return Ok(());
     }
-    if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
-        if confirm(&format!(
+    let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if terminal
+        && confirm(&format!(
             "this {what} stops etcd on every member; go ahead?"
-        ))? {
-            return Ok(());
-        }
+        ))?
+    {
+        return Ok(());
     }
     Err(Exit {
         code: code::NOT_CONFIRMED,

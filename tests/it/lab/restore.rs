@@ -267,7 +267,7 @@ fn lab_restore_refuses_bad_backups_restores_resumes_rolls_back_and_moves() {
     );
     // The plaintext does not stay on the failed member either.
     assert_eq!(
-        lab.ssh_ok(2, &format!("ls -A /var/lib/rampart/restore/")),
+        lab.ssh_ok(2, "ls -A /var/lib/rampart/restore/"),
         format!("{id}.journal")
     );
 
