@@ -153,7 +153,8 @@ async fn run(
     cancel: &Cancel,
 ) -> Result<ExitCode> {
     let output = a.inv.output;
-    if output == Output::Table || a.dry_run {
+    // JSON prints the plan up front only when it is all there will be.
+    if output == Output::Table || a.dry_run || !a.yes {
         print_plan(plan, output)?;
     }
     if a.dry_run {
