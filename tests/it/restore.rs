@@ -2,7 +2,7 @@
 //! without SSH or systemd: each member is a [`LocalRemote`] whose `/` is a
 //! temp dir (with the real etcd binaries linked in), `systemctl` a recording
 //! stand-in. The snapshot is a real one, saved from a throwaway plain-HTTP
-//! etcd on 127.0.0.4 (loopback only) and encrypted with age.
+//! etcd on 127.0.0.4:23791 (loopback only) and encrypted with age.
 //!
 //! The health gates need real members on real addresses; they are proven in
 //! `lab::restore`, like the whole command.
@@ -26,6 +26,10 @@ use rampart::remote::{BoxFuture, Input, Remote};
 use rampart::restore::{script, upload_path, PlanError, Step, Tool};
 
 const ADDR: &str = "127.0.0.4";
+// Not etcd's usual ports: the apply engine tests' preflight reads this
+// machine's listening ports and would see 2379/2380 taken.
+const CLIENT: u16 = 23791;
+const PEER: u16 = 23801;
 const ID: &str = "20261130T150000Z";
 const INVENTORY: &str = r#"
 cluster:
@@ -117,7 +121,7 @@ impl Connector for Hosts {
 fn etcdctl(args: &[&str]) -> std::process::Output {
     Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints=http://{ADDR}:2379"))
+        .arg(format!("--endpoints=http://{ADDR}:{CLIENT}"))
         .arg("--dial-timeout=2s")
         .args(args)
         .output()
@@ -136,11 +140,13 @@ fn backup() -> (PathBuf, PathBuf, tempfile::TempDir) {
         Command::new("etcd")
             .args(["--name", "t", "--data-dir"])
             .arg(work.path().join("data"))
-            .arg(format!("--listen-client-urls=http://{ADDR}:2379"))
-            .arg(format!("--advertise-client-urls=http://{ADDR}:2379"))
-            .arg(format!("--listen-peer-urls=http://{ADDR}:2380"))
-            .arg(format!("--initial-advertise-peer-urls=http://{ADDR}:2380"))
-            .arg(format!("--initial-cluster=t=http://{ADDR}:2380"))
+            .arg(format!("--listen-client-urls=http://{ADDR}:{CLIENT}"))
+            .arg(format!("--advertise-client-urls=http://{ADDR}:{CLIENT}"))
+            .arg(format!("--listen-peer-urls=http://{ADDR}:{PEER}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://{ADDR}:{PEER}"
+            ))
+            .arg(format!("--initial-cluster=t=http://{ADDR}:{PEER}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
