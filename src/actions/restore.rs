@@ -740,7 +740,7 @@ impl Phase for Check<'_> {
                     ctx.reporter.line(
                         &t.host.name,
                         &format!(
-                            "revision {} (snapshot {}), {} keys",
+                            "revision {} (snapshot {}), {} live keys",
                             checked.revision, snap.revision, checked.keys
                         ),
                     );

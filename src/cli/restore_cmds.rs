@@ -58,6 +58,15 @@ pub fn restore(a: &RestoreArgs, verbose: bool) -> Result<ExitCode> {
     if matches!(mode, Mode::New) && a.file.is_none() {
         bail!("which backup? give the `.db.age` file: rampart backup restore FILE --identity KEY -i INVENTORY");
     }
+    // Signals are handled from here on (the runtime's workers run the
+    // handlers), so even a Ctrl-C during decryption ends through the normal
+    // path, which removes the plaintext.
+    let rt = runtime()?;
+    let cancel = Cancel::default();
+    rt.block_on(async {
+        on_ctrl_c(&cancel);
+        on_terminate(&cancel);
+    });
     // Verify before anything connects: a refused backup changes nothing anywhere.
     let verified = match &a.file {
         None => None,
@@ -94,10 +103,14 @@ pub fn restore(a: &RestoreArgs, verbose: bool) -> Result<ExitCode> {
         accept_new_host_keys: a.accept_new_host_keys,
         ..Default::default()
     });
-    let rt = runtime()?;
-    let cancel = Cancel::default();
+    if cancel.is_cancelled() {
+        return Err(Exit {
+            code: code::CANCELLED,
+            message: "cancelled before any host was contacted; nothing was changed".into(),
+        }
+        .into());
+    }
     rt.block_on(async {
-        on_ctrl_c(&cancel);
         let progress = Progress::new(verbose, output == Output::Json);
         let session = engine::connect(&inv, &id, &connector, &o, &progress, &cancel).await;
         progress.finish();
@@ -138,6 +151,23 @@ pub fn restore(a: &RestoreArgs, verbose: bool) -> Result<ExitCode> {
         session.release().await;
         r
     })
+}
+
+/// SIGTERM and SIGHUP cancel between steps like Ctrl-C, so the run ends
+/// through its normal path and the decrypted snapshot's dir is removed.
+fn on_terminate(cancel: &Cancel) {
+    use tokio::signal::unix::{signal, SignalKind};
+    for kind in [SignalKind::terminate(), SignalKind::hangup()] {
+        let cancel = cancel.clone();
+        if let Ok(mut s) = signal(kind) {
+            tokio::spawn(async move {
+                if s.recv().await.is_some() {
+                    eprintln!("cancelling: steps in flight finish, nothing new starts");
+                    cancel.cancel();
+                }
+            });
+        }
+    }
 }
 
 /// Shows the plan, asks (or refuses without `--yes` off a terminal), runs it.
@@ -339,7 +369,7 @@ fn print_plan(p: &RestorePlan, output: Output) -> Result<()> {
         _ => "no manifest beside it: time and origin unknown".into(),
     };
     println!(
-        "snapshot: {taken}; revision {}, {} keys, {} bytes; sha256 {}",
+        "snapshot: {taken}; revision {}, {} keys (all kept revisions), {} bytes; sha256 {}",
         s.revision, s.total_keys, s.snapshot_size, s.sha256
     );
     println!("members (initial cluster {}):", p.initial_cluster);
@@ -395,7 +425,7 @@ fn summary(
         Output::Table => {
             if let Some(c) = checked {
                 println!(
-                    "restore {} done: {} member(s) healthy at revision {} (snapshot {}), {} keys; old data dirs kept as /var/lib/etcd.pre-restore-{}",
+                    "restore {} done: {} member(s) healthy at revision {} (snapshot {}), {} live keys; old data dirs kept as /var/lib/etcd.pre-restore-{}",
                     p.id,
                     p.members.len(),
                     c.revision,

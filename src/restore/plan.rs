@@ -341,19 +341,18 @@ pub fn plan_resume(
 }
 
 fn restore_steps(p: &RestorePlan) -> Vec<String> {
-    let names = |f: &dyn Fn(&MemberPlan) -> bool| -> String {
+    // Members a step still has to run on (a resumed plan skips the others).
+    let pending = |step: Step| -> Option<String> {
         let n: Vec<&str> = p
             .members
             .iter()
-            .filter(|m| f(m))
+            .filter(|m| !m.has(step))
             .map(|m| m.name.as_str())
             .collect();
-        if n.is_empty() {
-            "none".into()
-        } else {
-            n.join(", ")
-        }
+        (!n.is_empty()).then(|| n.join(", "))
     };
+    let all: Vec<&str> = p.members.iter().map(|m| m.name.as_str()).collect();
+    let all = all.join(", ");
     let mut s = Vec::new();
     if !p.apiservers.is_empty() {
         s.push(format!(
@@ -361,23 +360,22 @@ fn restore_steps(p: &RestorePlan) -> Vec<String> {
             p.apiservers.join(", ")
         ));
     }
-    s.push(format!("stop etcd on {}", names(&|_| true)));
+    s.push(format!("stop etcd on {all}"));
+    if let Some(on) = pending(Step::MovedAside) {
+        s.push(format!(
+            "move {DATA_DIR} aside to {} on {on} (never deleted)",
+            pre_restore_dir(&p.id)
+        ));
+    }
+    if let Some(on) = pending(Step::Restored) {
+        s.push(format!(
+            "upload the snapshot (0600) and restore it with --initial-cluster-token {} on {on}; the upload is removed after",
+            p.token
+        ));
+    }
+    s.push(format!("start etcd on {all} together; wait for health"));
     s.push(format!(
-        "move {DATA_DIR} aside to {} on {} (never deleted)",
-        pre_restore_dir(&p.id),
-        names(&|m| !m.has(Step::MovedAside))
-    ));
-    s.push(format!(
-        "upload the snapshot (0600) and restore it with --initial-cluster-token {} on {}; the upload is removed after",
-        p.token,
-        names(&|m| !m.has(Step::Restored))
-    ));
-    s.push(format!(
-        "start etcd on {} together; wait for health",
-        names(&|_| true)
-    ));
-    s.push(format!(
-        "check revision ≥ {} and the keys against the snapshot",
+        "check revision ≥ {} and the live keys against the snapshot",
         p.snapshot.revision
     ));
     if !p.apiservers.is_empty() {
