@@ -13,4 +13,5 @@ pub mod pki;
 pub mod plan;
 pub mod remote;
 pub mod render;
+pub mod restore;
 pub mod secret;

@@ -238,7 +238,7 @@ pub async fn prepare(
 
     let mut locks = Vec::new();
     if o.lock {
-        locks = lock_all(&remotes, o, reporter, cancel).await?;
+        locks = lock_all(&remotes, &o.owner, reporter, cancel).await?;
     }
 
     reporter.phase("facts", "read host facts and plan", remotes.len());
@@ -359,13 +359,13 @@ pub async fn connect_all(
 
 /// Takes `/var/lib/rampart/lock` on every host, or none: a busy host names
 /// its holder and how to clear a stale lock.
-async fn lock_all(
+pub(crate) async fn lock_all(
     remotes: &[(Host, Arc<dyn Remote>)],
-    o: &Options,
+    owner: &str,
     reporter: &dyn Reporter,
     cancel: &Cancel,
 ) -> Result<Vec<Box<dyn Held>>, PhaseError> {
-    let text = script::lock(LOCK, &o.owner);
+    let text = script::lock(LOCK, owner);
     let results = futures::future::join_all(remotes.iter().map(|(host, remote)| {
         let text = &text;
         async move {

@@ -32,4 +32,4 @@ pub use retention::{to_prune, Candidate, RetentionPolicy};
 pub use signals::cleanup_on_signal;
 pub use snapshot::{run_job, LastRun, SnapshotOutcome, LAST_RUN};
 pub use units::units;
-pub use verify::{verify, VerifyOptions, VerifyReport};
+pub use verify::{verify, verify_keep, Decrypted, VerifyOptions, VerifyReport};

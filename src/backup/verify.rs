@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::fsutil::{create_private, sha256_file, RemoveOnDrop};
+use super::fsutil::{create_private, sha256_file};
 use super::{etcd, manifest_path, BackupError, Manifest, SnapshotStatus, VerifyError};
 
 /// How to verify: the keys, the tools, where plaintext may go.
@@ -44,6 +44,35 @@ pub struct VerifyReport {
 }
 
 pub fn verify(file: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
+    // Dropping the decrypted copy deletes its dir.
+    verify_keep(file, opts).map(|(report, _)| report)
+}
+
+/// A verified snapshot's plaintext in a fresh 0700 dir (the file 0600),
+/// deleted with its dir when dropped: on every exit path of the caller,
+/// panics included.
+#[derive(Debug)]
+pub struct Decrypted {
+    dir: PathBuf,
+    /// The plaintext snapshot.
+    pub path: PathBuf,
+    /// sha256 of the plaintext, hex: copies of it are checked against this.
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl Drop for Decrypted {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// [`verify`], keeping the plaintext for the caller (`backup restore`
+/// uploads it to the members) instead of deleting it at once.
+pub fn verify_keep(
+    file: &Path,
+    opts: &VerifyOptions,
+) -> Result<(VerifyReport, Decrypted), VerifyError> {
     let identities = opts
         .identities
         .iter()
@@ -94,9 +123,16 @@ pub fn verify(file: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
     }
 
     let scratch = make_scratch(opts.scratch.as_deref())?;
-    let _guard = RemoveOnDrop::new(scratch.clone());
     let plain = scratch.join("snapshot.db");
-    let (sha256, snapshot_size) = decrypt(file, &identities, &plain)?;
+    let mut kept = Decrypted {
+        dir: scratch,
+        path: plain.clone(),
+        sha256: String::new(),
+        size: 0,
+    };
+    let (sha256, snapshot_size, plain_sha) = decrypt(file, &identities, &plain)?;
+    kept.sha256 = plain_sha;
+    kept.size = snapshot_size;
 
     let cmd = etcd::status_command(&opts.etcdctl, opts.etcdutl.as_deref(), &plain);
     let desc = etcd::describe(&cmd);
@@ -142,23 +178,26 @@ pub fn verify(file: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
             }
         }
     }
-    Ok(VerifyReport {
-        file: file.to_path_buf(),
-        sha256,
-        ciphertext_size: size,
-        snapshot_size,
-        status,
-        manifest,
-    })
+    Ok((
+        VerifyReport {
+            file: file.to_path_buf(),
+            sha256,
+            ciphertext_size: size,
+            snapshot_size,
+            status,
+            manifest,
+        },
+        kept,
+    ))
 }
 
 /// Streams `file` through age into `plain` (new, 0600). Returns the
-/// ciphertext's sha256 and the plaintext size.
+/// ciphertext's sha256, the plaintext size and the plaintext's sha256.
 fn decrypt(
     file: &Path,
     identities: &[Box<dyn age::Identity>],
     plain: &Path,
-) -> Result<(String, u64), VerifyError> {
+) -> Result<(String, u64, String), VerifyError> {
     let path = || file.to_path_buf();
     let input = File::open(file).map_err(|source| VerifyError::Read {
         path: path(),
@@ -190,6 +229,7 @@ fn decrypt(
     })?;
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
+    let mut plain_hash = Sha256::new();
     loop {
         let n = reader.read(&mut buf).map_err(|e| VerifyError::Corrupt {
             path: path(),
@@ -205,10 +245,15 @@ fn decrypt(
                 path: plain.to_path_buf(),
                 source,
             })?;
+        plain_hash.update(&buf[..n]);
         total += n as u64;
     }
     drop(reader);
-    Ok((hex::encode(hashed.hasher.finalize()), total))
+    Ok((
+        hex::encode(hashed.hasher.finalize()),
+        total,
+        hex::encode(plain_hash.finalize()),
+    ))
 }
 
 /// One identity file: age's own format first (as `age -i` does), then an SSH key.

@@ -100,7 +100,7 @@ fn connect_options(a: &PlanArgs) -> ConnectOptions {
 }
 
 /// Cancels between steps on the first Ctrl-C.
-fn on_ctrl_c(cancel: &Cancel) {
+pub(super) fn on_ctrl_c(cancel: &Cancel) {
     let cancel = cancel.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -384,7 +384,7 @@ pub fn hosts_trust(a: &InventoryArgs, only: Option<&[String]>, yes: bool) -> Res
     Ok(ExitCode::SUCCESS)
 }
 
-fn confirm(question: &str) -> Result<bool> {
+pub(super) fn confirm(question: &str) -> Result<bool> {
     use std::io::Write;
     eprint!("{question} [y/N] ");
     std::io::stderr().flush()?;

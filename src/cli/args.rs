@@ -85,6 +85,50 @@ pub enum BackupCommand {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Restore every etcd member from one backup: verify it here, plan, stop the
+    /// apiservers and etcd, move the data dirs aside, restore, start, check.
+    Restore(Box<RestoreArgs>),
+}
+
+/// `rampart backup restore`: destructive, planned first.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup (`<cluster>-<member>-<time>.db.age`); its manifest is read from beside it.
+    /// Not needed for --rollback, nor for --resume once every member restored.
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub inv: InventoryArgs,
+    /// age identity file or unencrypted SSH private key that decrypts the backup (repeat for
+    /// several); it never leaves this machine.
+    #[arg(long)]
+    pub identity: Vec<PathBuf>,
+    /// Where the admin side keeps the restore's plan (default: ~/.local/share/rampart/<cluster>).
+    #[arg(long, env = "RAMPART_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Verify the backup, read the hosts, print the plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Go ahead without asking (the restore stops the cluster).
+    #[arg(long)]
+    pub yes: bool,
+    /// Continue the interrupted restore ID from what each member's journal records.
+    #[arg(long, value_name = "ID", conflicts_with = "rollback")]
+    pub resume: Option<String>,
+    /// Put back the data dirs restore ID moved aside (the restored ones are kept aside).
+    #[arg(long, value_name = "ID")]
+    pub rollback: Option<String>,
+    /// etcdctl to check the backup with here (etcdutl is preferred when on PATH).
+    #[arg(long, default_value = "etcdctl")]
+    pub etcdctl: PathBuf,
+    /// Where the decrypted copy goes while the restore runs (0700 dir, removed on exit).
+    #[arg(long)]
+    pub scratch_dir: Option<PathBuf>,
+    /// Hosts worked on at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// Trust and record host keys never seen before (trust on first use).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
 }
 
 #[derive(Debug, Args)]

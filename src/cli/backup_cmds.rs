@@ -92,7 +92,7 @@ pub fn verify(
 }
 
 /// `name` found in a PATH directory, as a shell would.
-fn on_path(name: &str) -> Option<PathBuf> {
+pub(super) fn on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(name))
         .find(|p| p.is_file())

@@ -6,6 +6,7 @@ pub mod args;
 mod backup_cmds;
 mod pki_cmds;
 mod report;
+mod restore_cmds;
 mod unlock;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,11 @@ pub mod code {
     pub const PREFLIGHT: u8 = 8;
     /// A host could not be reached or authenticated.
     pub const UNREACHABLE: u8 = 9;
+    /// `backup restore`: the backup does not verify (corrupt, truncated, wrong
+    /// identity); nothing on any host changed.
+    pub const BACKUP_REFUSED: u8 = 10;
+    /// A destructive command was not confirmed (no `--yes`, no terminal to ask).
+    pub const NOT_CONFIRMED: u8 = 11;
     /// Interrupted (Ctrl-C) between steps.
     pub const CANCELLED: u8 = 130;
 }
@@ -83,6 +89,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backup(args::BackupCommand::Pull { hosts, to, latest }) => {
             backup_cmds::pull(&hosts, &to, latest, verbose)
         }
+        Command::Backup(args::BackupCommand::Restore(a)) => restore_cmds::restore(&a, verbose),
         Command::Agent(args::AgentCommand::Snapshot { config }) => {
             backup_cmds::snapshot(&config, verbose)
         }

@@ -110,6 +110,9 @@ pub enum StepError {
     Locked { host: String, holder: String },
     #[error("{0}")]
     Facts(String),
+    /// A check after the work failed (e.g. the restored data is not the snapshot's).
+    #[error("{0}")]
+    Check(String),
     #[error("cancelled before {step}")]
     Cancelled { step: String },
 }

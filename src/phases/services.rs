@@ -160,7 +160,7 @@ impl Phase for StartEtcd {
 
 /// Waits until every member answers `endpoint health` over mTLS with the
 /// healthcheck client certificate; reports `cp1: etcd healthy (3/3)`.
-async fn etcd_healthy(ctx: &Ctx<'_>, t: &Target) -> Result<(), StepError> {
+pub(crate) async fn etcd_healthy(ctx: &Ctx<'_>, t: &Target) -> Result<(), StepError> {
     let cmd = etcd_health_cmd(ctx.inv, &t.host);
     let out = poll(ctx, t, "etcd health", &cmd, ETCD_HEALTH_SECS).await?;
     let healthy = out.lines().filter(|l| l.contains("is healthy")).count();
@@ -187,7 +187,7 @@ pub fn etcd_health_cmd(inv: &Inventory, host: &Host) -> String {
 }
 
 /// Polls `cmd` on the host until it succeeds; its last output is the error.
-async fn poll(
+pub(crate) async fn poll(
     ctx: &Ctx<'_>,
     t: &Target,
     what: &str,

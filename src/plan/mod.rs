@@ -100,7 +100,7 @@ pub enum ServiceAction {
 }
 
 /// Everything that changes on one host.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct HostPlan {
     pub host: String,
     pub files: Vec<FileChange>,

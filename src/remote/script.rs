@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 
 /// Header of every script: strict mode and the root prefix.
-const PRELUDE: &str = "set -eu\nR=\"${ROOT:-}\"\n";
+pub(crate) const PRELUDE: &str = "set -eu\nR=\"${ROOT:-}\"\n";
 
 /// Shell-quotes one word (a path, a user name, an owner string).
 pub fn quote(word: &str) -> String {
@@ -20,7 +20,7 @@ pub fn quote(word: &str) -> String {
 }
 
 /// `"$R"'/etc/x'`: a host path under the root prefix.
-fn at(path: &str) -> String {
+pub(crate) fn at(path: &str) -> String {
     format!("\"$R\"{}", quote(path))
 }
 

@@ -8,5 +8,6 @@ mod inventory;
 mod lab;
 mod pki;
 mod render;
+mod restore;
 mod ssh;
 mod systemd;

@@ -13,7 +13,7 @@ use std::process::Output;
 use super::{assert_success, bastion_lab, lock, main_lab, Cluster, InventorySpec, Lab};
 
 /// The start phases that need Kubernetes binaries the CI lab does not have.
-const SKIP: &str = "start-control-plane,apply-manifests,start-nodes";
+pub(super) const SKIP: &str = "start-control-plane,apply-manifests,start-nodes";
 
 /// Puts every host back to the image's state: rampart's units stopped and
 /// removed, its files and etcd's data gone. Scenarios start from here.
@@ -77,7 +77,7 @@ fn plan(c: &Cluster, inventory: &Path) -> BTreeMap<String, (Vec<String>, Vec<Str
 }
 
 /// etcd's `endpoint health --cluster` from host `i`, with the healthcheck client cert.
-fn etcd_healthy_members(lab: &Lab, i: usize) -> usize {
+pub(super) fn etcd_healthy_members(lab: &Lab, i: usize) -> usize {
     let out = lab.ssh(
         i,
         "ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 \
@@ -89,7 +89,7 @@ fn etcd_healthy_members(lab: &Lab, i: usize) -> usize {
 }
 
 /// When etcd last entered `active` on host `i` (changes on every restart).
-fn etcd_started_at(lab: &Lab, i: usize) -> String {
+pub(super) fn etcd_started_at(lab: &Lab, i: usize) -> String {
     lab.ssh_ok(
         i,
         "systemctl show etcd -p ActiveEnterTimestampMonotonic --value",

@@ -20,6 +20,7 @@
 
 mod apply;
 mod backup;
+mod restore;
 mod smoke;
 
 use std::os::unix::fs::MetadataExt;

@@ -1,0 +1,257 @@
+//! The `sh` scripts of a restore, built as pure strings like those of
+//! [`crate::remote::script`] (same prelude, same `"$R"` root prefix, same
+//! quoting), so engine tests run them under a scratch root and the golden
+//! tests below pin their text.
+//!
+//! Every script that finishes a step appends it to the member's journal
+//! itself, in the same run: the journal never claims a step that did not
+//! happen on that host.
+
+use std::fmt::Write as _;
+
+use super::journal::Step;
+use super::plan::{MemberPlan, Tool};
+use super::{journal_path, pre_restore_dir, rolled_back_dir, upload_path, DATA_DIR, RESTORE_DIR};
+use crate::remote::script::{at, quote, staged_path, PRELUDE};
+
+const PKI: &str = "/etc/kubernetes/pki/etcd";
+
+/// Prelude plus `note STEP`: appends `STEP\t<UTC time>` to the journal of
+/// restore `id` with one `O_APPEND` write, then fsyncs it.
+fn header(id: &str) -> String {
+    let mut s = String::from(PRELUDE);
+    let _ = writeln!(s, "J={}", at(&journal_path(id)));
+    let _ = writeln!(
+        s,
+        "note() {{\n  (umask 077; mkdir -p {dir})\n  printf '%s\\t%s\\n' \"$1\" \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" >> \"$J\"\n  sync \"$J\"\n}}",
+        dir = at(RESTORE_DIR)
+    );
+    s
+}
+
+/// One round trip before planning: etcd's version, its tools, the units,
+/// the data dirs and the journal of restore `id`.
+pub fn facts(etcd_dir: &str, id: &str) -> String {
+    let dir = etcd_dir.trim_end_matches('/');
+    let mut s = String::from(PRELUDE);
+    s.push_str("set +e\n");
+    let _ = writeln!(s, "E={}", at(dir));
+    s.push_str("if [ -x \"$E/etcd\" ]; then printf 'etcd\\t%s\\n' \"$(\"$E/etcd\" --version 2>&1 | head -n1)\"; else printf 'etcd\\t-\\n'; fi\n");
+    for tool in ["etcdctl", "etcdutl"] {
+        let _ = writeln!(
+            s,
+            "if [ -x \"$E/{tool}\" ]; then printf '{tool}\\tyes\\n'; else printf '{tool}\\tno\\n'; fi"
+        );
+    }
+    s.push_str("for u in etcd kube-apiserver; do printf 'unit\\t%s\\t%s\\t%s\\n' \"$u\" \"$(systemctl show -p LoadState --value \"$u.service\" 2>/dev/null)\" \"$(systemctl is-active \"$u.service\" 2>/dev/null)\"; done\n");
+    let _ = writeln!(
+        s,
+        "if [ -e {} ]; then printf 'datadir\\tyes\\n'; else printf 'datadir\\tno\\n'; fi",
+        at(DATA_DIR)
+    );
+    let _ = writeln!(
+        s,
+        "if [ -e {} ]; then printf 'moved\\tyes\\n'; else printf 'moved\\tno\\n'; fi",
+        at(&pre_restore_dir(id))
+    );
+    let _ = writeln!(
+        s,
+        "if [ -f {j} ]; then sed 's/^/journal\\t/' {j}; fi",
+        j = at(&journal_path(id))
+    );
+    s.push_str("echo end\n");
+    s
+}
+
+/// Records `step` only (the start of a restore on a host).
+pub fn note(id: &str, step: Step) -> String {
+    let mut s = header(id);
+    let _ = writeln!(s, "note {step}");
+    s
+}
+
+/// `systemctl stop` of one unit, then the journal line.
+pub fn stop(id: &str, unit: &str, step: Step) -> String {
+    let mut s = header(id);
+    let _ = writeln!(
+        s,
+        "systemctl stop {}\nnote {step}",
+        quote(&format!("{unit}.service"))
+    );
+    s
+}
+
+/// `systemctl start --no-block` (members wait for each other's quorum, so
+/// they are started together and the health gate waits), then the journal line.
+pub fn start(id: &str, unit: &str, step: Step, block: bool) -> String {
+    let mut s = header(id);
+    let _ = writeln!(
+        s,
+        "systemctl start {}{}\nnote {step}",
+        if block { "" } else { "--no-block " },
+        quote(&format!("{unit}.service"))
+    );
+    s
+}
+
+/// Renames `/var/lib/etcd` to `/var/lib/etcd.pre-restore-<id>`. Never
+/// deletes: when both exist (an earlier interrupted run), it stops and
+/// asks for a human.
+pub fn move_aside(id: &str) -> String {
+    let mut s = header(id);
+    let _ = writeln!(s, "D={}\nP={}", at(DATA_DIR), at(&pre_restore_dir(id)));
+    s.push_str(
+        "if [ -e \"$P\" ]; then\n  if [ -e \"$D\" ]; then echo \"both $D and $P exist; nothing was moved: check which one holds the data to keep, then resume or roll back\" >&2; exit 3; fi\nelif [ -e \"$D\" ]; then\n  mv \"$D\" \"$P\"\n  sync \"$(dirname \"$P\")\"\nfi\n",
+    );
+    s.push_str("note moved-aside\n");
+    s
+}
+
+/// Restores the uploaded snapshot (staged by `remote::script::stage` at
+/// `upload_path(id)`, 0600) into a scratch dir beside the data dir, checks it
+/// offline with `snapshot status`, fixes owner and mode, then renames it to
+/// `/var/lib/etcd`. The upload is removed on every exit. Prints
+/// `status\t<snapshot status JSON of the restored db>`.
+pub fn restore(
+    id: &str,
+    etcd_dir: &str,
+    m: &MemberPlan,
+    initial_cluster: &str,
+    token: &str,
+    sha256: &str,
+) -> String {
+    let dir = etcd_dir.trim_end_matches('/');
+    let tool = match m.tool {
+        Tool::Etcdutl => at(&format!("{dir}/etcdutl")),
+        Tool::Etcdctl => format!("env ETCDCTL_API=3 {}", at(&format!("{dir}/etcdctl"))),
+    };
+    let mut s = header(id);
+    let _ = writeln!(
+        s,
+        "S={}\nD={}\nT={}",
+        at(&staged_path(&upload_path(id))),
+        at(DATA_DIR),
+        at(&format!("{DATA_DIR}.restoring-{id}"))
+    );
+    // The plaintext must not outlive this step, however it ends.
+    s.push_str("trap 'rm -f \"$S\"' EXIT\ntrap 'exit 1' HUP INT TERM PIPE\n");
+    s.push_str("[ -f \"$S\" ] || { echo \"the uploaded snapshot is missing; resume the restore to upload it again\" >&2; exit 3; }\n");
+    let _ = writeln!(
+        s,
+        "printf '%s  %s\\n' {} \"$S\" | sha256sum -c --status || {{ echo \"the uploaded snapshot does not match the verified one; resume the restore to upload it again\" >&2; exit 3; }}",
+        quote(sha256)
+    );
+    s.push_str("[ ! -e \"$D\" ] || { echo \"$D exists: it was not moved aside, so nothing is restored over it\" >&2; exit 3; }\n");
+    // Only our own partial output of an interrupted run is removed here.
+    s.push_str("rm -rf \"$T\"\n");
+    let _ = writeln!(
+        s,
+        "{tool} snapshot restore \"$S\" --name {} --initial-cluster {} --initial-cluster-token {} --initial-advertise-peer-urls {} --data-dir \"$T\" >&2",
+        quote(&m.name),
+        quote(initial_cluster),
+        quote(token),
+        quote(&m.peer_url)
+    );
+    s.push_str("chown -R etcd:etcd \"$T\"\nchmod 700 \"$T\"\n");
+    let _ = writeln!(
+        s,
+        "st=$({tool} snapshot status -w json \"$T/member/snap/db\")"
+    );
+    s.push_str("sync\nmv \"$T\" \"$D\"\nsync \"$(dirname \"$D\")\"\nrm -f \"$S\"\nprintf 'status\\t%s\\n' \"$st\"\nnote restored\n");
+    s
+}
+
+/// Rollback on one member (etcd already stopped): the current data dir goes
+/// to `/var/lib/etcd.rolled-back-<stamp>`, the pre-restore one comes back.
+pub fn roll_back(id: &str, stamp: &str) -> String {
+    let mut s = header(id);
+    let _ = writeln!(
+        s,
+        "D={}\nP={}\nA={}",
+        at(DATA_DIR),
+        at(&pre_restore_dir(id)),
+        at(&rolled_back_dir(stamp))
+    );
+    s.push_str("[ -e \"$P\" ] || { echo \"$P is gone: nothing to roll back to\" >&2; exit 3; }\n");
+    s.push_str("[ ! -e \"$A\" ] || { echo \"$A exists already; wait a second and roll back again\" >&2; exit 3; }\n");
+    s.push_str("if [ -e \"$D\" ]; then mv \"$D\" \"$A\"; fi\nmv \"$P\" \"$D\"\nsync \"$(dirname \"$D\")\"\nnote rolled-back\n");
+    s
+}
+
+/// Revision and live key count, through the local member with the
+/// healthcheck client: `status\t<endpoint status JSON>` and
+/// `count\t<get JSON>` (its `count` is every live key; one is returned).
+pub fn check(etcd_dir: &str, loopback: &str) -> String {
+    let etcdctl = format!("{}/etcdctl", etcd_dir.trim_end_matches('/'));
+    let mut s = String::from(PRELUDE);
+    let _ = writeln!(
+        s,
+        "c() {{ env ETCDCTL_API=3 {} --endpoints={loopback} --cacert={PKI}/ca.crt --cert={PKI}/healthcheck-client.crt --key={PKI}/healthcheck-client.key --command-timeout=15s \"$@\"; }}",
+        quote(&etcdctl)
+    );
+    s.push_str(
+        "st=$(c endpoint status -w json)\nn=$(c get '' --prefix --keys-only --limit=1 -w json)\n",
+    );
+    s.push_str("printf 'status\\t%s\\ncount\\t%s\\n' \"$st\" \"$n\"\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member() -> MemberPlan {
+        MemberPlan {
+            name: "cp1".into(),
+            address: "10.0.0.11".into(),
+            peer_url: "https://10.0.0.11:2380".into(),
+            etcd_version: "3.4.23".into(),
+            tool: Tool::Etcdctl,
+            data_dir: true,
+            moved_to: pre_restore_dir("20261130T150000Z"),
+            etcd_active: true,
+            done: vec![],
+        }
+    }
+
+    #[test]
+    fn restore_scripts_are_stable() {
+        let id = "20261130T150000Z";
+        let mut m = member();
+        let ic = "cp1=https://10.0.0.11:2380,cp2=https://10.0.0.12:2380";
+        let all = [
+            ("facts", facts("/usr/bin", id)),
+            ("stop", stop(id, "etcd", Step::StoppedEtcd)),
+            ("start", start(id, "etcd", Step::StartedEtcd, false)),
+            ("move_aside", move_aside(id)),
+            (
+                "restore_34",
+                restore(
+                    id,
+                    "/usr/bin",
+                    &m,
+                    ic,
+                    "lab-restore-20261130T150000Z",
+                    &"ab".repeat(32),
+                ),
+            ),
+            ("roll_back", roll_back(id, "20261130T160000Z")),
+            ("check", check("/usr/bin", "https://127.0.0.1:2379")),
+        ];
+        for (name, text) in all {
+            insta::assert_snapshot!(format!("restore_{name}"), text);
+        }
+        m.tool = Tool::Etcdutl;
+        insta::assert_snapshot!(
+            "restore_restore_35",
+            restore(
+                id,
+                "/usr/local/bin",
+                &m,
+                ic,
+                "lab-restore-20261130T150000Z",
+                &"ab".repeat(32)
+            )
+        );
+    }
+}

@@ -1,0 +1,502 @@
+//! The restore engine on real shell, files and Debian's real `etcdctl`,
+//! without SSH or systemd: each member is a [`LocalRemote`] whose `/` is a
+//! temp dir (with the real etcd binaries linked in), `systemctl` a recording
+//! stand-in. The snapshot is a real one, saved from a throwaway plain-HTTP
+//! etcd on 127.0.0.4:23791 (loopback only) and encrypted with age.
+//!
+//! The health gates need real members on real addresses; they are proven in
+//! `lab::restore`, like the whole command.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rampart::actions::apply::{ConnectError, Connector};
+use rampart::actions::restore::{self as engine, Options, RestoreError};
+use rampart::backup::{VerifyError, VerifyOptions};
+use rampart::inventory::{parse, Host, Inventory};
+use rampart::phases::{Cancel, Silent};
+use rampart::remote::local::LocalRemote;
+use rampart::remote::script::{stage, Staged};
+use rampart::remote::{BoxFuture, Input, Remote};
+use rampart::restore::{script, upload_path, PlanError, Step, Tool};
+
+const ADDR: &str = "127.0.0.4";
+// Not etcd's usual ports: the apply engine tests' preflight reads this
+// machine's listening ports and would see 2379/2380 taken.
+const CLIENT: u16 = 23791;
+const PEER: u16 = 23801;
+const ID: &str = "20261130T150000Z";
+const INVENTORY: &str = r#"
+cluster:
+  name: rs
+  kubernetesVersion: "1.34"
+  apiEndpoint: 192.0.2.11:6443
+hosts:
+  - {name: cp1, address: 192.0.2.11, roles: [etcd, control-plane]}
+  - {name: cp2, address: 192.0.2.12, roles: [etcd, control-plane]}
+  - {name: cp3, address: 192.0.2.13, roles: [etcd, control-plane]}
+  - {name: w1, address: 192.0.2.21, roles: [worker]}
+"#;
+
+/// Remembers active units in `$ROOT/../units`, logs every call.
+const SYSTEMCTL: &str = r#"#!/bin/sh
+s="$ROOT/../units"; echo "$*" >> "$ROOT/../systemctl.log"; touch "$s"
+[ "$2" = --no-block ] && set -- "$1" "$3"
+case "$1" in
+  show) echo loaded;;
+  is-active) if grep -qx "$4$2" "$s"; then echo active; else echo inactive; exit 3; fi;;
+  stop) grep -vx "$2" "$s" > "$s.n"; mv "$s.n" "$s";;
+  start) echo "$2" >> "$s";;
+esac
+exit 0
+"#;
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Hosts {
+    work: tempfile::TempDir,
+}
+
+impl Hosts {
+    fn new() -> Hosts {
+        let work = tempfile::tempdir().unwrap();
+        let bin = work.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(bin.join("systemctl"), SYSTEMCTL).unwrap();
+        std::fs::set_permissions(
+            bin.join("systemctl"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let hosts = Hosts { work };
+        for h in ["cp1", "cp2", "cp3"] {
+            let root = hosts.root(h);
+            std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+            for b in ["etcd", "etcdctl"] {
+                std::os::unix::fs::symlink(
+                    Path::new("/usr/bin").join(b),
+                    root.join("usr/bin").join(b),
+                )
+                .unwrap();
+            }
+            // An old member's data, and etcd running.
+            std::fs::create_dir_all(root.join("var/lib/etcd/member")).unwrap();
+            std::fs::write(root.join("var/lib/etcd/member/old"), h).unwrap();
+            std::fs::write(root.join("../units"), "etcd.service\n").unwrap();
+        }
+        hosts
+    }
+    fn root(&self, host: &str) -> PathBuf {
+        self.work.path().join("hosts").join(host).join("root")
+    }
+}
+
+impl Connector for Hosts {
+    fn connect<'a>(
+        &'a self,
+        host: &'a Host,
+    ) -> BoxFuture<'a, Result<Arc<dyn Remote>, ConnectError>> {
+        Box::pin(async move {
+            let root = self.root(&host.name);
+            std::fs::create_dir_all(&root).unwrap();
+            let r =
+                LocalRemote::new(&host.name, root).with_path_prefix(self.work.path().join("bin"));
+            Ok(Arc::new(r) as Arc<dyn Remote>)
+        })
+    }
+}
+
+fn etcdctl(args: &[&str]) -> std::process::Output {
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=http://{ADDR}:{CLIENT}"))
+        .arg("--dial-timeout=2s")
+        .args(args)
+        .output()
+        .expect("etcdctl runs (install etcd-client: tests/deps.sh)")
+}
+
+/// A real snapshot with 5 keys, encrypted to a new identity: (backup, identity, work dir).
+fn backup() -> (PathBuf, PathBuf, tempfile::TempDir) {
+    // One throwaway etcd at a time: they share the address.
+    static ETCD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ETCD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let work = tempfile::tempdir().unwrap();
+    let etcd = Running(
+        Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(work.path().join("data"))
+            .arg(format!("--listen-client-urls=http://{ADDR}:{CLIENT}"))
+            .arg(format!("--advertise-client-urls=http://{ADDR}:{CLIENT}"))
+            .arg(format!("--listen-peer-urls=http://{ADDR}:{PEER}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://{ADDR}:{PEER}"
+            ))
+            .arg(format!("--initial-cluster=t=http://{ADDR}:{PEER}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd runs (install etcd-server: tests/deps.sh)"),
+    );
+    let t0 = Instant::now();
+    while !etcdctl(&["endpoint", "health"]).status.success() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "etcd never became healthy"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for k in 1..=5 {
+        assert!(etcdctl(&["put", &format!("/k{k}"), "v"]).status.success());
+    }
+    let db = work.path().join("snap.db");
+    assert!(etcdctl(&["snapshot", "save", db.to_str().unwrap()])
+        .status
+        .success());
+    drop(etcd);
+    let id = age::x25519::Identity::generate();
+    let identity = work.path().join("id.txt");
+    {
+        use age::secrecy::ExposeSecret;
+        std::fs::write(&identity, format!("{}\n", id.to_string().expose_secret())).unwrap();
+    }
+    let file = work.path().join("rs-t-20261130T140000Z.db.age");
+    let enc = age::Encryptor::with_recipients(std::iter::once(&id.to_public() as _)).unwrap();
+    let mut w = enc
+        .wrap_output(std::fs::File::create(&file).unwrap())
+        .unwrap();
+    w.write_all(&std::fs::read(&db).unwrap()).unwrap();
+    w.finish().unwrap();
+    (file, identity, work)
+}
+
+fn opts(identity: &Path, scratch: &Path) -> VerifyOptions {
+    VerifyOptions {
+        identities: vec![identity.to_path_buf()],
+        etcdctl: "/usr/bin/etcdctl".into(),
+        etcdutl: None,
+        scratch: Some(scratch.to_path_buf()),
+    }
+}
+
+fn inventory() -> Inventory {
+    parse(INVENTORY, Path::new("inventory.yaml"))
+        .unwrap()
+        .inventory
+}
+
+fn options() -> Options {
+    Options {
+        concurrency: 4,
+        lock: true,
+        owner: "restore engine test".into(),
+    }
+}
+
+#[test]
+fn restore_refuses_corrupt_truncated_and_wrongly_keyed_backups_and_leaves_no_plaintext() {
+    let (file, identity, work) = backup();
+    let scratch = work.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let bytes = std::fs::read(&file).unwrap();
+
+    let flipped = work.path().join("flipped.db.age");
+    let mut b = bytes.clone();
+    let at = b.len() / 2;
+    b[at] ^= 1;
+    std::fs::write(&flipped, b).unwrap();
+    let truncated = work.path().join("truncated.db.age");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 100]).unwrap();
+    let other = work.path().join("other.txt");
+    {
+        use age::secrecy::ExposeSecret;
+        let id = age::x25519::Identity::generate();
+        std::fs::write(&other, format!("{}\n", id.to_string().expose_secret())).unwrap();
+    }
+    for (f, id) in [
+        (&flipped, &identity),
+        (&truncated, &identity),
+        (&file, &other),
+    ] {
+        match engine::verify_snapshot(f, &opts(id, &scratch), now) {
+            Err(RestoreError::Refused(e)) => {
+                assert!(
+                    matches!(
+                        e,
+                        VerifyError::Corrupt { .. } | VerifyError::WrongIdentity { .. }
+                    ),
+                    "{}: {e:?}",
+                    f.display()
+                );
+                if id == &other {
+                    assert!(matches!(e, VerifyError::WrongIdentity { .. }));
+                }
+            }
+            other => panic!("{}: not refused: {other:?}", f.display()),
+        }
+        assert_eq!(
+            std::fs::read_dir(&scratch).unwrap().count(),
+            0,
+            "plaintext left behind"
+        );
+    }
+    // The good one verifies; its plaintext lives until the value drops.
+    let (meta, plain) = engine::verify_snapshot(&file, &opts(&identity, &scratch), now).unwrap();
+    assert!(
+        meta.revision >= 6 && meta.total_keys >= 5 && !meta.manifest,
+        "{meta:?}"
+    );
+    let dir = plain.path.parent().unwrap().to_path_buf();
+    assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&plain.path).unwrap().mode() & 0o777,
+        0o600
+    );
+    drop(plain);
+    assert!(!dir.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_scripts_restore_a_real_snapshot_journal_it_and_roll_back() {
+    let (file, identity, work) = backup();
+    let scratch = work.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let (meta, plain) = engine::verify_snapshot(
+        &file,
+        &opts(&identity, &scratch),
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    let hosts = Hosts::new();
+    let inv = inventory();
+    let cancel = Cancel::default();
+
+    let mut session = engine::connect(&inv, ID, &hosts, &options(), &Silent, &cancel)
+        .await
+        .unwrap();
+    // Members and control planes only: the worker is not contacted.
+    let names: Vec<&str> = session
+        .targets
+        .iter()
+        .map(|t| t.host.name.as_str())
+        .collect();
+    assert_eq!(names, ["cp1", "cp2", "cp3"]);
+    let plan = engine::plan(&inv, meta.clone(), &session, ID).unwrap();
+    assert_eq!(plan.token, format!("rs-restore-{ID}"));
+    assert_eq!(
+        plan.initial_cluster,
+        "cp1=https://192.0.2.11:2380,cp2=https://192.0.2.12:2380,cp3=https://192.0.2.13:2380"
+    );
+    assert!(plan.apiservers.is_empty());
+    for m in &plan.members {
+        assert_eq!(m.tool, Tool::Etcdctl, "Debian's etcd is 3.4: {m:?}");
+        assert!(m.data_dir && m.etcd_active && m.done.is_empty());
+    }
+
+    // The data phases, script by script, on every member.
+    for t in &session.targets {
+        let m = plan.members.iter().find(|m| m.name == t.host.name).unwrap();
+        for text in [
+            script::stop(ID, "etcd", Step::StoppedEtcd),
+            script::move_aside(ID),
+            stage(&[Staged {
+                path: upload_path(ID),
+                mode: 0o600,
+                owner: "root".into(),
+                group: "root".into(),
+                size: plain.size,
+            }]),
+        ] {
+            let input = if text.contains("dd of=") {
+                Input::File(plain.path.clone())
+            } else {
+                Input::None
+            };
+            let out = t.remote.run(&text, input).await.unwrap();
+            assert!(
+                out.success(),
+                "{}: {}",
+                t.host.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let text = script::restore(
+            ID,
+            "/usr/bin",
+            m,
+            &plan.initial_cluster,
+            &plan.token,
+            &plain.sha256,
+        );
+        let out = t.remote.run(&text, Input::None).await.unwrap();
+        assert!(
+            out.success(),
+            "{}: {}",
+            t.host.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status: serde_json::Value = serde_json::from_str(
+            out.stdout_text()
+                .lines()
+                .find_map(|l| l.strip_prefix("status\t"))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(status["revision"].as_i64(), Some(meta.revision));
+        assert_eq!(status["totalKey"].as_u64(), Some(meta.total_keys));
+
+        let root = hosts.root(&t.host.name);
+        let data = std::fs::metadata(root.join("var/lib/etcd")).unwrap();
+        assert_eq!(data.mode() & 0o777, 0o700);
+        let etcd_uid = Command::new("id").args(["-u", "etcd"]).output().unwrap();
+        assert_eq!(
+            data.uid().to_string(),
+            String::from_utf8_lossy(&etcd_uid.stdout).trim()
+        );
+        assert!(root.join("var/lib/etcd/member/snap/db").is_file());
+        // The old data is kept, the upload is gone.
+        assert_eq!(
+            std::fs::read_to_string(root.join(format!("var/lib/etcd.pre-restore-{ID}/member/old")))
+                .unwrap(),
+            t.host.name
+        );
+        let left: Vec<_> = std::fs::read_dir(root.join("var/lib/rampart/restore"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, [format!("{ID}.journal")]);
+    }
+    session.release().await;
+
+    // What the members journaled is what a resume skips; a new restore
+    // with the same id is refused (its moved-aside dir exists).
+    let session = engine::connect(&inv, ID, &hosts, &options(), &Silent, &cancel)
+        .await
+        .unwrap();
+    let resumed = engine::plan_continue(&inv, &plan, &session, None).unwrap();
+    for m in &resumed.members {
+        assert_eq!(
+            m.done,
+            [Step::StoppedEtcd, Step::MovedAside, Step::Restored]
+        );
+    }
+    assert!(resumed.resumed);
+    match engine::plan(&inv, meta.clone(), &session, ID) {
+        Err(RestoreError::Plan(PlanError::Problems(p))) => {
+            assert_eq!(p.len(), 3);
+            assert!(p[0].1.contains("already exists"), "{p:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Rollback: the old data comes back; the restored data is kept aside.
+    let facts: BTreeMap<_, _> = session.facts.clone();
+    let back =
+        rampart::restore::plan_rollback(&inv, ID, "20261130T160000Z", &facts, Some(&plan)).unwrap();
+    assert_eq!(back.members.len(), 3);
+    for t in &session.targets {
+        let out = t
+            .remote
+            .run(&script::roll_back(ID, "20261130T160000Z"), Input::None)
+            .await
+            .unwrap();
+        assert!(out.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let root = hosts.root(&t.host.name);
+        assert_eq!(
+            std::fs::read_to_string(root.join("var/lib/etcd/member/old")).unwrap(),
+            t.host.name
+        );
+        assert!(root
+            .join("var/lib/etcd.rolled-back-20261130T160000Z/member/snap/db")
+            .is_file());
+        assert!(!root.join(format!("var/lib/etcd.pre-restore-{ID}")).exists());
+    }
+    let log = std::fs::read_to_string(hosts.root("cp1").join("../systemctl.log")).unwrap();
+    assert!(log.contains("stop etcd.service"), "{log}");
+}
+
+#[test]
+fn restore_plan_refuses_members_without_etcd_or_its_unit_or_too_old() {
+    use rampart::restore::{plan_restore, HostFacts, SnapshotMeta};
+    let inv = inventory();
+    let snap = SnapshotMeta {
+        file: "b.db.age".into(),
+        sha256: "ab".into(),
+        plaintext_sha256: "cd".into(),
+        snapshot_size: 1,
+        revision: 9,
+        total_keys: 9,
+        created: None,
+        age_seconds: None,
+        member: None,
+        cluster: None,
+        etcd_version: Some("3.5.17".into()),
+        manifest: true,
+    };
+    let ok = HostFacts {
+        etcd_version: Some("3.5.17".into()),
+        etcdctl: true,
+        etcdutl: true,
+        etcd_unit: true,
+        etcd_active: true,
+        data_dir: true,
+        ..Default::default()
+    };
+    let mut facts: BTreeMap<String, HostFacts> = BTreeMap::new();
+    facts.insert("cp1".into(), ok.clone());
+    facts.insert(
+        "cp2".into(),
+        HostFacts {
+            etcd_version: Some("3.4.23".into()),
+            ..ok.clone()
+        },
+    );
+    facts.insert(
+        "cp3".into(),
+        HostFacts {
+            etcd_unit: false,
+            etcd_version: None,
+            ..ok.clone()
+        },
+    );
+    let Err(PlanError::Problems(p)) = plan_restore(&inv, snap.clone(), &facts, ID) else {
+        panic!("not refused")
+    };
+    let msgs: Vec<String> = p.iter().map(|(h, m)| format!("{h}: {m}")).collect();
+    assert_eq!(
+        msgs,
+        [
+            "cp2: the snapshot comes from etcd 3.5.17, this member runs 3.4.23; upgrade etcd first",
+            "cp3: no etcd at /usr/bin/etcd (or it printed no version); install etcd 3.4 or later",
+        ]
+    );
+    facts.insert("cp2".into(), ok.clone());
+    facts.insert(
+        "cp3".into(),
+        HostFacts {
+            etcdutl: false,
+            apiserver_active: true,
+            ..ok
+        },
+    );
+    let plan = plan_restore(&inv, snap, &facts, ID).unwrap();
+    let tools: Vec<Tool> = plan.members.iter().map(|m| m.tool).collect();
+    assert_eq!(tools, [Tool::Etcdutl, Tool::Etcdutl, Tool::Etcdctl]);
+    assert_eq!(plan.apiservers, ["cp3"]);
+    assert_eq!(plan.steps.first().unwrap(), "stop kube-apiserver on cp3");
+}
