@@ -15,7 +15,7 @@ use crate::phases::install::{InstallFiles, Systemd, UploadBinaries};
 use crate::phases::services::{
     ApplyManifests, StartBackups, StartControlPlane, StartEtcd, StartNodes,
 };
-use crate::phases::{Cancel, Ctx, Phase, PhaseError, Reporter, StepError, Target};
+use crate::phases::{run_in_order, Cancel, Ctx, Phase, PhaseError, Reporter, StepError, Target};
 use crate::plan::desired::{self, ArtifactError, Desired};
 use crate::plan::facts::HostFacts;
 use crate::plan::preflight::{self, Finding, Level};
@@ -577,29 +577,7 @@ pub async fn execute(
         not_starting: &not_starting,
         stamp: o.stamp.clone(),
     };
-    for phase in install_phases() {
-        if prepared.skip.iter().any(|s| s == phase.name()) {
-            continue;
-        }
-        let n = phase.hosts(&ctx);
-        if n == 0 {
-            continue;
-        }
-        if cancel.is_cancelled() {
-            return Err(PhaseError {
-                phase: phase.name(),
-                failures: vec![(
-                    "all".into(),
-                    StepError::Cancelled {
-                        step: phase.name().into(),
-                    },
-                )],
-            }
-            .into());
-        }
-        reporter.phase(phase.name(), phase.title(), n);
-        phase.run(&ctx).await?;
-    }
+    run_in_order(&ctx, &install_phases(), &prepared.skip).await?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! collected so one report names them all.
 
 pub mod install;
+pub mod restore;
 pub mod services;
 
 use std::fmt;
@@ -158,6 +159,40 @@ pub trait Phase: Send + Sync {
     /// The hosts this phase touches (for the progress bar).
     fn hosts(&self, ctx: &Ctx) -> usize;
     fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>>;
+}
+
+/// Runs `phases` in order over `ctx`, leaving out those named in `skip` and
+/// those with no host to work on; cancellation is checked between phases, and
+/// the first phase that failed on any host ends the run (its other hosts
+/// finished their step). Every action (apply, restore, rollback) runs this.
+pub async fn run_in_order(
+    ctx: &Ctx<'_>,
+    phases: &[Box<dyn Phase + '_>],
+    skip: &[String],
+) -> Result<(), PhaseError> {
+    for phase in phases {
+        if skip.iter().any(|s| s == phase.name()) {
+            continue;
+        }
+        let n = phase.hosts(ctx);
+        if n == 0 {
+            continue;
+        }
+        if ctx.cancel.is_cancelled() {
+            return Err(PhaseError {
+                phase: phase.name(),
+                failures: vec![(
+                    "all".into(),
+                    StepError::Cancelled {
+                        step: phase.name().into(),
+                    },
+                )],
+            });
+        }
+        ctx.reporter.phase(phase.name(), phase.title(), n);
+        phase.run(ctx).await?;
+    }
+    Ok(())
 }
 
 /// One host's result in [`for_each`]: its position, name and outcome.

@@ -249,7 +249,10 @@ fn lab_backups_are_scheduled_encrypted_listed_and_pulled() {
         lab.ssh_ok(0, "systemctl show rampart-backup.service -p Result --value"),
         "exit-code"
     );
-    lab.ssh_ok(0, "systemctl start etcd; systemctl reset-failed rampart-backup.service");
+    lab.ssh_ok(
+        0,
+        "systemctl start etcd; systemctl reset-failed rampart-backup.service",
+    );
 
     // Nothing to change on a second apply (binary, config, units, timer).
     let out = c.run(&["plan", "-i", &inv, "--skip-phases", SKIP]);

@@ -1,0 +1,485 @@
+//! The phases of `rampart backup restore` and its rollback: each a [`Phase`]
+//! over the members (or control planes) the plan names, journaling on the
+//! host what it finished so a cut-short run can be resumed or rolled back.
+//! The order they run in, and why, is in `crate::actions::restore`.
+
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backup::Decrypted;
+use crate::phases::services::{apiserver_ready_cmd, etcd_healthy, poll};
+use crate::phases::{for_each, step, Ctx, Phase, PhaseError, StepError, Target};
+use crate::remote::script::{self as rscript, Staged};
+use crate::remote::{BoxFuture, Input};
+use crate::restore::script;
+use crate::restore::{upload_path, RestorePlan, Step};
+
+const APISERVER_HEALTH_SECS: u32 = 180;
+
+/// What the check after a restore found.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checked {
+    /// The cluster's revision after the restore (≥ the snapshot's).
+    pub revision: i64,
+    /// Live keys (the snapshot's totalKey also counts old revisions).
+    pub keys: u64,
+    /// The member that answered.
+    pub member: String,
+}
+
+fn selected<'a>(ctx: &'a Ctx<'a>, hosts: &[String]) -> Vec<&'a Target> {
+    ctx.targets
+        .iter()
+        .filter(|t| hosts.contains(&t.host.name))
+        .collect()
+}
+
+/// Records a step on hosts (the start and the end of a restore).
+pub(crate) struct Note<'p> {
+    pub(crate) name: &'static str,
+    pub(crate) id: &'p str,
+    pub(crate) step: Step,
+    pub(crate) hosts: Vec<String>,
+}
+
+impl Phase for Note<'_> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn title(&self) -> &'static str {
+        "write the restore journal"
+    }
+    fn hosts(&self, ctx: &Ctx) -> usize {
+        selected(ctx, &self.hosts).len()
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(for_each(
+            ctx,
+            self.name,
+            selected(ctx, &self.hosts),
+            move |t| {
+                Box::pin(async move {
+                    step(
+                        ctx,
+                        t,
+                        "journal",
+                        &script::note(self.id, self.step),
+                        Input::None,
+                    )
+                    .await?;
+                    Ok(())
+                })
+            },
+        ))
+    }
+}
+
+/// `systemctl stop` of one unit on hosts, in parallel.
+pub(crate) struct Stop<'p> {
+    pub(crate) name: &'static str,
+    pub(crate) title: &'static str,
+    pub(crate) id: &'p str,
+    pub(crate) unit: &'static str,
+    pub(crate) step: Step,
+    pub(crate) hosts: Vec<String>,
+}
+
+impl Phase for Stop<'_> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn title(&self) -> &'static str {
+        self.title
+    }
+    fn hosts(&self, ctx: &Ctx) -> usize {
+        selected(ctx, &self.hosts).len()
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(for_each(
+            ctx,
+            self.name,
+            selected(ctx, &self.hosts),
+            move |t| {
+                Box::pin(async move {
+                    let text = script::stop(self.id, self.unit, self.step);
+                    step(ctx, t, &format!("stop {}", self.unit), &text, Input::None).await?;
+                    ctx.reporter
+                        .line(&t.host.name, &format!("{} stopped", self.unit));
+                    Ok(())
+                })
+            },
+        ))
+    }
+}
+
+pub(crate) struct MoveAside<'p> {
+    pub(crate) id: &'p str,
+    pub(crate) hosts: Vec<String>,
+}
+
+impl Phase for MoveAside<'_> {
+    fn name(&self) -> &'static str {
+        "move-aside"
+    }
+    fn title(&self) -> &'static str {
+        "move the data dirs aside"
+    }
+    fn hosts(&self, ctx: &Ctx) -> usize {
+        selected(ctx, &self.hosts).len()
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(for_each(
+            ctx,
+            self.name(),
+            selected(ctx, &self.hosts),
+            move |t| {
+                Box::pin(async move {
+                    step(
+                        ctx,
+                        t,
+                        "move aside",
+                        &script::move_aside(self.id),
+                        Input::None,
+                    )
+                    .await?;
+                    ctx.reporter.line(
+                        &t.host.name,
+                        &format!(
+                            "data dir kept as {}",
+                            crate::restore::pre_restore_dir(self.id)
+                        ),
+                    );
+                    Ok(())
+                })
+            },
+        ))
+    }
+}
+
+/// Upload (0600, checked against the plaintext's sha256) and restore, on
+/// every member in parallel; then the restored database is read offline and
+/// must hold the snapshot's revision and keys before anything starts.
+pub(crate) struct RestoreMembers<'p> {
+    pub(crate) plan: &'p RestorePlan,
+    pub(crate) snapshot: Option<&'p Decrypted>,
+    pub(crate) hosts: Vec<String>,
+}
+
+impl Phase for RestoreMembers<'_> {
+    fn name(&self) -> &'static str {
+        "restore"
+    }
+    fn title(&self) -> &'static str {
+        "upload and restore the snapshot on every member"
+    }
+    fn hosts(&self, ctx: &Ctx) -> usize {
+        selected(ctx, &self.hosts).len()
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(for_each(
+            ctx,
+            self.name(),
+            selected(ctx, &self.hosts),
+            move |t| {
+                Box::pin(async move {
+                    let p = self.plan;
+                    let Some(snap) = self.snapshot else {
+                        return Err(StepError::Check(
+                            "no snapshot to upload; resume with FILE and --identity".into(),
+                        ));
+                    };
+                    let m = p
+                        .members
+                        .iter()
+                        .find(|m| m.name == t.host.name)
+                        .expect("hosts are the plan's members");
+                    let staged = Staged {
+                        path: upload_path(&p.id),
+                        mode: 0o600,
+                        owner: "root".into(),
+                        group: "root".into(),
+                        size: snap.size,
+                    };
+                    step(
+                        ctx,
+                        t,
+                        "upload snapshot",
+                        &rscript::stage(&[staged]),
+                        Input::File(snap.path.clone()),
+                    )
+                    .await?;
+                    let text = script::restore(
+                        &p.id,
+                        &ctx.inv.binaries.etcd_dir,
+                        m,
+                        &p.initial_cluster,
+                        &p.token,
+                        &snap.sha256,
+                    );
+                    let out = step(
+                        ctx,
+                        t,
+                        &format!("{} snapshot restore", m.tool.binary()),
+                        &text,
+                        Input::None,
+                    )
+                    .await?;
+                    let text = out.stdout_text();
+                    let status = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("status\t"))
+                        .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+                        .ok_or_else(|| {
+                            StepError::Check("the restored database could not be read back".into())
+                        })?;
+                    let revision = status["revision"].as_i64().unwrap_or(-1);
+                    let keys = status["totalKey"].as_u64().unwrap_or(0);
+                    if revision != p.snapshot.revision || keys != p.snapshot.total_keys {
+                        return Err(StepError::Check(format!(
+                        "the restored database has revision {revision} and {keys} keys, the snapshot {} and {}; the data dir is kept, roll back with `rampart backup restore --rollback {}`",
+                        p.snapshot.revision, p.snapshot.total_keys, p.id
+                    )));
+                    }
+                    ctx.reporter.line(
+                        &t.host.name,
+                        &format!(
+                            "restored revision {revision}, {keys} keys ({})",
+                            m.tool.binary()
+                        ),
+                    );
+                    Ok(())
+                })
+            },
+        ))
+    }
+}
+
+/// All members start together (`--no-block`: each waits for a quorum), then
+/// each waits for the health of the whole cluster.
+pub(crate) struct StartEtcd<'p> {
+    pub(crate) id: &'p str,
+    pub(crate) hosts: Vec<String>,
+}
+
+impl Phase for StartEtcd<'_> {
+    fn name(&self) -> &'static str {
+        "start-etcd"
+    }
+    fn title(&self) -> &'static str {
+        "start etcd on every member"
+    }
+    fn hosts(&self, ctx: &Ctx) -> usize {
+        selected(ctx, &self.hosts).len()
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(async move {
+            let all = selected(ctx, &self.hosts);
+            for_each(ctx, self.name(), all.clone(), move |t| {
+                Box::pin(async move {
+                    let text = script::start(self.id, "etcd", Step::StartedEtcd, false);
+                    step(ctx, t, "start etcd", &text, Input::None).await?;
+                    Ok(())
+                })
+            })
+            .await?;
+            // Every member polls at once: the gate needs them all.
+            for_each(ctx, self.name(), all, move |t| {
+                Box::pin(etcd_healthy(ctx, t))
+            })
+            .await
+        })
+    }
+}
+
+/// Revision and keys, read through the first member once the cluster is healthy.
+pub(crate) struct Check<'p> {
+    pub(crate) plan: &'p RestorePlan,
+    pub(crate) out: &'p Mutex<Option<Checked>>,
+}
+
+impl Phase for Check<'_> {
+    fn name(&self) -> &'static str {
+        "check"
+    }
+    fn title(&self) -> &'static str {
+        "check revision and keys against the snapshot"
+    }
+    fn hosts(&self, ctx: &Ctx) -> usize {
+        usize::from(self.first(ctx).is_some())
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(for_each(
+            ctx,
+            self.name(),
+            self.first(ctx).into_iter().collect(),
+            move |t| {
+                Box::pin(async move {
+                    let loopback = match t.host.address {
+                        std::net::IpAddr::V4(_) => "https://127.0.0.1:2379",
+                        std::net::IpAddr::V6(_) => "https://[::1]:2379",
+                    };
+                    let text = script::check(&ctx.inv.binaries.etcd_dir, loopback);
+                    let out = step(ctx, t, "check", &text, Input::None).await?;
+                    let checked = parse_check(&out.stdout_text(), &t.host.name)?;
+                    let snap = &self.plan.snapshot;
+                    if checked.revision < snap.revision {
+                        return Err(StepError::Check(format!(
+                        "the cluster is at revision {}, older than the snapshot's {}; roll back with `rampart backup restore --rollback {}`",
+                        checked.revision, snap.revision, self.plan.id
+                    )));
+                    }
+                    if checked.keys > snap.total_keys {
+                        return Err(StepError::Check(format!(
+                        "the cluster holds {} keys, more than the snapshot's {}; roll back with `rampart backup restore --rollback {}`",
+                        checked.keys, snap.total_keys, self.plan.id
+                    )));
+                    }
+                    ctx.reporter.line(
+                        &t.host.name,
+                        &format!(
+                            "revision {} (snapshot {}), {} live keys",
+                            checked.revision, snap.revision, checked.keys
+                        ),
+                    );
+                    *self.out.lock().expect("no panics while held") = Some(checked);
+                    Ok(())
+                })
+            },
+        ))
+    }
+}
+
+impl Check<'_> {
+    fn first<'a>(&self, ctx: &'a Ctx<'a>) -> Option<&'a Target> {
+        let name = &self.plan.members.first()?.name;
+        ctx.targets.iter().find(|t| &t.host.name == name)
+    }
+}
+
+/// `status\t<endpoint status JSON>` and `count\t<get JSON>`.
+fn parse_check(text: &str, host: &str) -> Result<Checked, StepError> {
+    let field = |prefix: &str| -> Option<serde_json::Value> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|j| serde_json::from_str(j).ok())
+    };
+    let bad = || StepError::Check("etcdctl printed no revision or key count".into());
+    let status = field("status\t").ok_or_else(bad)?;
+    let count = field("count\t").ok_or_else(bad)?;
+    let revision = status[0]["Status"]["header"]["revision"]
+        .as_i64()
+        .ok_or_else(bad)?;
+    // proto3 JSON leaves out a zero count.
+    let keys = count["count"].as_u64().unwrap_or(0);
+    Ok(Checked {
+        revision,
+        keys,
+        member: host.to_string(),
+    })
+}
+
+/// The apiservers that ran before, one at a time, each behind `/readyz`.
+pub(crate) struct StartApiservers<'p> {
+    pub(crate) id: &'p str,
+    pub(crate) hosts: Vec<String>,
+}
+
+impl Phase for StartApiservers<'_> {
+    fn name(&self) -> &'static str {
+        "start-apiservers"
+    }
+    fn title(&self) -> &'static str {
+        "start the kube-apiservers that were running"
+    }
+    fn hosts(&self, ctx: &Ctx) -> usize {
+        selected(ctx, &self.hosts).len()
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(async move {
+            for t in selected(ctx, &self.hosts) {
+                for_each(ctx, self.name(), vec![t], move |t| {
+                    Box::pin(async move {
+                        let text =
+                            script::start(self.id, "kube-apiserver", Step::StartedApiserver, true);
+                        step(ctx, t, "start kube-apiserver", &text, Input::None).await?;
+                        let cmd = apiserver_ready_cmd(ctx.inv, &t.host);
+                        poll(ctx, t, "apiserver /readyz", &cmd, APISERVER_HEALTH_SECS).await?;
+                        ctx.reporter.line(&t.host.name, "kube-apiserver healthy");
+                        Ok(())
+                    })
+                })
+                .await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+pub(crate) struct RollBack<'p> {
+    pub(crate) id: &'p str,
+    pub(crate) stamp: &'p str,
+    pub(crate) hosts: Vec<String>,
+}
+
+impl Phase for RollBack<'_> {
+    fn name(&self) -> &'static str {
+        "roll-back"
+    }
+    fn title(&self) -> &'static str {
+        "put the pre-restore data dirs back"
+    }
+    fn hosts(&self, ctx: &Ctx) -> usize {
+        selected(ctx, &self.hosts).len()
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(for_each(
+            ctx,
+            self.name(),
+            selected(ctx, &self.hosts),
+            move |t| {
+                Box::pin(async move {
+                    step(
+                        ctx,
+                        t,
+                        "roll back",
+                        &script::roll_back(self.id, self.stamp),
+                        Input::None,
+                    )
+                    .await?;
+                    ctx.reporter.line(
+                        &t.host.name,
+                        &format!(
+                            "{} is back; the restored data is kept as {}",
+                            crate::restore::pre_restore_dir(self.id),
+                            crate::restore::rolled_back_dir(self.stamp)
+                        ),
+                    );
+                    Ok(())
+                })
+            },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_check_output_of_etcdctl_34() {
+        let c = parse_check(
+            "status\t[{\"Endpoint\":\"https://127.0.0.1:2379\",\"Status\":{\"header\":{\"cluster_id\":1,\"member_id\":2,\"revision\":42,\"raft_term\":3},\"version\":\"3.4.23\"}}]\ncount\t{\"header\":{\"revision\":42},\"kvs\":[{\"key\":\"YQ==\"}],\"more\":true,\"count\":5}\n",
+            "cp1",
+        )
+        .unwrap();
+        assert_eq!((c.revision, c.keys), (42, 5));
+        let empty = parse_check(
+            "status\t[{\"Status\":{\"header\":{\"revision\":1}}}]\ncount\t{\"header\":{\"revision\":1}}\n",
+            "cp1",
+        )
+        .unwrap();
+        assert_eq!(empty.keys, 0);
+    }
+}
