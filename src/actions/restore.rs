@@ -269,6 +269,7 @@ pub async fn execute(
     };
     let id = plan.id.as_str();
     let checked = Mutex::new(None);
+    let [stop_apiservers, stop_etcd] = stops(id, &plan.apiservers, &members);
     let phases: Vec<Box<dyn Phase + '_>> = vec![
         Box::new(Note {
             name: "journal",
@@ -276,22 +277,8 @@ pub async fn execute(
             step: Step::Started,
             hosts: union(&members, &plan.apiservers),
         }),
-        Box::new(Stop {
-            name: "stop-apiservers",
-            title: "stop kube-apiservers",
-            id,
-            unit: "kube-apiserver",
-            step: Step::StoppedApiserver,
-            hosts: plan.apiservers.clone(),
-        }),
-        Box::new(Stop {
-            name: "stop-etcd",
-            title: "stop etcd on every member",
-            id,
-            unit: "etcd",
-            step: Step::StoppedEtcd,
-            hosts: members.clone(),
-        }),
+        stop_apiservers,
+        stop_etcd,
         Box::new(MoveAside {
             id,
             hosts: pending(Step::MovedAside),
@@ -336,23 +323,10 @@ pub async fn roll_back(
 ) -> Result<(), RestoreError> {
     let members: Vec<String> = plan.members.iter().map(|m| m.name.clone()).collect();
     let id = plan.id.as_str();
+    let [stop_apiservers, stop_etcd] = stops(id, &plan.apiservers, &members);
     let phases: Vec<Box<dyn Phase + '_>> = vec![
-        Box::new(Stop {
-            name: "stop-apiservers",
-            title: "stop kube-apiservers",
-            id,
-            unit: "kube-apiserver",
-            step: Step::StoppedApiserver,
-            hosts: plan.apiservers.clone(),
-        }),
-        Box::new(Stop {
-            name: "stop-etcd",
-            title: "stop etcd on every member",
-            id,
-            unit: "etcd",
-            step: Step::StoppedEtcd,
-            hosts: members.clone(),
-        }),
+        stop_apiservers,
+        stop_etcd,
         Box::new(RollBack {
             id,
             stamp: &plan.stamp,
@@ -366,6 +340,29 @@ pub async fn roll_back(
     ];
     run_phases(inv, session, &phases, concurrency, reporter, cancel).await?;
     Ok(())
+}
+
+/// Apiservers first (nothing writes while etcd goes), then every member:
+/// how both a restore and a rollback begin.
+fn stops<'p>(id: &'p str, apiservers: &[String], members: &[String]) -> [Box<dyn Phase + 'p>; 2] {
+    [
+        Box::new(Stop {
+            name: "stop-apiservers",
+            title: "stop kube-apiservers",
+            id,
+            unit: "kube-apiserver",
+            step: Step::StoppedApiserver,
+            hosts: apiservers.to_vec(),
+        }),
+        Box::new(Stop {
+            name: "stop-etcd",
+            title: "stop etcd on every member",
+            id,
+            unit: "etcd",
+            step: Step::StoppedEtcd,
+            hosts: members.to_vec(),
+        }),
+    ]
 }
 
 fn union(a: &[String], b: &[String]) -> Vec<String> {

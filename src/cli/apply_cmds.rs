@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use rampart::actions::apply::{self, ApplyError, ConnectError, Connector, Options, Prepared};
 use rampart::inventory::{Host, Inventory};
-use rampart::phases::{Cancel, StepError};
+use rampart::phases::{Cancel, PhaseError, StepError};
 use rampart::pki;
 use rampart::plan::preflight::Level;
 use rampart::plan::show;
@@ -245,29 +245,28 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
+/// The exit code of a phase that failed on hosts: the most specific cause
+/// any host had (shared by every command that works on hosts).
+pub(super) fn hosts_code(pe: &PhaseError) -> u8 {
+    let any = |f: fn(&StepError) -> bool| pe.failures.iter().any(|(_, e)| f(e));
+    if pe.cancelled() {
+        code::CANCELLED
+    } else if any(|e| matches!(e, StepError::Locked { .. })) {
+        code::LOCKED
+    } else if any(|e| matches!(e, StepError::HostKey(_))) {
+        code::HOST_KEY
+    } else if pe.phase == "connect" {
+        code::UNREACHABLE
+    } else {
+        code::HOSTS_FAILED
+    }
+}
+
 /// Maps engine errors to documented exit codes.
 pub(super) fn classify(e: ApplyError) -> anyhow::Error {
     let code = match &e {
-        ApplyError::Hosts(pe) if pe.cancelled() => code::CANCELLED,
-        ApplyError::Hosts(pe)
-            if pe
-                .failures
-                .iter()
-                .any(|(_, f)| matches!(f, StepError::Locked { .. })) =>
-        {
-            code::LOCKED
-        }
-        ApplyError::Hosts(pe)
-            if pe
-                .failures
-                .iter()
-                .any(|(_, f)| matches!(f, StepError::HostKey(_))) =>
-        {
-            code::HOST_KEY
-        }
-        ApplyError::Hosts(pe) if pe.phase == "connect" => code::UNREACHABLE,
+        ApplyError::Hosts(pe) => hosts_code(pe),
         ApplyError::Preflight(_) => code::PREFLIGHT,
-        ApplyError::Hosts(_) => code::HOSTS_FAILED,
         _ => code::FAILURE,
     };
     Exit {

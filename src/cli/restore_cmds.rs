@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use rampart::actions::restore::{self as engine, Checked, Options, RestoreError, Session};
 use rampart::backup::VerifyOptions;
 use rampart::inventory::Inventory;
-use rampart::phases::{Cancel, StepError};
+use rampart::phases::Cancel;
 use rampart::remote::ssh::ConnectOptions;
 use rampart::restore::{valid_id, RestorePlan, RollbackPlan};
 use time::OffsetDateTime;
@@ -444,25 +444,7 @@ fn classify(e: RestoreError) -> anyhow::Error {
     let code = match &e {
         RestoreError::Refused(_) => code::BACKUP_REFUSED,
         RestoreError::Plan(_) => code::PREFLIGHT,
-        RestoreError::Hosts(pe) if pe.cancelled() => code::CANCELLED,
-        RestoreError::Hosts(pe)
-            if pe
-                .failures
-                .iter()
-                .any(|(_, f)| matches!(f, StepError::Locked { .. })) =>
-        {
-            code::LOCKED
-        }
-        RestoreError::Hosts(pe)
-            if pe
-                .failures
-                .iter()
-                .any(|(_, f)| matches!(f, StepError::HostKey(_))) =>
-        {
-            code::HOST_KEY
-        }
-        RestoreError::Hosts(pe) if pe.phase == "connect" => code::UNREACHABLE,
-        RestoreError::Hosts(_) => code::HOSTS_FAILED,
+        RestoreError::Hosts(pe) => super::apply_cmds::hosts_code(pe),
         _ => code::FAILURE,
     };
     // The refusal's cause is the useful part: print the chain in one message.
