@@ -1,10 +1,13 @@
 //! Small file-system pieces the job and `verify` share: private dirs, atomic
-//! writes, a guard that deletes plaintext on every exit path, and hashing I/O.
+//! writes, a guard that deletes plaintext on every exit path, hashing I/O, and
+//! the two-thread pipeline the job encrypts through.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::{mem, panic, thread};
 
 use sha2::{Digest, Sha256};
 
@@ -169,6 +172,101 @@ impl Write for WritebackFile {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
+    }
+}
+
+/// Runs `produce` on this thread with a [`PipeWriter`], while a second thread
+/// sha256-hashes what it writes and writes it to `out`. Returns what `produce`
+/// returned, `out`, the hex sha256 and the byte count.
+///
+/// Why: on one thread, encrypting a snapshot is read + ChaCha20-Poly1305, then
+/// sha256 + write, one after the other, and each half costs about the same CPU
+/// (profiled on a 310 MB snapshot: ≈0.3 s each). Hashing and writing behind the
+/// encryption lets a two-core member do both halves at once.
+///
+/// Memory stays flat: at most [`PIPE_DEPTH`] buffers of [`PIPE_BUF`] bytes wait
+/// in the channel, plus one being filled and one being written; written buffers
+/// go back to the producer for reuse. Errors from either side are returned:
+/// a failed write stops the second thread, which the producer only sees as a
+/// closed channel, so the write error takes precedence over the producer's.
+/// `produce` must end with [`PipeWriter::finish`], or the last bytes are lost.
+pub(crate) fn write_behind<W: Write + Send, T>(
+    out: W,
+    produce: impl FnOnce(PipeWriter) -> io::Result<T>,
+) -> io::Result<(T, W, String, u64)> {
+    let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(PIPE_DEPTH);
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    thread::scope(|s| {
+        let writer = s.spawn(move || {
+            let mut out = HashingWriter::new(out);
+            // Ends when the producer drops its PipeWriter: done, failed or panicking.
+            for buf in full_rx {
+                out.write_all(&buf)?;
+                // The producer may be gone already; then the buffer is just freed.
+                let _ = free_tx.send(buf);
+            }
+            Ok::<_, io::Error>(out.finish())
+        });
+        let produced = produce(PipeWriter {
+            buf: Vec::with_capacity(PIPE_BUF),
+            full: full_tx,
+            free: free_rx,
+        });
+        let (out, sha, bytes) = writer.join().unwrap_or_else(|p| panic::resume_unwind(p))?;
+        Ok((produced?, out, sha, bytes))
+    })
+}
+
+/// Buffers of this size go from the encrypting thread to the writing one:
+/// large enough that the channel costs nothing per byte, small enough that
+/// [`PIPE_DEPTH`] of them are a few MiB.
+const PIPE_BUF: usize = 1 << 20;
+/// Filled buffers that may wait for the writing thread.
+const PIPE_DEPTH: usize = 4;
+
+/// The producer's end of [`write_behind`].
+pub(crate) struct PipeWriter {
+    buf: Vec<u8>,
+    full: SyncSender<Vec<u8>>,
+    free: Receiver<Vec<u8>>,
+}
+
+impl PipeWriter {
+    /// Hands over the last, partly filled buffer.
+    pub(crate) fn finish(mut self) -> io::Result<()> {
+        self.flush()
+    }
+}
+
+impl Write for PipeWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(PIPE_BUF - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == PIPE_BUF {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+    /// Sends what is buffered to the writing thread (blocks while the channel is full).
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let next = match self.free.try_recv() {
+            Ok(mut b) => {
+                b.clear();
+                b
+            }
+            Err(_) => Vec::with_capacity(PIPE_BUF),
+        };
+        self.full
+            .send(mem::replace(&mut self.buf, next))
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the hashing and writing thread stopped",
+                )
+            })
     }
 }
 

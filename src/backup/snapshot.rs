@@ -1,6 +1,8 @@
 //! The scheduled job: `etcdctl snapshot save` into a private work dir, stream it
 //! through age to the recipients while hashing the ciphertext, write the
 //! manifest, delete the plaintext, prune old backups, record the outcome.
+//! Hashing and writing the ciphertext run on a second thread, behind the
+//! encryption (see `fsutil::write_behind`).
 //!
 //! The plaintext lives only in `<dir>/.work` (0700), which a guard deletes on
 //! every exit path (errors and panics included) and which the next run clears
@@ -21,7 +23,7 @@ use time::{OffsetDateTime, PrimitiveDateTime};
 
 use super::error::chain;
 use super::fsutil::{
-    create_private, private_dir, sync_dir, tmp_path, write_atomic, HashingWriter, RemoveOnDrop,
+    create_private, private_dir, sync_dir, tmp_path, write_atomic, write_behind, RemoveOnDrop,
     WritebackFile,
 };
 use super::{etcd, manifest_path, to_prune, AgentConfig, BackupError, Candidate, Manifest};
@@ -198,16 +200,26 @@ fn encrypt(
     .map_err(|e| BackupError::Encrypt {
         message: e.to_string(),
     })?;
-    let mut input = File::open(plain).map_err(BackupError::io("open", plain))?;
+    let input = File::open(plain).map_err(BackupError::io("open", plain))?;
     let file = create_private(dest).map_err(BackupError::io("create", dest))?;
-    let write_err = BackupError::io("write", dest);
-    let mut stream = encryptor
-        .wrap_output(HashingWriter::new(WritebackFile::new(file)))
+    let (plain_bytes, file, sha, size) = encrypt_stream(encryptor, input, WritebackFile::new(file))
         .map_err(BackupError::io("write", dest))?;
-    // 1 MiB reads: few syscalls, and memory stays flat whatever the snapshot size.
-    let mut buf = vec![0u8; 1 << 20];
-    let mut plain_bytes = 0u64;
-    let result = (|| -> io::Result<HashingWriter<WritebackFile>> {
+    Ok((file.into_inner(), sha, size, plain_bytes))
+}
+
+/// Encrypts `input` into `out`: this thread reads and encrypts, a second one
+/// hashes and writes the ciphertext ([`write_behind`], which says why).
+/// Returns (plaintext bytes, `out`, sha256 of the ciphertext, ciphertext bytes).
+fn encrypt_stream<W: Write + Send>(
+    encryptor: age::Encryptor,
+    mut input: impl Read,
+    out: W,
+) -> io::Result<(u64, W, String, u64)> {
+    write_behind(out, |pipe| {
+        let mut stream = encryptor.wrap_output(pipe)?;
+        // 1 MiB reads: few syscalls, and memory stays flat whatever the snapshot size.
+        let mut buf = vec![0u8; 1 << 20];
+        let mut plain_bytes = 0u64;
         loop {
             let n = input.read(&mut buf)?;
             if n == 0 {
@@ -216,10 +228,9 @@ fn encrypt(
             stream.write_all(&buf[..n])?;
             plain_bytes += n as u64;
         }
-        stream.finish()
-    })();
-    let (file, sha, size) = result.map_err(write_err)?.finish();
-    Ok((file.into_inner(), sha, size, plain_bytes))
+        stream.finish()?.finish()?;
+        Ok(plain_bytes)
+    })
 }
 
 fn parse_recipients(rs: &[String]) -> Result<Vec<Box<dyn age::Recipient + Send>>, BackupError> {
@@ -309,6 +320,81 @@ impl Drop for KillOnDrop {
         if let Some(c) = &mut self.0 {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    /// Not a multiple of age's 64 KiB chunks nor of the 1 MiB pipe buffers.
+    fn input() -> Vec<u8> {
+        (0..3_500_017u32).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    fn encryptor(id: &age::x25519::Identity) -> age::Encryptor {
+        let r = id.to_public();
+        age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient)).unwrap()
+    }
+
+    #[test]
+    fn encrypt_stream_round_trips_and_hashes_the_ciphertext() {
+        let id = age::x25519::Identity::generate();
+        let plain = input();
+        let (plain_bytes, out, sha, size) =
+            encrypt_stream(encryptor(&id), &plain[..], Vec::new()).unwrap();
+        assert_eq!(plain_bytes, plain.len() as u64);
+        assert_eq!(size, out.len() as u64);
+        assert_eq!(sha, hex::encode(Sha256::digest(&out)));
+        assert_eq!(age::decrypt(&id, &out).unwrap(), plain);
+    }
+
+    /// Fails every write after `ok` bytes, like a full disk.
+    #[derive(Debug)]
+    struct FullAfter {
+        ok: usize,
+    }
+    impl Write for FullAfter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.ok == 0 {
+                return Err(io::Error::other("disk full (test)"));
+            }
+            let n = buf.len().min(self.ok);
+            self.ok -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_write_error_fails_the_stream_with_that_error() {
+        let id = age::x25519::Identity::generate();
+        let plain = input();
+        for ok in [0, 100, 2 << 20] {
+            let e = encrypt_stream(encryptor(&id), &plain[..], FullAfter { ok })
+                .expect_err("the write error is reported");
+            assert_eq!(e.to_string(), "disk full (test)", "after {ok} bytes");
+        }
+    }
+
+    #[test]
+    fn a_read_error_fails_the_stream_with_that_error() {
+        let id = age::x25519::Identity::generate();
+        let plain = input();
+        let failing = (&plain[..]).chain(FailingRead);
+        let e = encrypt_stream(encryptor(&id), failing, Vec::new())
+            .expect_err("the read error is reported");
+        assert_eq!(e.to_string(), "bad sector (test)");
+    }
+
+    struct FailingRead;
+    impl Read for FailingRead {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::other("bad sector (test)"))
         }
     }
 }
