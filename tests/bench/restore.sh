@@ -62,7 +62,7 @@ phases() {
                 short["move"] = "move-aside"; short["upload"] = "upload+restore"; short["start"] = "start-etcd" }
         function close_phase(t) { if (name != "") out = out sprintf("%s %.2f | ", name, t - start) }
         $2 == "==>" {
-            if (first == "") { first = $1; out = sprintf("verify+plan before connect %.2f | ", $1) }
+            if (first == "") { first = $1; out = sprintf("verify before connect %.2f | ", $1) }
             close_phase($1); start = $1
             name = ($3 in short) ? short[$3] : $3
         }
