@@ -97,20 +97,51 @@ impl Phase for Stop<'_> {
         selected(ctx, &self.hosts).len()
     }
     fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
-        Box::pin(for_each(
-            ctx,
-            self.name,
-            selected(ctx, &self.hosts),
-            move |t| {
+        Box::pin(async move {
+            // etcd: followers first, the leader last (see script::is_leader).
+            let leaders = Mutex::new(Vec::new());
+            let leaders_ref = &leaders;
+            for_each(ctx, self.name, selected(ctx, &self.hosts), move |t| {
                 Box::pin(async move {
-                    let text = script::stop(self.id, self.unit, self.step);
-                    step(ctx, t, &format!("stop {}", self.unit), &text, Input::None).await?;
-                    ctx.reporter
-                        .line(&t.host.name, &format!("{} stopped", self.unit));
-                    Ok(())
+                    if self.unit == "etcd" {
+                        let text = script::is_leader(&ctx.inv.binaries.etcd_dir, loopback(t));
+                        let out = step(ctx, t, "find the etcd leader", &text, Input::None).await?;
+                        if out.stdout_text().trim() == "leader" {
+                            leaders_ref
+                                .lock()
+                                .expect("no panics while held")
+                                .push(t.host.name.clone());
+                            return Ok(());
+                        }
+                    }
+                    self.stop(ctx, t).await
                 })
-            },
-        ))
+            })
+            .await?;
+            let leaders = leaders.into_inner().expect("no panics while held");
+            for_each(ctx, self.name, selected(ctx, &leaders), move |t| {
+                Box::pin(self.stop(ctx, t))
+            })
+            .await
+        })
+    }
+}
+
+impl Stop<'_> {
+    async fn stop(&self, ctx: &Ctx<'_>, t: &Target) -> Result<(), StepError> {
+        let text = script::stop(self.id, self.unit, self.step);
+        step(ctx, t, &format!("stop {}", self.unit), &text, Input::None).await?;
+        ctx.reporter
+            .line(&t.host.name, &format!("{} stopped", self.unit));
+        Ok(())
+    }
+}
+
+/// The local member's client URL.
+fn loopback(t: &Target) -> &'static str {
+    match t.host.address {
+        std::net::IpAddr::V4(_) => "https://127.0.0.1:2379",
+        std::net::IpAddr::V6(_) => "https://[::1]:2379",
     }
 }
 
@@ -316,11 +347,7 @@ impl Phase for Check<'_> {
             self.first(ctx).into_iter().collect(),
             move |t| {
                 Box::pin(async move {
-                    let loopback = match t.host.address {
-                        std::net::IpAddr::V4(_) => "https://127.0.0.1:2379",
-                        std::net::IpAddr::V6(_) => "https://[::1]:2379",
-                    };
-                    let text = script::check(&ctx.inv.binaries.etcd_dir, loopback);
+                    let text = script::check(&ctx.inv.binaries.etcd_dir, loopback(t));
                     let out = step(ctx, t, "check", &text, Input::None).await?;
                     let checked = parse_check(&out.stdout_text(), &t.host.name)?;
                     let snap = &self.plan.snapshot;
