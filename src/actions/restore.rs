@@ -19,7 +19,7 @@ use crate::backup::{self, Decrypted, VerifyError, VerifyOptions};
 use crate::inventory::{Host, Inventory};
 pub use crate::phases::restore::Checked;
 use crate::phases::restore::{
-    Check, MoveAside, Note, RestoreMembers, RollBack, StartApiservers, StartEtcd, Stop,
+    move_aside, note, put_back, Check, RestoreMembers, StartApiservers, StartEtcd, Stop,
 };
 use crate::phases::{run_in_order, Cancel, Ctx, Phase, PhaseError, Reporter, StepError, Target};
 use crate::remote::{Held, Input};
@@ -271,18 +271,15 @@ pub async fn execute(
     let checked = Mutex::new(None);
     let [stop_apiservers, stop_etcd] = stops(id, &plan.apiservers, &members);
     let phases: Vec<Box<dyn Phase + '_>> = vec![
-        Box::new(Note {
-            name: "journal",
+        Box::new(note(
+            "journal",
             id,
-            step: Step::Started,
-            hosts: union(&members, &plan.apiservers),
-        }),
+            Step::Started,
+            union(&members, &plan.apiservers),
+        )),
         stop_apiservers,
         stop_etcd,
-        Box::new(MoveAside {
-            id,
-            hosts: pending(Step::MovedAside),
-        }),
+        Box::new(move_aside(id, pending(Step::MovedAside))),
         Box::new(RestoreMembers {
             plan,
             snapshot,
@@ -300,12 +297,7 @@ pub async fn execute(
             id,
             hosts: plan.apiservers.clone(),
         }),
-        Box::new(Note {
-            name: "done",
-            id,
-            step: Step::Done,
-            hosts: members,
-        }),
+        Box::new(note("done", id, Step::Done, members)),
     ];
     run_phases(inv, session, &phases, concurrency, reporter, cancel).await?;
     let out = checked.lock().expect("no panics while held").take();
@@ -327,11 +319,7 @@ pub async fn roll_back(
     let phases: Vec<Box<dyn Phase + '_>> = vec![
         stop_apiservers,
         stop_etcd,
-        Box::new(RollBack {
-            id,
-            stamp: &plan.stamp,
-            hosts: members.clone(),
-        }),
+        Box::new(put_back(id, &plan.stamp, members.clone())),
         Box::new(StartEtcd { id, hosts: members }),
         Box::new(StartApiservers {
             id,

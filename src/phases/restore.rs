@@ -36,20 +36,26 @@ fn selected<'a>(ctx: &'a Ctx<'a>, hosts: &[String]) -> Vec<&'a Target> {
         .collect()
 }
 
-/// Records a step on hosts (the start and the end of a restore).
-pub(crate) struct Note<'p> {
+/// One script on each of the selected hosts, and a line to report after it:
+/// the restore steps that need nothing but their script (journal notes,
+/// moving a data dir aside, rolling one back).
+pub(crate) struct OnHosts {
     pub(crate) name: &'static str,
-    pub(crate) id: &'p str,
-    pub(crate) step: Step,
+    pub(crate) title: &'static str,
+    /// What the progress line says while it runs.
+    pub(crate) step: &'static str,
+    pub(crate) script: String,
+    /// Reported per host once its script succeeded.
+    pub(crate) line: Option<String>,
     pub(crate) hosts: Vec<String>,
 }
 
-impl Phase for Note<'_> {
+impl Phase for OnHosts {
     fn name(&self) -> &'static str {
         self.name
     }
     fn title(&self) -> &'static str {
-        "write the restore journal"
+        self.title
     }
     fn hosts(&self, ctx: &Ctx) -> usize {
         selected(ctx, &self.hosts).len()
@@ -61,14 +67,10 @@ impl Phase for Note<'_> {
             selected(ctx, &self.hosts),
             move |t| {
                 Box::pin(async move {
-                    step(
-                        ctx,
-                        t,
-                        "journal",
-                        &script::note(self.id, self.step),
-                        Input::None,
-                    )
-                    .await?;
+                    step(ctx, t, self.step, &self.script, Input::None).await?;
+                    if let Some(line) = &self.line {
+                        ctx.reporter.line(&t.host.name, line);
+                    }
                     Ok(())
                 })
             },
@@ -76,7 +78,49 @@ impl Phase for Note<'_> {
     }
 }
 
-/// `systemctl stop` of one unit on hosts, in parallel.
+/// A journal note on hosts (the start and the end of a restore).
+pub(crate) fn note(name: &'static str, id: &str, step: Step, hosts: Vec<String>) -> OnHosts {
+    OnHosts {
+        name,
+        title: "write the restore journal",
+        step: "journal",
+        script: script::note(id, step),
+        line: None,
+        hosts,
+    }
+}
+
+/// `/var/lib/etcd` renamed to its pre-restore name (never deleted).
+pub(crate) fn move_aside(id: &str, hosts: Vec<String>) -> OnHosts {
+    OnHosts {
+        name: "move-aside",
+        title: "move the data dirs aside",
+        step: "move aside",
+        script: script::move_aside(id),
+        line: Some(format!(
+            "data dir kept as {}",
+            crate::restore::pre_restore_dir(id)
+        )),
+        hosts,
+    }
+}
+
+/// The pre-restore data dir put back; the restored one kept aside.
+pub(crate) fn put_back(id: &str, stamp: &str, hosts: Vec<String>) -> OnHosts {
+    OnHosts {
+        name: "roll-back",
+        title: "put the pre-restore data dirs back",
+        step: "roll back",
+        script: script::roll_back(id, stamp),
+        line: Some(format!(
+            "{} is back; the restored data is kept as {}",
+            crate::restore::pre_restore_dir(id),
+            crate::restore::rolled_back_dir(stamp)
+        )),
+        hosts,
+    }
+}
+
 pub(crate) struct Stop<'p> {
     pub(crate) name: &'static str,
     pub(crate) title: &'static str,
@@ -142,50 +186,6 @@ fn loopback(t: &Target) -> &'static str {
     match t.host.address {
         std::net::IpAddr::V4(_) => "https://127.0.0.1:2379",
         std::net::IpAddr::V6(_) => "https://[::1]:2379",
-    }
-}
-
-pub(crate) struct MoveAside<'p> {
-    pub(crate) id: &'p str,
-    pub(crate) hosts: Vec<String>,
-}
-
-impl Phase for MoveAside<'_> {
-    fn name(&self) -> &'static str {
-        "move-aside"
-    }
-    fn title(&self) -> &'static str {
-        "move the data dirs aside"
-    }
-    fn hosts(&self, ctx: &Ctx) -> usize {
-        selected(ctx, &self.hosts).len()
-    }
-    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
-        Box::pin(for_each(
-            ctx,
-            self.name(),
-            selected(ctx, &self.hosts),
-            move |t| {
-                Box::pin(async move {
-                    step(
-                        ctx,
-                        t,
-                        "move aside",
-                        &script::move_aside(self.id),
-                        Input::None,
-                    )
-                    .await?;
-                    ctx.reporter.line(
-                        &t.host.name,
-                        &format!(
-                            "data dir kept as {}",
-                            crate::restore::pre_restore_dir(self.id)
-                        ),
-                    );
-                    Ok(())
-                })
-            },
-        ))
     }
 }
 
@@ -441,52 +441,6 @@ impl Phase for StartApiservers<'_> {
             }
             Ok(())
         })
-    }
-}
-
-pub(crate) struct RollBack<'p> {
-    pub(crate) id: &'p str,
-    pub(crate) stamp: &'p str,
-    pub(crate) hosts: Vec<String>,
-}
-
-impl Phase for RollBack<'_> {
-    fn name(&self) -> &'static str {
-        "roll-back"
-    }
-    fn title(&self) -> &'static str {
-        "put the pre-restore data dirs back"
-    }
-    fn hosts(&self, ctx: &Ctx) -> usize {
-        selected(ctx, &self.hosts).len()
-    }
-    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
-        Box::pin(for_each(
-            ctx,
-            self.name(),
-            selected(ctx, &self.hosts),
-            move |t| {
-                Box::pin(async move {
-                    step(
-                        ctx,
-                        t,
-                        "roll back",
-                        &script::roll_back(self.id, self.stamp),
-                        Input::None,
-                    )
-                    .await?;
-                    ctx.reporter.line(
-                        &t.host.name,
-                        &format!(
-                            "{} is back; the restored data is kept as {}",
-                            crate::restore::pre_restore_dir(self.id),
-                            crate::restore::rolled_back_dir(self.stamp)
-                        ),
-                    );
-                    Ok(())
-                })
-            },
-        ))
     }
 }
 
