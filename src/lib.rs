@@ -7,6 +7,7 @@
 pub mod actions;
 pub mod backup;
 pub mod cis;
+pub mod digest;
 pub mod inventory;
 pub mod phases;
 pub mod pki;

@@ -7,12 +7,11 @@
 //! keeps it: a copy that does not match is deleted and reported.
 
 use std::fmt::Write as _;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::digest::sha256_file;
 use base64::Engine;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::backup::LastRun;
 use crate::backup::{AgentConfig, Manifest, LAST_RUN};
@@ -212,7 +211,7 @@ pub async fn pull(
     let dir = to.join(&m.host);
     std::fs::create_dir_all(&dir).map_err(local(&dir))?;
     let dest = dir.join(&backup.file);
-    if dest.exists() && sha256_file(&dest).map_err(local(&dest))? == backup.sha256 {
+    if dest.exists() && sha256_file(&dest).map_err(local(&dest))?.0 == backup.sha256 {
         return Ok(Pulled {
             host: m.host.clone(),
             file: dest,
@@ -237,7 +236,7 @@ pub async fn pull(
         }
         .into());
     }
-    let actual = sha256_file(&partial).map_err(local(&partial))?;
+    let (actual, _) = sha256_file(&partial).map_err(local(&partial))?;
     if actual != backup.sha256 {
         let _ = std::fs::remove_file(&partial);
         return Err(PullError::Mismatch {
@@ -257,20 +256,6 @@ pub async fn pull(
         sha256: actual,
         skipped: false,
     })
-}
-
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
 }
 
 #[cfg(test)]

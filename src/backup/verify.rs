@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::fsutil::{create_private, sha256_file};
+use super::fsutil::create_private;
 use super::{etcd, manifest_path, BackupError, Manifest, SnapshotStatus, VerifyError};
+use crate::digest::sha256_file;
 
 /// How to verify: the keys, the tools, where plaintext may go.
 #[derive(Debug, Clone)]

@@ -169,7 +169,8 @@ async fn commit(
     }
     if bundle && t.plan.record_changed {
         let record = record_bytes(&t.plan);
-        c.install.push((RECORD.into(), hex_sha256(&record)));
+        c.install
+            .push((RECORD.into(), crate::digest::sha256_hex(&record)));
     }
     if bundle {
         c.dirs = t
@@ -318,11 +319,6 @@ pub fn record_bytes(plan: &HostPlan) -> Vec<u8> {
     let mut bytes = serde_json::to_vec_pretty(&record).expect("record serializes");
     bytes.push(b'\n');
     bytes
-}
-
-fn hex_sha256(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(bytes))
 }
 
 #[cfg(test)]

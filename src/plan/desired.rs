@@ -2,10 +2,9 @@
 //! uploads from the artifacts dir.
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use sha2::{Digest, Sha256};
+use crate::digest::sha256_file;
 
 use crate::inventory::Inventory;
 use crate::render::{Contents, Dir, HostBundle, Service};
@@ -159,7 +158,7 @@ pub fn self_artifact() -> Result<(PathBuf, u64, String), ArtifactError> {
         path: PathBuf::from("/proc/self/exe"),
         source,
     })?;
-    let (size, sha) = hash_file(&path).map_err(|source| ArtifactError::Read {
+    let (sha, size) = sha256_file(&path).map_err(|source| ArtifactError::Read {
         path: path.clone(),
         source,
     })?;
@@ -182,7 +181,7 @@ pub fn artifacts(
         if !path.is_file() {
             continue;
         }
-        let (size, sha) = hash_file(&path).map_err(|source| ArtifactError::Read {
+        let (sha, size) = sha256_file(&path).map_err(|source| ArtifactError::Read {
             path: path.clone(),
             source,
         })?;
@@ -199,22 +198,6 @@ pub fn artifacts(
         out.insert(name.to_string(), (path, size, sha));
     }
     Ok(out)
-}
-
-fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        hasher.update(&buf[..n]);
-    }
-    Ok((size, hex::encode(hasher.finalize())))
 }
 
 /// The uploads one host gets: the artifacts among the binaries it needs.
