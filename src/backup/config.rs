@@ -15,6 +15,12 @@ pub const CONFIG_PATH: &str = "/etc/rampart/backup.yaml";
 pub const SERVICE_PATH: &str = "/etc/systemd/system/rampart-backup.service";
 pub const TIMER_PATH: &str = "/etc/systemd/system/rampart-backup.timer";
 
+/// The private half of this member's push key (an SSH key the target host
+/// accepts for `rampart agent receive` only); see [`TargetConfig`].
+pub const PUSH_KEY_PATH: &str = "/etc/rampart/backup-push.key";
+/// Where `apply` puts rampart itself on members and on the backup target.
+pub const RAMPART_PATH: &str = "/usr/local/bin/rampart";
+
 /// The healthcheck client: the only etcd client certificate kept on every member,
 /// and one with no role beyond reading (it is what `etcdctl endpoint health` uses).
 const PKI: &str = "/etc/kubernetes/pki/etcd";
@@ -41,6 +47,30 @@ pub struct AgentConfig {
     pub recipients: Vec<String>,
     #[serde(default)]
     pub retention: RetentionPolicy,
+    /// Copy each new backup to this host after it is written locally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetConfig>,
+}
+
+/// Where and how a member copies its backups (`backups.target`). The member
+/// logs in with its own push key; the target's `authorized_keys` ties that key
+/// to a forced `rampart agent receive --member <this member>`, so a member can
+/// only add its own backups there (retention on the target is the target's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TargetConfig {
+    /// The target's inventory name, for messages.
+    pub host: String,
+    pub address: String,
+    pub port: u16,
+    /// The receiving account on the target (`backups.target.user`).
+    pub user: String,
+    /// The target's SSH host keys (OpenSSH public key lines): the server must
+    /// present one of them; there is no known_hosts and no trust on first use.
+    /// `apply` takes them from the target's pin or the admin's known_hosts.
+    pub host_keys: Vec<String>,
+    /// The member's private push key.
+    pub identity: PathBuf,
 }
 
 fn default_dir() -> PathBuf {
@@ -67,6 +97,17 @@ impl AgentConfig {
             dir: PathBuf::from(&b.dir),
             recipients: b.recipients.iter().map(|r| r.trim().to_string()).collect(),
             retention: RetentionPolicy::from(&b.retention),
+            target: b.target.as_ref().and_then(|t| {
+                let target = inv.host(&t.host)?;
+                Some(TargetConfig {
+                    host: target.name.clone(),
+                    address: target.address.to_string(),
+                    port: target.ssh.port,
+                    user: t.user.clone(),
+                    host_keys: target.ssh.host_key.iter().cloned().collect(),
+                    identity: PathBuf::from(PUSH_KEY_PATH),
+                })
+            }),
         })
     }
 

@@ -24,7 +24,9 @@ mod snapshot;
 mod units;
 mod verify;
 
-pub use config::{AgentConfig, CONFIG_PATH, SERVICE_PATH, TIMER_PATH};
+pub use config::{
+    AgentConfig, TargetConfig, CONFIG_PATH, PUSH_KEY_PATH, RAMPART_PATH, SERVICE_PATH, TIMER_PATH,
+};
 pub use error::{BackupError, VerifyError};
 pub use etcd::SnapshotStatus;
 pub use manifest::{manifest_path, Manifest};

@@ -112,6 +112,9 @@ pub struct Roles {
     pub etcd: bool,
     pub control_plane: bool,
     pub worker: bool,
+    /// Receives copies of the etcd backups (`backups.target.host`); runs no
+    /// Kubernetes or etcd service, only `rampart agent receive` over SSH.
+    pub backup_target: bool,
 }
 
 impl Roles {
@@ -128,6 +131,7 @@ impl fmt::Display for Roles {
             (self.etcd, "etcd"),
             (self.control_plane, "control-plane"),
             (self.worker, "worker"),
+            (self.backup_target, "backup-target"),
         ]
         .into_iter()
         .filter_map(|(on, n)| on.then_some(n))
@@ -354,7 +358,10 @@ pub struct Retention {
 
 #[derive(Debug, Clone)]
 pub struct BackupTarget {
+    /// The inventory name of the target host (it has the `backup-target` role).
     pub host: String,
     pub path: String,
+    /// The account that receives the copies on the target (created by `apply`).
+    pub user: String,
     pub retention: Retention,
 }

@@ -252,9 +252,11 @@ pub struct RawRetention {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawBackupTarget {
-    /// Address (or inventory host name) reached over SSH with the inventory's SSH defaults.
+    /// The inventory name of the host that receives the copies.
     pub host: String,
     pub path: String,
+    #[serde(default)]
+    pub user: Option<String>,
     #[serde(default)]
     pub retention: Option<RawRetention>,
 }

@@ -180,6 +180,7 @@ fn config(tls: &Tls, dir: &Path, recipients: Vec<String>, count: u32) -> AgentCo
             count: Some(count),
             max_age_days: None,
         },
+        target: None,
     }
 }
 

@@ -114,8 +114,12 @@ fn example_shapes_match_their_description() {
     assert_eq!(ha.hosts.iter().filter(|h| h.roles.worker).count(), 3);
     assert_eq!(ha.cluster.server_url(), "https://10.20.0.10:6443");
     assert!(ha.tenants.iter().all(|t| !t.members.is_empty()));
-    let backups = ha.backups.expect("ha.yaml has backups");
+    let backups = ha.backups.clone().expect("ha.yaml has backups");
     assert!(backups.recipients[0].starts_with("age1"));
+    let target = backups.target.expect("ha.yaml copies backups");
+    assert_eq!(target.host, "vault1");
+    assert_eq!(target.user, "rampart-backup");
+    assert!(ha.host("vault1").unwrap().roles.backup_target);
 
     let lab = load("lab.yaml");
     let addrs: Vec<String> = lab.hosts.iter().map(|h| h.address.to_string()).collect();

@@ -1,10 +1,9 @@
 //! The `binaries` and `backups` sections: where things live on the hosts, and
 //! how etcd snapshots are scheduled, encrypted, kept and shipped.
 
-use std::net::IpAddr;
 use std::path::Path;
 
-use super::{check_host_path, is_dns_name, resolve, Problems};
+use super::{check_host_path, resolve, Problems};
 use crate::inventory::model::*;
 use crate::inventory::schema::*;
 
@@ -83,19 +82,13 @@ pub(super) fn backups(b: &RawBackups, p: &mut Problems) -> Backups {
     let dir = b.dir.clone().unwrap_or_else(|| "/var/backups/etcd".into());
     check_host_path(&dir, "backups.dir", p);
     let target = b.target.as_ref().map(|t| {
-        if t.host.parse::<IpAddr>().is_err() && !is_dns_name(&t.host) {
-            p.error(
-                "backups.target.host",
-                format!(
-                    "`{}` is neither an IP address, a DNS name nor a host name",
-                    t.host
-                ),
-            );
-        }
         check_host_path(&t.path, "backups.target.path", p);
+        let user = t.user.clone().unwrap_or_else(|| "rampart-backup".into());
+        check_account(&user, "backups.target.user", p);
         BackupTarget {
             host: t.host.clone(),
             path: t.path.clone(),
+            user,
             retention: retention(&t.retention, "backups.target.retention", p),
         }
     });
@@ -106,6 +99,82 @@ pub(super) fn backups(b: &RawBackups, p: &mut Problems) -> Backups {
         recipients: b.recipients.clone(),
         dir,
         target,
+    }
+}
+
+/// The receiving account: a new system user, so never root or an existing
+/// service account a typo could hand the push keys to.
+fn check_account(user: &str, at: &str, p: &mut Problems) {
+    let valid = user.len() <= 32
+        && user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && user
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !valid {
+        p.error(
+            at,
+            format!(
+                "`{user}` is not a user name (lower case letters, digits, `_` and `-`, at most 32)"
+            ),
+        );
+    } else if matches!(user, "root" | "etcd" | "daemon" | "nobody" | "sshd") {
+        p.error(
+            at,
+            format!("`{user}` is a system account: give a dedicated one (default rampart-backup)"),
+        );
+    }
+}
+
+/// `backups.target.host` names the one inventory host with the
+/// `backup-target` role, and that host is not an etcd member: a copy kept on
+/// a member is lost with it.
+pub(super) fn target_placement(raw: &RawInventory, p: &mut Problems) {
+    let target = raw
+        .backups
+        .as_ref()
+        .and_then(|b| b.target.as_ref())
+        .map(|t| t.host.as_str());
+    let has = |h: &RawHost, role: &str| h.roles.iter().any(|r| r == role);
+    for (i, h) in raw.hosts.iter().enumerate() {
+        let named = Some(h.name.as_str()) == target;
+        if has(h, "backup-target") && !named {
+            p.error(
+                format!("hosts[{i}].roles"),
+                match target {
+                    Some(t) => format!(
+                        "`{}` has the backup-target role but backups.target.host is `{t}`",
+                        h.name
+                    ),
+                    None => format!(
+                        "`{}` has the backup-target role but there is no backups.target to receive",
+                        h.name
+                    ),
+                },
+            );
+        }
+        if named && !has(h, "backup-target") {
+            p.error(
+                format!("hosts[{i}].roles"),
+                format!(
+                    "`{}` is backups.target.host: add the backup-target role",
+                    h.name
+                ),
+            );
+        }
+        if named && has(h, "etcd") {
+            p.error(
+                "backups.target.host",
+                format!("`{}` is an etcd member: copies kept on a member are lost with it; pick a host outside the etcd cluster", h.name),
+            );
+        }
+    }
+    if let Some(t) = target {
+        if !raw.hosts.iter().any(|h| h.name == t) {
+            p.error(
+                "backups.target.host",
+                format!("`{t}` is not a host of the inventory: add it to hosts with the backup-target role"),
+            );
+        }
     }
 }
 

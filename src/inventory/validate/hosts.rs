@@ -97,8 +97,12 @@ pub(super) fn hosts(
 }
 
 fn roles_unknown(raw: &[String]) -> bool {
-    raw.iter()
-        .any(|r| !matches!(r.as_str(), "etcd" | "control-plane" | "worker"))
+    raw.iter().any(|r| {
+        !matches!(
+            r.as_str(),
+            "etcd" | "control-plane" | "worker" | "backup-target"
+        )
+    })
 }
 
 fn address(s: &str, at: &str, p: &mut Problems) -> Option<IpAddr> {
@@ -130,7 +134,7 @@ fn roles(raw: &[String], at: &str, p: &mut Problems) -> Roles {
     if raw.is_empty() {
         p.error(
             format!("{at}.roles"),
-            "no roles: give one or more of etcd, control-plane, worker",
+            "no roles: give one or more of etcd, control-plane, worker, backup-target",
         );
     }
     let mut seen = HashSet::new();
@@ -146,13 +150,14 @@ fn roles(raw: &[String], at: &str, p: &mut Problems) -> Roles {
             "etcd" => roles.etcd = true,
             "control-plane" => roles.control_plane = true,
             "worker" => roles.worker = true,
+            "backup-target" => roles.backup_target = true,
             "master" => p.error(
                 format!("{at}.roles[{j}]"),
                 "unknown role `master`: it is called `control-plane`",
             ),
             other => p.error(
                 format!("{at}.roles[{j}]"),
-                format!("unknown role `{other}` (expected etcd, control-plane or worker)"),
+                format!("unknown role `{other}` (expected etcd, control-plane, worker or backup-target)"),
             ),
         }
     }

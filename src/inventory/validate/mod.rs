@@ -96,6 +96,7 @@ pub fn validate_with(
     let tenants = tenants::tenants(&raw.tenants, &mut p);
     let binaries = backups::binaries(&raw.binaries, base, &mut p);
     let backups = raw.backups.as_ref().map(|b| backups::backups(b, &mut p));
+    backups::target_placement(raw, &mut p);
     if let Some(c) = &cluster {
         cluster::networks(c, &hosts, &mut p);
         cluster::endpoint_placement(c, &hosts, &mut p);
