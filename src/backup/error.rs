@@ -98,6 +98,8 @@ pub enum VerifyError {
     },
     #[error("cannot check the decrypted snapshot")]
     Tool(#[source] Box<BackupError>),
+    #[error("verifying {path} was cancelled; its decrypted copy was deleted")]
+    Cancelled { path: PathBuf },
     #[error("cannot {action} {path} for the decrypted copy; pass --scratch-dir with room for the snapshot")]
     Scratch {
         action: &'static str,

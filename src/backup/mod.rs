@@ -7,7 +7,7 @@
 //! - `snapshot`: the job itself: save, check, stream-encrypt, manifest, prune.
 //! - `retention`: which backups to delete (pure).
 //! - `verify`: decrypt a backup with identity files and check it is a sound snapshot.
-//! - `signals`: deleting the plaintext when systemd stops the job.
+//! - `signals`: deleting plaintext when a signal stops the job or `verify`.
 //! - `units`: the `rampart-backup.service`/`.timer` pair rendered for a host.
 //!
 //! Hosts only ever hold recipients (public keys): a compromised etcd member can
@@ -31,7 +31,7 @@ pub use error::{BackupError, VerifyError};
 pub use etcd::SnapshotStatus;
 pub use manifest::{manifest_path, Manifest};
 pub use retention::{to_prune, Candidate, RetentionPolicy};
-pub use signals::cleanup_on_signal;
+pub use signals::{cleanup_on_signal, exit_on_signal};
 pub use snapshot::{run_job, LastRun, SnapshotOutcome, LAST_RUN};
 pub use units::units;
 pub use verify::{verify, verify_keep, Decrypted, VerifyOptions, VerifyReport};

@@ -78,7 +78,8 @@ pub enum BackupCommand {
         /// etcdctl to read the snapshot with (etcdutl is preferred when on PATH).
         #[arg(long, default_value = "etcdctl")]
         etcdctl: PathBuf,
-        /// Where the decrypted copy goes while it is checked (needs room for the snapshot).
+        /// Where the decrypted copy goes while it is checked (needs room for
+        /// the snapshot; default: $TMPDIR, else /tmp).
         #[arg(long)]
         scratch_dir: Option<PathBuf>,
         /// Output format.

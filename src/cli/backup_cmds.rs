@@ -63,11 +63,17 @@ pub fn verify(
     scratch: Option<PathBuf>,
     output: Output,
 ) -> Result<ExitCode> {
+    // Before anything spawns a thread or a process: Ctrl-C, SIGTERM or SIGHUP
+    // while the decrypted copy exists delete it, then exit 130, 143 or 129.
+    backup::exit_on_signal(|sig| {
+        eprintln!("error: interrupted by signal {sig}; the decrypted copy was deleted")
+    });
     let opts = VerifyOptions {
         identities,
         etcdctl,
         etcdutl: on_path("etcdutl"),
         scratch,
+        cancel: None,
     };
     let report = backup::verify(file, &opts)?;
     match output {

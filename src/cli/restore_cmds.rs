@@ -60,7 +60,9 @@ pub fn restore(a: &RestoreArgs, verbose: bool) -> Result<ExitCode> {
     }
     // Signals are handled from here on (the runtime's workers run the
     // handlers), so even a Ctrl-C during decryption ends through the normal
-    // path, which removes the plaintext.
+    // path, which removes the plaintext: decryption polls the flag and stops
+    // within a MiB. A SIGKILL'd run's plaintext is deleted by the next
+    // verification (`backup verify` or `restore`) using the same scratch dir.
     let rt = runtime()?;
     let cancel = Cancel::default();
     rt.block_on(async {
@@ -79,9 +81,19 @@ pub fn restore(a: &RestoreArgs, verbose: bool) -> Result<ExitCode> {
                 etcdctl: a.etcdctl.clone(),
                 etcdutl: on_path("etcdutl"),
                 scratch: a.scratch_dir.clone(),
+                cancel: Some(cancel.flag()),
             };
             match engine::verify_snapshot(file, &opts, now) {
                 Ok(v) => Some(v),
+                // Whatever failed (a Ctrl-C in a terminal also stops `snapshot
+                // status`), the user asked to stop: say so, not "refused".
+                Err(_) if cancel.is_cancelled() => {
+                    return Err(Exit {
+                        code: code::CANCELLED,
+                        message: "cancelled while verifying the backup; its decrypted copy was deleted and no host was contacted".into(),
+                    }
+                    .into())
+                }
                 Err(e) => return Err(classify(e)),
             }
         }

@@ -384,6 +384,7 @@ fn snapshot_job_against_real_etcd() {
         etcdctl: "etcdctl".into(),
         etcdutl: None,
         scratch: Some(w.join("scratch")),
+        cancel: None,
     };
     std::fs::create_dir(w.join("scratch")).unwrap();
     let copies = w.join("copies");
@@ -599,4 +600,273 @@ fn backup_units_pass_systemd_analyze_verify() {
     assert!(backup::units(&inv, inv.host("w1").unwrap())
         .unwrap()
         .is_none());
+}
+
+/// A backup of `size` bytes (not a snapshot: these runs never get as far as
+/// `snapshot status`, or get there with a stand-in), encrypted to a new
+/// identity: (ciphertext, identity file).
+fn synthetic_backup(w: &Path, size: usize) -> (Vec<u8>, PathBuf) {
+    let id = age::x25519::Identity::generate();
+    let id_path = w.join("verify-id.txt");
+    std::fs::write(&id_path, format!("{}\n", secret(&id))).unwrap();
+    let plain: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    (age::encrypt(&id.to_public(), &plain).unwrap(), id_path)
+}
+
+/// The scratch dirs `verify` made in `dir` (and did not delete).
+fn scratch_dirs(dir: &Path) -> Vec<PathBuf> {
+    walk_if(dir)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".rampart-verify-"))
+        })
+        .collect()
+}
+
+/// The plaintext of the one verification running in `dir` and its size, once
+/// it has at least `min` bytes.
+fn wait_for_plaintext(dir: &Path, min: u64, child: &mut Child) -> (PathBuf, u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for d in scratch_dirs(dir) {
+            let p = d.join("snapshot.db");
+            if let Ok(m) = std::fs::metadata(&p) {
+                if m.len() >= min {
+                    return (p, m.len());
+                }
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("rampart ended ({status}) before the plaintext was there");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no plaintext in {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Opens the FIFO at `path` for writing once `child` opened it for reading
+/// (without blocking forever if it never does).
+fn open_fifo_writer(path: &Path, child: &mut Child) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let f = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+        {
+            Ok(f) => break f,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!("rampart ended ({status}) before reading the backup");
+                }
+                assert!(Instant::now() < deadline, "rampart never read the backup");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: clearing O_NONBLOCK on a valid fd, so writes wait for the reader.
+    unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, 0) };
+    f
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+/// Ctrl-C while `backup verify` is decrypting: exit 130 and no plaintext left.
+/// The backup comes through a FIFO, so the test decides where "mid-way" is:
+/// half of it is fed, the plaintext is seen growing (0600 in a 0700 dir, in
+/// `$TMPDIR`), then SIGINT while the rest is held back.
+#[test]
+fn verify_interrupted_mid_decryption_leaves_no_plaintext() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let size = 48 << 20;
+    let (ct, id_path) = synthetic_backup(w, size);
+    let fifo = w.join("bk-e3-20260101T000000Z.db.age");
+    mkfifo(&fifo);
+    let tmp = w.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["backup", "verify"])
+        .arg(&fifo)
+        .arg("--identity")
+        .arg(&id_path)
+        .env("TMPDIR", &tmp)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = open_fifo_writer(&fifo, &mut child);
+    use std::io::Write;
+    pipe.write_all(&ct[..ct.len() / 2]).unwrap();
+    let (plain, seen) = wait_for_plaintext(&tmp, 8 << 20, &mut child);
+    assert!(seen < size as u64, "not mid-way: {seen} bytes");
+    assert_eq!(mode(&plain), 0o600);
+    assert_eq!(mode(plain.parent().unwrap()), 0o700);
+    signal(&child, libc::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("interrupted by signal 2"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(walk(&tmp), Vec::<PathBuf>::new(), "plaintext left behind");
+    drop(pipe);
+}
+
+/// SIGTERM and SIGHUP while `snapshot status` reads the plaintext: exit 143
+/// and 129, nothing left. SIGKILL cannot be caught: its plaintext stays until
+/// the next verification in that scratch dir, which deletes it but leaves a
+/// live run's dir alone.
+#[test]
+fn verify_stopped_by_signals_leaves_no_plaintext_and_clears_a_killed_runs() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let size = 4 << 20;
+    let (ct, id_path) = synthetic_backup(w, size);
+    let file = w.join("bk-e3-20260101T000000Z.db.age");
+    std::fs::write(&file, &ct).unwrap();
+    let scratch = w.join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    // `snapshot status` that takes its time; an empty PATH, so no etcdutl is preferred to it.
+    let slow = w.join("slow-etcdctl");
+    std::fs::write(&slow, "#!/bin/sh\nexec /bin/sleep 30\n").unwrap();
+    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let empty = w.join("empty-path");
+    std::fs::create_dir(&empty).unwrap();
+    let verify = |identity: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rampart"));
+        c.args(["backup", "verify"])
+            .arg(&file)
+            .arg("--identity")
+            .arg(identity)
+            .arg("--etcdctl")
+            .arg(&slow)
+            .arg("--scratch-dir")
+            .arg(&scratch)
+            .env("PATH", &empty)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+    for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGHUP, 129)] {
+        let mut child = verify(&id_path).spawn().unwrap();
+        wait_for_plaintext(&scratch, size as u64, &mut child);
+        signal(&child, sig);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{}", text(&out.stderr));
+        assert_eq!(walk(&scratch), Vec::<PathBuf>::new(), "signal {sig}");
+    }
+
+    let mut killed = verify(&id_path).spawn().unwrap();
+    wait_for_plaintext(&scratch, size as u64, &mut killed);
+    let mut live = verify(&id_path).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scratch_dirs(&scratch).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the second run made no scratch dir"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    signal(&killed, libc::SIGKILL);
+    killed.wait().unwrap();
+    let left = scratch_dirs(&scratch);
+    assert_eq!(left.len(), 2, "{left:?}");
+    // Fails (wrong key) after clearing the killed run's dir, not the live one's.
+    let other = w.join("other.txt");
+    std::fs::write(
+        &other,
+        format!("{}\n", secret(&age::x25519::Identity::generate())),
+    )
+    .unwrap();
+    let out = verify(&other).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let after = scratch_dirs(&scratch);
+    assert_eq!(after.len(), 1, "{after:?}");
+    let live_dir = after[0].clone();
+    assert!(
+        live_dir
+            .to_string_lossy()
+            .contains(&format!("-verify-{}-", live.id())),
+        "{after:?}"
+    );
+    signal(&live, libc::SIGTERM);
+    assert_eq!(live.wait().unwrap().code(), Some(143));
+    assert_eq!(walk(&scratch), Vec::<PathBuf>::new());
+}
+
+/// `backup restore` verifies through the same guarded scratch dir; Ctrl-C
+/// while it decrypts stops it within a MiB, before any host is contacted:
+/// exit 130, no plaintext.
+#[test]
+fn restore_interrupted_while_verifying_leaves_no_plaintext() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let size = 48 << 20;
+    let (ct, id_path) = synthetic_backup(w, size);
+    let fifo = w.join("bk-e3-20260101T000000Z.db.age");
+    mkfifo(&fifo);
+    let inventory = w.join("inventory.yaml");
+    std::fs::write(&inventory, INVENTORY).unwrap();
+    let scratch = w.join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["backup", "restore"])
+        .arg(&fifo)
+        .arg("--identity")
+        .arg(&id_path)
+        .arg("-i")
+        .arg(&inventory)
+        .arg("--state-dir")
+        .arg(w.join("state"))
+        .arg("--scratch-dir")
+        .arg(&scratch)
+        .arg("--dry-run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = open_fifo_writer(&fifo, &mut child);
+    use std::io::Write;
+    pipe.write_all(&ct[..ct.len() / 2]).unwrap();
+    let (_, seen) = wait_for_plaintext(&scratch, 8 << 20, &mut child);
+    assert!(seen < size as u64, "not mid-way: {seen} bytes");
+    signal(&child, libc::SIGINT);
+    // Restore stops between reads (it cancels; it does not exit on the spot),
+    // and a FIFO with nothing in it blocks a read: keep feeding. The writes
+    // fail once rampart has stopped reading, which is the point.
+    let feeder = std::thread::spawn(move || {
+        let _ = pipe.write_all(&ct[ct.len() / 2..]);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no host was contacted"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        walk(&scratch),
+        Vec::<PathBuf>::new(),
+        "plaintext left behind"
+    );
 }

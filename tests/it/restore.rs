@@ -190,6 +190,7 @@ fn opts(identity: &Path, scratch: &Path) -> VerifyOptions {
         etcdctl: "/usr/bin/etcdctl".into(),
         etcdutl: None,
         scratch: Some(scratch.to_path_buf()),
+        cancel: None,
     }
 }
 
