@@ -47,6 +47,8 @@ pub enum BackupError {
     EtcdctlOutput { command: String, reason: String },
     #[error("cannot encrypt to the backup recipients: {message}; check `backups.recipients`")]
     Encrypt { message: String },
+    #[error("the snapshot etcdctl saved as {path} is not what was encrypted ({reason}); no backup was written; if the next run fails the same way, report it with the etcdctl version")]
+    SnapshotChanged { path: PathBuf, reason: String },
 }
 
 /// Why `rampart backup verify` refused a file. Each refusal is its own variant so

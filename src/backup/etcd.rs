@@ -83,6 +83,11 @@ pub(crate) fn finish(child: Child, command: &str) -> Result<Output, BackupError>
             program: command.split(' ').next().unwrap_or_default().into(),
             source,
         })?;
+    check(out, command)
+}
+
+/// `out` if its command succeeded, else an error carrying the end of stderr.
+pub(crate) fn check(out: Output, command: &str) -> Result<Output, BackupError> {
     if out.status.success() {
         return Ok(out);
     }
