@@ -65,7 +65,13 @@ pub(crate) fn describe(cmd: &Command) -> String {
 }
 
 pub(crate) fn spawn(cmd: &mut Command) -> Result<Child, BackupError> {
-    cmd.stdin(Stdio::null())
+    spawn_with_input(cmd, Stdio::null())
+}
+
+/// [`spawn`] with `stdin` as the child's standard input (`snapshot status`
+/// reads a file the job holds open through `/proc/self/fd/0`).
+pub(crate) fn spawn_with_input(cmd: &mut Command, stdin: Stdio) -> Result<Child, BackupError> {
+    cmd.stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

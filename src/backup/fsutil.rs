@@ -125,10 +125,18 @@ impl<W: Write> Write for HashingWriter<W> {
 /// do. Without it, the whole ciphertext sits dirty in the page cache until the
 /// fsync: measured on a 300 MB snapshot, that fsync alone was about half the
 /// job's overhead over a bare `etcdctl snapshot save`.
+///
+/// The window before, whose write-back was started a window ago, is waited
+/// for (usually long done) and dropped from the page cache
+/// (`POSIX_FADV_DONTNEED`): nobody reads a backup soon, and on an etcd member
+/// the cache is better spent on etcd's own database, which it maps. It also
+/// makes deleting the file later cheap: freeing 300 MB of cached pages took
+/// 60–110 ms when retention deleted the previous backup.
 pub(crate) struct WritebackFile {
     file: File,
     written: u64,
     kicked: u64,
+    dropped: u64,
 }
 
 /// Write-back is started in windows of this size.
@@ -140,6 +148,7 @@ impl WritebackFile {
             file,
             written: 0,
             kicked: 0,
+            dropped: 0,
         }
     }
     pub(crate) fn into_inner(self) -> File {
@@ -155,16 +164,35 @@ impl Write for WritebackFile {
             #[cfg(target_os = "linux")]
             {
                 use std::os::fd::AsRawFd;
-                // SAFETY: a valid fd and a byte range of it; the call only schedules I/O.
-                // A failure here is not an error: the final fsync still covers everything.
+                let fd = self.file.as_raw_fd();
+                // SAFETY: a valid fd and byte ranges of it; the calls only
+                // schedule or wait for I/O and drop clean cached pages. A
+                // failure here is not an error: the final fsync still covers
+                // everything, and pages left cached are only a lost nicety.
                 unsafe {
                     libc::sync_file_range(
-                        self.file.as_raw_fd(),
+                        fd,
                         self.kicked as libc::off64_t,
                         (self.written - self.kicked) as libc::off64_t,
                         libc::SYNC_FILE_RANGE_WRITE,
                     );
+                    if self.kicked > self.dropped {
+                        let (from, len) = (
+                            self.dropped as libc::off64_t,
+                            (self.kicked - self.dropped) as libc::off64_t,
+                        );
+                        libc::sync_file_range(
+                            fd,
+                            from,
+                            len,
+                            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                                | libc::SYNC_FILE_RANGE_WRITE
+                                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                        );
+                        libc::posix_fadvise(fd, from, len, libc::POSIX_FADV_DONTNEED);
+                    }
                 }
+                self.dropped = self.kicked;
             }
             self.kicked = self.written;
         }

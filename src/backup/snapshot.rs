@@ -12,6 +12,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -128,7 +129,11 @@ fn snapshot(cfg: &AgentConfig, now: OffsetDateTime) -> Result<SnapshotOutcome, B
 
     let mut save = etcd::etcdctl(cfg, "50m");
     save.args(["snapshot", "save"]).arg(&plain);
-    let mut status_cmd = etcd::status_command(&cfg.etcdctl, cfg.etcdutl.as_deref(), &plain);
+    let mut status_cmd = etcd::status_command(
+        &cfg.etcdctl,
+        cfg.etcdutl.as_deref(),
+        Path::new(STATUS_INPUT),
+    );
     let status_desc = etcd::describe(&status_cmd);
     let saved = save_encrypting(save, &plain, &tmp, &recipients, &mut status_cmd)?;
     laps.lap_until("snapshot save (encrypting alongside)", saved.saved_at);
@@ -240,7 +245,7 @@ struct Saved {
     checked: bool,
     /// When etcdctl was seen to have finished.
     saved_at: Instant,
-    /// `snapshot status` of the finished file, started as soon as it existed.
+    /// `snapshot status` of the finished snapshot.
     status: KillOnDrop,
 }
 
@@ -248,12 +253,17 @@ struct Saved {
 /// writes it: short next to a save (seconds), long next to a syscall.
 const FOLLOW_POLL: Duration = Duration::from_millis(2);
 
+/// Where `snapshot status` finds the snapshot: its standard input, a file
+/// the job opened (through `/proc`, so a rename or the deletion of the name
+/// does not matter, and it may start before etcdctl has renamed the file).
+pub(crate) const STATUS_INPUT: &str = "/proc/self/fd/0";
+
 /// Runs `save` (`etcdctl snapshot save <plain>`) and encrypts the snapshot
 /// into `dest` (new, 0600) *while etcdctl writes it*, instead of after: the
-/// save is network- and etcd-bound and leaves CPU free, so the encryption
-/// (≈0.4 s for 300 MB, a third of the job's overhead) mostly disappears into
-/// it. When etcdctl has exited successfully, `status_cmd` is started on the
-/// finished file.
+/// save is bound by etcd and the network and leaves CPU free, so the
+/// encryption (≈0.4 s for 300 MB, most of the job's overhead) mostly
+/// disappears into it. `status_cmd` (`snapshot status` of [`STATUS_INPUT`])
+/// starts as soon as the snapshot is complete.
 ///
 /// etcdctl 3.4 creates `<plain>.part`, appends the stream to it, fsyncs it
 /// and renames it to `<plain>`. So the file is opened as soon as it exists and
@@ -267,12 +277,18 @@ const FOLLOW_POLL: Duration = Duration::from_millis(2);
 ///   final size was read through it (checked): nothing else could be read;
 /// - etcd ends the stream with the sha256 of the database before it, which
 ///   etcdctl keeps in the file (`snapshot restore` checks it). The plaintext
-///   is hashed on the way into the encryption ([`EtcdSum`]) and compared with
+///   is hashed on its way into the encryption ([`EtcdSum`]) and compared with
 ///   it, so bytes read before etcdctl wrote them, or that it rewrote later,
 ///   would not go unnoticed. That check is end to end, from etcd's memory to
 ///   what was encrypted, which the previous encrypt-after-save never had. A
 ///   snapshot without the checksum is reported unchecked, and the caller
 ///   encrypts the finished file again.
+///
+/// The checksum also says when the snapshot is complete: once what has been
+/// read ends with the sha256 of what came before it, the stream is over, and
+/// `snapshot status` starts then, while etcdctl is still fsyncing (≈0.1 s of
+/// its 300 MB). It reads the same inode, and that nothing was added after is
+/// checked (the size); without a checksum it starts when etcdctl exits.
 ///
 /// If etcdctl fails, its error is returned and the ciphertext discarded by
 /// the caller's guard; if anything here fails first, etcdctl is killed.
@@ -325,25 +341,39 @@ fn save_encrypting(
     if let Some(status) = exited.filter(|s| !s.success()) {
         return Err(failed(status));
     }
+    // Its own open file (not a dup sharing this one's offset).
+    let status_input = File::open(format!("/proc/self/fd/{}", input.as_raw_fd()))
+        .map_err(BackupError::io("open", plain))?;
+
     let mut status_child = None;
     let mut follow = Follow {
         file: input,
         writer: save_child.child(),
         exited,
-        on_success: Some(|| status_child = Some(etcd::spawn(status_cmd))),
+        exited_at: exited.map(|_| Instant::now()),
+        sum: EtcdSum::default(),
+        complete_at: None,
+        // Killed if this returns early (an etcdctl failing after all): it
+        // must not go on reading the plaintext after the job.
+        on_complete: Some(|| {
+            status_child = Some(
+                etcd::spawn_with_input(status_cmd, status_input.into())
+                    .map(|c| KillOnDrop(Some(c))),
+            )
+        }),
     };
-    if follow.exited.is_some() {
-        follow.succeeded();
+    if exited.is_some() {
+        follow.completed();
     }
-    let mut summed = EtcdSum::new(&mut follow);
-    let encrypted = encrypt_stream(encryptor, &mut summed, WritebackFile::new(file));
-    let sum = summed.finish();
+    let encrypted = encrypt_stream(encryptor, &mut follow, WritebackFile::new(file));
     let Follow {
         file: input,
         exited,
+        exited_at,
+        sum,
+        complete_at,
         ..
     } = follow;
-    let saved_at = Instant::now();
     match exited {
         Some(s) if s.success() => {}
         Some(s) => return Err(failed(s)),
@@ -352,7 +382,7 @@ fn save_encrypting(
     }
     let (snapshot_size, file, sha256, ciphertext_size) =
         encrypted.map_err(BackupError::io("write", dest))?;
-    let status = KillOnDrop(Some(status_child.expect("started when etcdctl exited 0")?));
+    let status = status_child.expect("started when the snapshot was complete")?;
     drop(save_child);
 
     let changed = |reason: String| BackupError::SnapshotChanged {
@@ -370,7 +400,13 @@ fn save_encrypting(
             done.len()
         )));
     }
-    let checked = match sum {
+    if complete_at.is_some_and(|at| at != snapshot_size) {
+        return Err(changed(format!(
+            "it ended with etcd's checksum at {} bytes, then grew to {snapshot_size}",
+            complete_at.unwrap_or_default()
+        )));
+    }
+    let checked = match sum.finish() {
         Some(Ok(())) => true,
         None => false,
         Some(Err(sha)) => {
@@ -385,7 +421,7 @@ fn save_encrypting(
         ciphertext_size,
         snapshot_size,
         checked,
-        saved_at,
+        saved_at: exited_at.unwrap_or_else(Instant::now),
         status,
     })
 }
@@ -422,41 +458,56 @@ fn open_growing(plain: &Path, writer: &mut Child) -> io::Result<(File, Option<Ex
     }
 }
 
-/// Reads a file another process is still appending to: at its end, waits for
-/// more until `writer` has exited, then reads what is left and ends. The
-/// first time the writer is seen to have exited 0, `on_success` runs; if it
-/// failed, reading stops with an error (the caller reports the writer's own).
-struct Follow<'a, F: FnMut()> {
+/// Reads a snapshot `writer` (etcdctl) is still appending to, hashing it on
+/// the way ([`EtcdSum`]): at its end, waits for more until the writer has
+/// exited, then reads what is left and ends; if the writer failed, reading
+/// stops with an error (the caller reports the writer's own).
+///
+/// `on_complete` runs once, as soon as the snapshot is known complete: what
+/// has been read ends with etcd's checksum of what came before, or else the
+/// writer has exited 0.
+struct Follow<'a, F: FnOnce()> {
     file: File,
     writer: &'a mut Child,
     exited: Option<ExitStatus>,
-    on_success: Option<F>,
+    /// When the writer was seen to have exited.
+    exited_at: Option<Instant>,
+    sum: EtcdSum,
+    /// How much had been read when the checksum said the snapshot was complete.
+    complete_at: Option<u64>,
+    on_complete: Option<F>,
 }
 
-impl<F: FnMut()> Follow<'_, F> {
-    fn succeeded(&mut self) {
-        if let Some(mut f) = self.on_success.take() {
+impl<F: FnOnce()> Follow<'_, F> {
+    fn completed(&mut self) {
+        if let Some(f) = self.on_complete.take() {
             f();
         }
     }
 }
 
-impl<F: FnMut()> Read for Follow<'_, F> {
+impl<F: FnOnce()> Read for Follow<'_, F> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let n = self.file.read(buf)?;
+            self.sum.feed(&buf[..n]);
             match self.exited {
                 _ if n > 0 => return Ok(n),
                 Some(s) if s.success() => return Ok(0),
                 Some(_) => return Err(io::Error::other("etcdctl snapshot save failed")),
                 None => {}
             }
+            if self.on_complete.is_some() && self.sum.complete() {
+                self.complete_at = Some(self.sum.total);
+                self.completed();
+            }
             match self.writer.try_wait()? {
                 // Loop: what it wrote before exiting is read on the next turn.
                 Some(s) => {
                     self.exited = Some(s);
+                    self.exited_at = Some(Instant::now());
                     if s.success() {
-                        self.succeeded();
+                        self.completed();
                     }
                 }
                 None => std::thread::sleep(FOLLOW_POLL),
@@ -470,8 +521,8 @@ impl<F: FnMut()> Read for Follow<'_, F> {
 /// before it, and etcdctl keeps it in the file. A snapshot has it when its
 /// size is 32 more than a multiple of 512 (bbolt's pages are multiples of
 /// 512), the test etcd's own `snapshot restore` uses.
-struct EtcdSum<R> {
-    inner: R,
+#[derive(Clone, Default)]
+struct EtcdSum {
     hasher: Sha256,
     /// The last `held` bytes read, not yet hashed.
     tail: [u8; 32],
@@ -479,17 +530,7 @@ struct EtcdSum<R> {
     total: u64,
 }
 
-impl<R> EtcdSum<R> {
-    fn new(inner: R) -> Self {
-        EtcdSum {
-            inner,
-            hasher: Sha256::new(),
-            tail: [0; 32],
-            held: 0,
-            total: 0,
-        }
-    }
-
+impl EtcdSum {
     fn feed(&mut self, data: &[u8]) {
         self.total += data.len() as u64;
         if self.held + data.len() <= 32 {
@@ -513,6 +554,15 @@ impl<R> EtcdSum<R> {
         self.held = 32;
     }
 
+    /// Whether what was fed so far is a whole snapshot: it ends with the
+    /// sha256 of what came before. (A false positive would need a sha256
+    /// collision with 32 bytes of bbolt pages.)
+    fn complete(&self) -> bool {
+        self.held == 32
+            && self.total % 512 == 32
+            && self.hasher.clone().finalize().as_slice() == self.tail
+    }
+
     /// None when the snapshot carries no checksum; else whether it matched
     /// (the hex sha256 of what was read when it did not).
     fn finish(self) -> Option<Result<(), String>> {
@@ -525,14 +575,6 @@ impl<R> EtcdSum<R> {
         } else {
             Some(Err(hex::encode(sum)))
         }
-    }
-}
-
-impl<R: Read> Read for EtcdSum<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.feed(&buf[..n]);
-        Ok(n)
     }
 }
 
@@ -743,31 +785,22 @@ mod tests {
         assert_eq!(e.to_string(), "bad sector (test)");
     }
 
-    /// Reads `data` in pieces of the given sizes, in turn.
-    struct Pieces<'a> {
-        data: &'a [u8],
-        sizes: std::iter::Cycle<std::slice::Iter<'a, usize>>,
-    }
-    impl Read for Pieces<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = (*self.sizes.next().unwrap())
-                .min(buf.len())
-                .min(self.data.len());
-            buf[..n].copy_from_slice(&self.data[..n]);
-            self.data = &self.data[n..];
-            Ok(n)
-        }
-    }
-
+    /// Feeds `data` in pieces of the given sizes, in turn; checks that it is
+    /// complete only after the last piece.
     fn etcd_sum(data: &[u8], sizes: &[usize]) -> Option<Result<(), String>> {
-        let mut r = EtcdSum::new(Pieces {
-            data,
-            sizes: sizes.iter().cycle(),
-        });
-        let mut out = Vec::new();
-        r.read_to_end(&mut out).unwrap();
-        assert_eq!(out, data, "passes the bytes through");
-        r.finish()
+        let mut sum = EtcdSum::default();
+        let mut rest = data;
+        for &size in sizes.iter().cycle() {
+            assert!(!sum.complete(), "complete with {} bytes left", rest.len());
+            let n = size.min(rest.len());
+            sum.feed(&rest[..n]);
+            rest = &rest[n..];
+            if rest.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(sum.complete(), matches!(sum.clone().finish(), Some(Ok(()))));
+        sum.finish()
     }
 
     /// A database as etcd streams it: pages, then the sha256 of the pages.
@@ -812,7 +845,7 @@ while [ $i -lt $n ]; do
   dd if="$src" of="$out" bs=65536 skip=$i seek=$i count=1 conv=notrunc status=none
   i=$((i+1)); sleep 0.002
 done
-mv "$out" "$2""#;
+sleep "${FSYNC:-0}"; mv "$out" "$2""#;
 
     fn save_with(
         data: &[u8],
@@ -831,7 +864,17 @@ mv "$out" "$2""#;
         for (k, v) in env {
             save.env(k, v);
         }
-        let mut status = Command::new("true");
+        // `snapshot status`: says whether it read the whole snapshot while
+        // the stand-in was still "fsyncing" (before the rename).
+        let mut status = Command::new("sh");
+        status
+            .args([
+                "-c",
+                r#"cmp -s /proc/self/fd/0 "$1" && test -e "$2.part" && echo early"#,
+                "sh",
+            ])
+            .arg(&src)
+            .arg(&plain);
         let id = age::x25519::Identity::generate();
         let recipients: Vec<Box<dyn age::Recipient + Send>> = vec![Box::new(id.to_public())];
         let dest = dir.path().join("out.db.age");
@@ -842,11 +885,16 @@ mv "$out" "$2""#;
     #[test]
     fn save_encrypting_follows_the_growing_file_and_checks_etcds_checksum() {
         let db = with_checksum(150); // 600 KiB: ten appends
-        let (saved, dir, id) = save_with(&db, &[]);
+        let (saved, dir, id) = save_with(&db, &[("FSYNC", "0.5")]);
         let saved = saved.unwrap();
         assert!(saved.checked);
+        let status = saved.status.take().wait_with_output().unwrap();
+        assert_eq!(
+            text(&status.stdout),
+            "early\n",
+            "status did not start as soon as the checksum said the snapshot was complete"
+        );
         assert_eq!(saved.snapshot_size, db.len() as u64);
-        drop(saved.file);
         let ct = fs::read(dir.path().join("out.db.age")).unwrap();
         assert_eq!(saved.ciphertext_size, ct.len() as u64);
         assert_eq!(saved.sha256, hex::encode(Sha256::digest(&ct)));
@@ -886,6 +934,10 @@ mv "$out" "$2""#;
             }
             other => panic!("{:?}", other.err()),
         }
+    }
+
+    fn text(b: &[u8]) -> String {
+        String::from_utf8_lossy(b).into_owned()
     }
 
     struct FailingRead;

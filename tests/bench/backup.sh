@@ -86,16 +86,21 @@ measure() { # label, command...: prints "wall_s max_rss_mb"
 # /usr/bin/time reports the largest process of the tree (wait4): for the job,
 # etcdctl's or rampart's; `-v` makes rampart print its own peak (VmHWM).
 own_rss() { sed -n 's/.*peak memory \([0-9]*\) kB/\1/p' "$work/err" | awk '{printf "%d", $1/1024}'; }
+# rampart's own CPU time (all its threads, not etcdctl's), also from `-v`.
+own_cpu() { sed -n 's/.*cpu \([0-9.]*\) s user + \([0-9.]*\) s system/\1 \2/p' "$work/err" | awk '{printf "%.2f", $1+$2}'; }
 
 mkdir -p "$work/bare"
-echo "run  bare_s  bare_MB  job_s  job_MB  rampart_MB  ratio"
+# The figures mean little on a busy machine: say how busy it was (the runs'
+# own processes add ≈1.5 to the 1-minute average).
+echo "load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "run  bare_s  bare_MB  job_s  job_MB  rampart_MB  rampart_cpu_s  ratio  load"
 for r in $(seq 1 "$runs"); do
   rm -f "$work/bare/snap.db"
   read -r bw bm < <(measure bare "${etcdctl_tls[@]}" --command-timeout=1h snapshot save "$work/bare/snap.db")
   sleep 1 # distinct file names: the job names backups to the second
   read -r jw jm < <(measure job "$bin" -v agent snapshot --config "$work/backup.yaml")
-  printf '%-4s %-7s %-8s %-6s %-7s %-11s %s\n' "$r" "$bw" "$bm" "$jw" "$jm" "$(own_rss)" \
-    "$(awk -v a="$jw" -v b="$bw" 'BEGIN{printf "%.2f", a/b}')"
+  printf '%-4s %-7s %-8s %-6s %-7s %-11s %-14s %-6s %s\n' "$r" "$bw" "$bm" "$jw" "$jm" "$(own_rss)" \
+    "$(own_cpu)" "$(awk -v a="$jw" -v b="$bw" 'BEGIN{printf "%.2f", a/b}')" "$(cut -d' ' -f1 /proc/loadavg)"
 done
 echo "last job's steps:"; sed -n 's/^b5: \(.*: [0-9.]* s\)$/  \1/p' "$work/err"
 m=$(ls "$work"/backups/*.manifest.json)
