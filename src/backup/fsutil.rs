@@ -73,16 +73,22 @@ impl RemoveOnDrop {
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         for p in &self.paths {
-            match fs::symlink_metadata(p) {
-                Ok(m) if m.is_dir() => {
-                    let _ = fs::remove_dir_all(p);
-                }
-                Ok(_) => {
-                    let _ = fs::remove_file(p);
-                }
-                Err(_) => {}
-            }
+            remove_path(p);
         }
+    }
+}
+
+/// Deletes `p`, a file or a whole dir (not what a symlink points to), if it
+/// exists; errors are ignored, for cleanup on the way out.
+pub(crate) fn remove_path(p: &Path) {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => {
+            let _ = fs::remove_dir_all(p);
+        }
+        Ok(_) => {
+            let _ = fs::remove_file(p);
+        }
+        Err(_) => {}
     }
 }
 

@@ -22,7 +22,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use time::OffsetDateTime;
 
-use super::fsutil::write_atomic;
+use super::fsutil::{remove_path, write_atomic};
 use super::{LastRun, LAST_RUN};
 
 /// Paths holding plaintext right now, by registration number.
@@ -67,18 +67,6 @@ impl Drop for Registration {
 /// A panic elsewhere must not stop the deletion.
 fn registered() -> MutexGuard<'static, BTreeMap<u64, PathBuf>> {
     REGISTERED.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn remove_path(p: &Path) {
-    match fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => {
-            let _ = fs::remove_dir_all(p);
-        }
-        Ok(_) => {
-            let _ = fs::remove_file(p);
-        }
-        Err(_) => {}
-    }
 }
 
 /// Starts the watcher: on SIGINT, SIGTERM or SIGHUP it deletes every

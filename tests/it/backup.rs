@@ -688,26 +688,25 @@ fn signal(child: &Child, sig: libc::c_int) {
     unsafe { libc::kill(child.id() as i32, sig) };
 }
 
-/// Ctrl-C while `backup verify` is decrypting: exit 130 and no plaintext left.
-/// The backup comes through a FIFO, so the test decides where "mid-way" is:
-/// half of it is fed, the plaintext is seen growing (0600 in a 0700 dir, in
-/// `$TMPDIR`), then SIGINT while the rest is held back.
-#[test]
-fn verify_interrupted_mid_decryption_leaves_no_plaintext() {
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path();
+/// Starts rampart (`command`, given the backup's path and the identity) on a
+/// 48 MiB backup that comes through a FIFO, so the test decides where
+/// "mid-way" is: half of it is fed, the plaintext is seen growing in
+/// `scratch` (0600 in a 0700 dir), then SIGINT with the rest held back, or,
+/// with `keep_feeding`, still fed (a process that stops between reads, not at
+/// once, would otherwise wait for a read forever; the writes fail once it
+/// has stopped reading, which is the point). Checks exit 130 and that nothing
+/// is left in `scratch`.
+fn sigint_mid_decryption(
+    w: &Path,
+    scratch: &Path,
+    keep_feeding: bool,
+    command: impl FnOnce(&Path, &Path) -> Command,
+) -> Output {
     let size = 48 << 20;
     let (ct, id_path) = synthetic_backup(w, size);
     let fifo = w.join("bk-e3-20260101T000000Z.db.age");
     mkfifo(&fifo);
-    let tmp = w.join("tmp");
-    std::fs::create_dir(&tmp).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .args(["backup", "verify"])
-        .arg(&fifo)
-        .arg("--identity")
-        .arg(&id_path)
-        .env("TMPDIR", &tmp)
+    let mut child = command(&fifo, &id_path)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -715,20 +714,50 @@ fn verify_interrupted_mid_decryption_leaves_no_plaintext() {
     let mut pipe = open_fifo_writer(&fifo, &mut child);
     use std::io::Write;
     pipe.write_all(&ct[..ct.len() / 2]).unwrap();
-    let (plain, seen) = wait_for_plaintext(&tmp, 8 << 20, &mut child);
+    let (plain, seen) = wait_for_plaintext(scratch, 8 << 20, &mut child);
     assert!(seen < size as u64, "not mid-way: {seen} bytes");
     assert_eq!(mode(&plain), 0o600);
     assert_eq!(mode(plain.parent().unwrap()), 0o700);
     signal(&child, libc::SIGINT);
+    let feeder = std::thread::spawn(move || {
+        if keep_feeding {
+            let _ = pipe.write_all(&ct[ct.len() / 2..]);
+        }
+        pipe
+    });
     let out = child.wait_with_output().unwrap();
+    drop(feeder.join().unwrap());
     assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert_eq!(
+        walk(scratch),
+        Vec::<PathBuf>::new(),
+        "plaintext left behind"
+    );
+    out
+}
+
+/// Ctrl-C while `backup verify` is decrypting: exit 130 and no plaintext
+/// left; the scratch dir is in `$TMPDIR`.
+#[test]
+fn verify_interrupted_mid_decryption_leaves_no_plaintext() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let tmp = w.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let out = sigint_mid_decryption(w, &tmp, false, |fifo, id_path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rampart"));
+        c.args(["backup", "verify"])
+            .arg(fifo)
+            .arg("--identity")
+            .arg(id_path)
+            .env("TMPDIR", &tmp);
+        c
+    });
     assert!(
         text(&out.stderr).contains("interrupted by signal 2"),
         "{}",
         text(&out.stderr)
     );
-    assert_eq!(walk(&tmp), Vec::<PathBuf>::new(), "plaintext left behind");
-    drop(pipe);
 }
 
 /// SIGTERM and SIGHUP while `snapshot status` reads the plaintext: exit 143
@@ -814,59 +843,34 @@ fn verify_stopped_by_signals_leaves_no_plaintext_and_clears_a_killed_runs() {
 }
 
 /// `backup restore` verifies through the same guarded scratch dir; Ctrl-C
-/// while it decrypts stops it within a MiB, before any host is contacted:
-/// exit 130, no plaintext.
+/// while it decrypts stops it within a MiB (it cancels rather than exits),
+/// before any host is contacted: exit 130, no plaintext.
 #[test]
 fn restore_interrupted_while_verifying_leaves_no_plaintext() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let size = 48 << 20;
-    let (ct, id_path) = synthetic_backup(w, size);
-    let fifo = w.join("bk-e3-20260101T000000Z.db.age");
-    mkfifo(&fifo);
     let inventory = w.join("inventory.yaml");
     std::fs::write(&inventory, INVENTORY).unwrap();
     let scratch = w.join("scratch");
     std::fs::create_dir(&scratch).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rampart"))
-        .args(["backup", "restore"])
-        .arg(&fifo)
-        .arg("--identity")
-        .arg(&id_path)
-        .arg("-i")
-        .arg(&inventory)
-        .arg("--state-dir")
-        .arg(w.join("state"))
-        .arg("--scratch-dir")
-        .arg(&scratch)
-        .arg("--dry-run")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = open_fifo_writer(&fifo, &mut child);
-    use std::io::Write;
-    pipe.write_all(&ct[..ct.len() / 2]).unwrap();
-    let (_, seen) = wait_for_plaintext(&scratch, 8 << 20, &mut child);
-    assert!(seen < size as u64, "not mid-way: {seen} bytes");
-    signal(&child, libc::SIGINT);
-    // Restore stops between reads (it cancels; it does not exit on the spot),
-    // and a FIFO with nothing in it blocks a read: keep feeding. The writes
-    // fail once rampart has stopped reading, which is the point.
-    let feeder = std::thread::spawn(move || {
-        let _ = pipe.write_all(&ct[ct.len() / 2..]);
+    let out = sigint_mid_decryption(w, &scratch, true, |fifo, id_path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rampart"));
+        c.args(["backup", "restore"])
+            .arg(fifo)
+            .arg("--identity")
+            .arg(id_path)
+            .arg("-i")
+            .arg(&inventory)
+            .arg("--state-dir")
+            .arg(w.join("state"))
+            .arg("--scratch-dir")
+            .arg(&scratch)
+            .arg("--dry-run");
+        c
     });
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("no host was contacted"),
         "{}",
         text(&out.stderr)
-    );
-    assert_eq!(
-        walk(&scratch),
-        Vec::<PathBuf>::new(),
-        "plaintext left behind"
     );
 }
