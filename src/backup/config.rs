@@ -104,7 +104,7 @@ impl AgentConfig {
                     address: target.address.to_string(),
                     port: target.ssh.port,
                     user: t.user.clone(),
-                    host_keys: target.ssh.host_key.iter().cloned().collect(),
+                    host_keys: t.host_keys.clone(),
                     identity: PathBuf::from(PUSH_KEY_PATH),
                 })
             }),

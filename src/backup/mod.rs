@@ -18,6 +18,7 @@ mod error;
 mod etcd;
 mod fsutil;
 mod manifest;
+mod receive_line;
 mod retention;
 mod signals;
 mod snapshot;
@@ -30,6 +31,7 @@ pub use config::{
 pub use error::{BackupError, VerifyError};
 pub use etcd::SnapshotStatus;
 pub use manifest::{manifest_path, Manifest};
+pub use receive_line::authorized_keys_line;
 pub use retention::{to_prune, Candidate, RetentionPolicy};
 pub use signals::cleanup_on_signal;
 pub use snapshot::{run_job, LastRun, SnapshotOutcome, LAST_RUN};

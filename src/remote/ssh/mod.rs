@@ -563,3 +563,26 @@ pub fn pin_host_key(known_hosts: &Path, host: &Host, key: &ScannedKey) -> io::Re
         &key.key,
     )
 }
+
+/// Fills `backups.target`'s host keys from the admin's `known_hosts` when the
+/// target has no pin, so the etcd members pin exactly the key `apply` itself
+/// trusts for that host. Left empty when nothing is recorded: render then
+/// asks for `rampart hosts trust`.
+pub fn fill_target_host_keys(
+    inv: &mut crate::inventory::Inventory,
+    opts: &ConnectOptions,
+) -> Result<(), SshError> {
+    let crate::inventory::Inventory { backups, hosts, .. } = inv;
+    let Some(t) = backups.as_mut().and_then(|b| b.target.as_mut()) else {
+        return Ok(());
+    };
+    let Some(host) = hosts.iter().find(|h| h.name == t.host) else {
+        return Ok(());
+    };
+    if t.host_keys.is_empty() {
+        let route = config::resolve(host, opts)?;
+        let keys = route.target.trust.recorded()?;
+        t.host_keys = keys.iter().map(host_keys::openssh_line).collect();
+    }
+    Ok(())
+}
