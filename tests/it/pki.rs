@@ -504,20 +504,11 @@ fn a_thousand_nodes_init_quickly() {
         );
     }
     let inv = inventory(&yaml);
-    let start = std::time::Instant::now();
-    let (pki, report) = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
-    let first = start.elapsed();
+    // How long this takes is measured by tests/bench/init-render.sh, not here.
+    let (pki, _) = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
     assert_eq!(pki.certs.len(), 3 + 5 + 2 + 3 + 2 * 1000 + 2);
-    let start = std::time::Instant::now();
     let (_, again) = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
-    let second = start.elapsed();
     assert!(again.changed().is_empty());
-    eprintln!(
-        "1000 nodes: init {first:?}, re-init {second:?}, {} entries",
-        report.entries.len()
-    );
-    // Generous bound: a debug build of rampart on a shared 2-core machine.
-    assert!(first.as_secs_f64() < 10.0, "init took {first:?}");
 }
 
 #[test]
