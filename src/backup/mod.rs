@@ -5,7 +5,8 @@
 //! - `config`: the job's YAML config (`/etc/rampart/backup.yaml`), derived from the inventory.
 //! - `etcd`: running `etcdctl`/`etcdutl` and reading `snapshot status`.
 //! - `snapshot`: the job itself: save, check, stream-encrypt, manifest, prune.
-//! - `retention`: which backups to delete (pure).
+//! - `names`: backup file names, made and read back.
+//! - `retention`: which backups to delete (pure); `prune`: applying it to a dir.
 //! - `verify`: decrypt a backup with identity files and check it is a sound snapshot.
 //! - `signals`: deleting the plaintext when systemd stops the job.
 //! - `units`: the `rampart-backup.service`/`.timer` pair rendered for a host.
@@ -18,6 +19,8 @@ mod error;
 mod etcd;
 mod fsutil;
 mod manifest;
+mod names;
+mod prune;
 mod retention;
 mod signals;
 mod snapshot;

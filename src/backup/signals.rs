@@ -21,6 +21,27 @@ use super::{LastRun, LAST_RUN};
 pub fn cleanup_on_signal(dir: &Path, now: OffsetDateTime) {
     let dir: PathBuf = dir.to_path_buf();
     let now = super::snapshot::rfc3339(now);
+    on_signal(move |sig| {
+        remove_plaintext(&dir);
+        let record = LastRun {
+            time: now,
+            ok: false,
+            error: Some(format!(
+                "interrupted by signal {sig} before the backup was complete; no backup was written"
+            )),
+            file: None,
+        };
+        if let Ok(json) = serde_json::to_vec_pretty(&record) {
+            let _ = write_atomic(&dir.join(LAST_RUN), &json);
+        }
+        eprintln!("error: interrupted by signal {sig}; plaintext removed, no backup written");
+    });
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread (and so in every thread it
+/// spawns later) and starts a thread that, when one arrives, runs `cleanup`
+/// and exits with 128 + the signal, as a process killed by it would.
+pub(crate) fn on_signal(cleanup: impl FnOnce(libc::c_int) + Send + 'static) {
     // SAFETY: plain libc calls on a local sigset_t.
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -37,19 +58,7 @@ pub fn cleanup_on_signal(dir: &Path, now: OffsetDateTime) {
         if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
             return;
         }
-        remove_plaintext(&dir);
-        let record = LastRun {
-            time: now,
-            ok: false,
-            error: Some(format!(
-                "interrupted by signal {sig} before the backup was complete; no backup was written"
-            )),
-            file: None,
-        };
-        if let Ok(json) = serde_json::to_vec_pretty(&record) {
-            let _ = write_atomic(&dir.join(LAST_RUN), &json);
-        }
-        eprintln!("error: interrupted by signal {sig}; plaintext removed, no backup written");
+        cleanup(sig);
         std::process::exit(128 + sig);
     });
 }

@@ -18,23 +18,21 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
-use time::macros::format_description;
-use time::{OffsetDateTime, PrimitiveDateTime};
+use time::OffsetDateTime;
 
 use super::error::chain;
 use super::fsutil::{
     create_private, private_dir, sync_dir, tmp_path, write_atomic, write_behind, RemoveOnDrop,
     WritebackFile,
 };
-use super::{etcd, manifest_path, to_prune, AgentConfig, BackupError, Candidate, Manifest};
+use super::names::{STAMP, SUFFIX};
+use super::prune::prune_dir;
+use super::{etcd, manifest_path, AgentConfig, BackupError, Manifest};
 
 /// The job's outcome, in `<dir>/last-run.json`, for monitoring and `backup list`.
 pub const LAST_RUN: &str = "last-run.json";
 
 pub(crate) const WORK: &str = ".work";
-const SUFFIX: &str = ".db.age";
-const STAMP: &[time::format_description::FormatItem<'static>] =
-    format_description!("[year][month][day]T[hour][minute][second]Z");
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastRun {
@@ -257,44 +255,7 @@ fn parse_recipients(rs: &[String]) -> Result<Vec<Box<dyn age::Recipient + Send>>
 
 /// Applies retention to this member's backups in `dir`; returns what was deleted.
 fn prune(cfg: &AgentConfig, now: OffsetDateTime) -> Result<Vec<PathBuf>, BackupError> {
-    let prefix = cfg.prefix();
-    let entries = fs::read_dir(&cfg.dir).map_err(BackupError::io("list", &cfg.dir))?;
-    let mut candidates = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(BackupError::io("list", &cfg.dir))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        // Files of other members or clusters, and anything hand-made, are not ours to delete.
-        let Some(stamp) = name
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_suffix(SUFFIX))
-        else {
-            continue;
-        };
-        let Ok(created) = PrimitiveDateTime::parse(stamp, STAMP) else {
-            continue;
-        };
-        let path = entry.path();
-        let good = fs::read(manifest_path(&path))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
-            .is_some();
-        candidates.push(Candidate {
-            path,
-            created: created.assume_utc(),
-            good,
-        });
-    }
-    let doomed = to_prune(&candidates, &cfg.retention, now);
-    for path in &doomed {
-        fs::remove_file(path).map_err(BackupError::io("delete the old backup", path))?;
-        let m = manifest_path(path);
-        match fs::remove_file(&m) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(BackupError::io("delete the old manifest", &m)(e)),
-        }
-    }
-    Ok(doomed)
+    prune_dir(&cfg.dir, &cfg.cluster, &cfg.member, &cfg.retention, now)
 }
 
 pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
