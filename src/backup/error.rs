@@ -1,5 +1,6 @@
-//! Why a backup job or a verification failed. Each variant names the file,
-//! command or recipient involved and ends with what to do about it.
+//! Why a backup job, a receive on the backup target or a verification
+//! failed. Each variant names the file, host, command or recipient involved
+//! and ends with what to do about it.
 
 use std::path::PathBuf;
 
@@ -47,6 +48,57 @@ pub enum BackupError {
     EtcdctlOutput { command: String, reason: String },
     #[error("cannot encrypt to the backup recipients: {message}; check `backups.recipients`")]
     Encrypt { message: String },
+}
+
+/// Why `rampart agent receive`, on the backup target, refused what a member
+/// sent. The member sees the message (it is the command's stderr), so each
+/// one says what was wrong with what was sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("the forced command is invalid ({reason}); re-run `rampart apply` to rewrite the target's authorized_keys")]
+    Command { reason: String },
+    #[error("the stream does not start with a rampart backup header ({reason}); only `rampart agent snapshot` sends here")]
+    Header { reason: String },
+    #[error("`{file}` is not the name of a backup of {cluster}/{member} (`{cluster}-{member}-<YYYYmmddTHHMMSSZ>.db.age`); this key may only send {member}'s own backups")]
+    Name {
+        file: String,
+        cluster: String,
+        member: String,
+    },
+    #[error("the manifest sent with {file} is not acceptable: {reason}; nothing was stored")]
+    Manifest { file: String, reason: String },
+    #[error("the stream ended early: {what} has {got} of {expected} bytes; nothing was stored (did the connection drop?)")]
+    Truncated {
+        what: &'static str,
+        got: u64,
+        expected: u64,
+    },
+    #[error("more bytes follow {file}; nothing was stored; install the same rampart on the members and the target")]
+    Trailing { file: String },
+    #[error(
+        "{file} arrived with sha256 {actual}, its manifest says {expected}; nothing was stored"
+    )]
+    ShaMismatch {
+        file: String,
+        actual: String,
+        expected: String,
+    },
+    #[error("{file} is stored here already with other content (sha256 {existing}, sent {sent}); the stored one is kept: move it away if the new one should replace it")]
+    Conflict {
+        file: String,
+        existing: String,
+        sent: String,
+    },
+    #[error("another receive for {cluster}/{member} is running (it holds {}); wait for it to end or stop it", path.display())]
+    Busy {
+        cluster: String,
+        member: String,
+        path: PathBuf,
+    },
+    #[error("cannot read the stream")]
+    Input(#[source] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] BackupError),
 }
 
 /// Why `rampart backup verify` refused a file. Each refusal is its own variant so

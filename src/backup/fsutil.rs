@@ -59,6 +59,13 @@ pub(crate) fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// `<dir>/.<name>.tmp`: hidden, so that nothing listing or globbing the dir
+/// for backups takes a partial file for one.
+pub(crate) fn hidden_tmp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
 /// Deletes its paths when dropped (files or whole dirs), unless disarmed.
 /// Drop runs on `?` returns and on panics alike, which is the point: plaintext
 /// must not outlive the job however it ends.

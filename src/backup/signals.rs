@@ -1,5 +1,7 @@
 //! Cleanup when systemd stops the job (SIGTERM on `systemctl stop` or at
-//! `TimeoutStartSec=`), or on Ctrl-C when run by hand.
+//! `TimeoutStartSec=`), or on Ctrl-C when run by hand; and, through
+//! [`on_signal`], when sshd ends `agent receive` (SIGHUP or SIGTERM as the
+//! session goes away).
 //!
 //! A Rust process killed by a signal runs no destructors, so the plaintext
 //! guard alone would leave the snapshot in `.work` until the next run. Here the

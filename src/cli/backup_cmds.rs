@@ -56,6 +56,18 @@ pub fn snapshot(config: &Path, verbose: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The backup target's side of a member's copy, run by sshd as the forced
+/// command of the member's push key: the stream on stdin, one JSON line on
+/// stdout; a refusal goes to stderr (the member reports it) with exit 1.
+pub fn receive(req: backup::ReceiveRequest) -> Result<ExitCode> {
+    // Before anything spawns a thread (see backup::cleanup_receive_on_signal).
+    backup::cleanup_receive_on_signal(&req);
+    let now = time::OffsetDateTime::now_utc();
+    let report = backup::receive(&req, std::io::stdin().lock(), now)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn verify(
     file: &Path,
     identities: Vec<PathBuf>,
