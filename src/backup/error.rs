@@ -1,8 +1,10 @@
-//! Why a backup job, a receive on the backup target or a verification
-//! failed. Each variant names the file, host, command or recipient involved
-//! and ends with what to do about it.
+//! Why a backup job, its copy to the backup target, a receive on the target
+//! or a verification failed. Each variant names the file, host, command or
+//! recipient involved and ends with what to do about it.
 
 use std::path::PathBuf;
+
+use crate::remote::ssh::SshError;
 
 /// A failure of the scheduled job (`rampart agent snapshot`).
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,41 @@ pub enum BackupError {
     EtcdctlOutput { command: String, reason: String },
     #[error("cannot encrypt to the backup recipients: {message}; check `backups.recipients`")]
     Encrypt { message: String },
+    #[error("{} was written here but not copied to the backup target {host} (it is kept here; the next run copies its own backup)", file.display())]
+    Copy {
+        file: PathBuf,
+        host: String,
+        #[source]
+        source: Box<BackupError>,
+    },
+    #[error("no host key is pinned for the backup target {host}, and a copy is never sent to an unverified host; pin it (`rampart hosts trust`) and re-run `rampart apply`")]
+    TargetUnpinned { host: String },
+    #[error("no SSH session to {host}")]
+    Push {
+        host: String,
+        #[source]
+        source: SshError,
+    },
+    #[error("cannot use this member's push key {} ({reason}); `rampart apply` installs it there (an unencrypted OpenSSH private key)", key.display())]
+    PushKey { key: PathBuf, reason: String },
+    #[error("{host} does not accept this member's push key {} for {user}; `rampart apply` installs it in the target's authorized_keys", key.display())]
+    PushAuth {
+        host: String,
+        user: String,
+        key: PathBuf,
+    },
+    #[error("the connection to {host} dropped while copying the backup ({reason}); check the network and that sshd on {host} runs")]
+    PushLost { host: String, reason: String },
+    #[error("{host} refused the backup: `rampart agent receive` {status}: {stderr}")]
+    PushRefused {
+        host: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("{host} answered the copy with a report rampart cannot read ({reason}); install the same rampart on the members and the target")]
+    PushReport { host: String, reason: String },
+    #[error("cannot start the SSH client for the copy to the backup target")]
+    PushRuntime(#[source] std::io::Error),
 }
 
 /// Why `rampart agent receive`, on the backup target, refused what a member

@@ -7,6 +7,7 @@
 //! - `snapshot`: the job itself: save, check, stream-encrypt, manifest, prune.
 //! - `names`: backup file names, made and read back.
 //! - `retention`: which backups to delete (pure); `prune`: applying it to a dir.
+//! - `push`: copying a new backup to the backup target over SSH.
 //! - `receive`: the target's end of that copy (`rampart agent receive`);
 //!   `protocol`: the stream between them; `authorized_keys`: the line on the
 //!   target that ties a member's push key to its receive.
@@ -26,6 +27,7 @@ mod manifest;
 mod names;
 mod protocol;
 mod prune;
+mod push;
 mod receive;
 mod retention;
 mod signals;
@@ -41,9 +43,10 @@ pub use error::{BackupError, ReceiveError, VerifyError};
 pub use etcd::SnapshotStatus;
 pub use manifest::{manifest_path, Manifest};
 pub use protocol::ReceiveReport;
+pub use push::{push, PushReport};
 pub use receive::{cleanup_receive_on_signal, receive, ReceiveRequest};
 pub use retention::{to_prune, Candidate, RetentionPolicy};
 pub use signals::cleanup_on_signal;
-pub use snapshot::{run_job, LastRun, SnapshotOutcome, LAST_RUN};
+pub use snapshot::{run_job, CopyOutcome, JobOutcome, LastRun, SnapshotOutcome, LAST_RUN};
 pub use units::units;
 pub use verify::{verify, verify_keep, Decrypted, VerifyOptions, VerifyReport};

@@ -40,8 +40,6 @@ pub(crate) struct Header {
 
 impl Header {
     /// The header as sent: one JSON line.
-    // Only the tests send until the pusher comes.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn line(&self) -> Vec<u8> {
         let mut line = serde_json::to_vec(self).expect("plain struct serializes");
         line.push(b'\n');

@@ -27,7 +27,8 @@ use super::fsutil::{
 };
 use super::names::{STAMP, SUFFIX};
 use super::prune::prune_dir;
-use super::{etcd, manifest_path, AgentConfig, BackupError, Manifest};
+use super::push::{push, PushReport};
+use super::{etcd, manifest_path, signals, AgentConfig, BackupError, Manifest, TargetConfig};
 
 /// The job's outcome, in `<dir>/last-run.json`, for monitoring and `backup list`.
 pub const LAST_RUN: &str = "last-run.json";
@@ -41,9 +42,34 @@ pub struct LastRun {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// The backup written (file name), when ok.
+    /// The backup written (file name): when ok, and when only its copy failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// The copy to the backup target, when one is configured and the backup
+    /// was written. Absent in records of older rampart versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<CopyOutcome>,
+}
+
+/// How the copy of a run's backup to the backup target went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyOutcome {
+    /// The target's inventory name.
+    pub host: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// This member's older backups the target deleted by its retention.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<String>,
+}
+
+/// What a successful run did.
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    pub backup: SnapshotOutcome,
+    /// The copy on the backup target, when one is configured.
+    pub copy: Option<PushReport>,
 }
 
 /// What a successful run produced.
@@ -57,15 +83,26 @@ pub struct SnapshotOutcome {
     pub phases: Vec<(&'static str, Duration)>,
 }
 
-/// Runs the job and records its outcome in `<dir>/last-run.json`, success or not.
-/// `now` names the backup and drives retention.
-pub fn run_job(cfg: &AgentConfig, now: OffsetDateTime) -> Result<SnapshotOutcome, BackupError> {
+/// Runs the job, copies the new backup to the backup target when one is
+/// configured, and records the outcome in `<dir>/last-run.json`, success or
+/// not. `now` names the backup and drives retention.
+///
+/// A failed copy fails the job ([`BackupError::Copy`], so systemd and
+/// `backup list` show it) but keeps the local backup, which the record names.
+pub fn run_job(cfg: &AgentConfig, now: OffsetDateTime) -> Result<JobOutcome, BackupError> {
     let result = snapshot(cfg, now);
+    let copied = match (&result, &cfg.target) {
+        (Ok(o), Some(target)) => Some(copy(target, o)),
+        _ => None,
+    };
+    let copy_error = copied.as_ref().and_then(|(_, r)| r.as_ref().err());
+    let failure = result.as_ref().err().or(copy_error);
     let record = LastRun {
         time: rfc3339(now),
-        ok: result.is_ok(),
-        error: result.as_ref().err().map(|e| chain(e)),
+        ok: failure.is_none(),
+        error: failure.map(|e| chain(e)),
         file: result.as_ref().ok().map(|o| o.manifest.file.clone()),
+        copy: copied.as_ref().map(|(c, _)| c.clone()),
     };
     let path = cfg.dir.join(LAST_RUN);
     let json = serde_json::to_vec_pretty(&record).expect("plain struct serializes");
@@ -73,9 +110,36 @@ pub fn run_job(cfg: &AgentConfig, now: OffsetDateTime) -> Result<SnapshotOutcome
         .and_then(|()| write_atomic(&path, &json))
         .map_err(BackupError::io("write", &path));
     // The job's own error matters more than a failure to record it.
-    let outcome = result?;
+    let backup = result?;
+    let copy = copied.map(|(_, r)| r).transpose()?;
     written?;
-    Ok(outcome)
+    Ok(JobOutcome { backup, copy })
+}
+
+/// Pushes a new backup to the target: the record of how it went, and the
+/// target's report or [`BackupError::Copy`].
+fn copy(
+    target: &TargetConfig,
+    o: &SnapshotOutcome,
+) -> (CopyOutcome, Result<PushReport, BackupError>) {
+    // From here on, a signal stops a copy, not a backup (see signals).
+    signals::note_written(&o.manifest.file);
+    let pushed = push(target, &o.file, &manifest_path(&o.file));
+    let outcome = CopyOutcome {
+        host: target.host.clone(),
+        ok: pushed.is_ok(),
+        error: pushed.as_ref().err().map(|e| chain(e)),
+        pruned: pushed
+            .as_ref()
+            .map(|p| p.received.pruned.clone())
+            .unwrap_or_default(),
+    };
+    let pushed = pushed.map_err(|e| BackupError::Copy {
+        file: o.file.clone(),
+        host: target.host.clone(),
+        source: Box::new(e),
+    });
+    (outcome, pushed)
 }
 
 fn snapshot(cfg: &AgentConfig, now: OffsetDateTime) -> Result<SnapshotOutcome, BackupError> {
@@ -289,6 +353,19 @@ impl Drop for KillOnDrop {
 mod tests {
     use super::*;
     use sha2::{Digest, Sha256};
+
+    #[test]
+    fn last_run_records_without_a_copy_read_and_write_as_before() {
+        let old =
+            r#"{"time":"2026-01-01T00:00:00Z","ok":true,"file":"c-m-20260101T000000Z.db.age"}"#;
+        let record: LastRun = serde_json::from_str(old).unwrap();
+        assert_eq!(record.copy, None);
+        assert_eq!(serde_json::to_string(&record).unwrap(), old);
+        let failed = r#"{"time":"t","ok":false,"error":"e","file":"f","copy":{"host":"bk1","ok":false,"error":"e"}}"#;
+        let record: LastRun = serde_json::from_str(failed).unwrap();
+        assert_eq!(record.copy.as_ref().unwrap().pruned, Vec::<String>::new());
+        assert_eq!(serde_json::to_string(&record).unwrap(), failed);
+    }
 
     /// Not a multiple of age's 64 KiB chunks nor of the 1 MiB pipe buffers.
     fn input() -> Vec<u8> {
