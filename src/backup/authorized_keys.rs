@@ -3,7 +3,6 @@
 
 use super::RetentionPolicy;
 use crate::remote::script::quote;
-use crate::remote::ssh::host_keys::{openssh_line, parse_pin};
 
 /// The target's `authorized_keys` line for one member's push key:
 ///
@@ -12,13 +11,14 @@ use crate::remote::ssh::host_keys::{openssh_line, parse_pin};
 /// `restrict` takes away forwarding, ptys and the rest; the forced command
 /// replaces whatever the client asks to run. Each word is shell-quoted (sshd
 /// runs the command with the user's shell) and then `"` is escaped as `\"`
-/// for the option's quotes, the only escape sshd knows there. The key is
-/// re-encoded from its parsed form, so its comment cannot carry anything.
+/// for the option's quotes, the only escape sshd knows there. Of the key,
+/// only its type and base64 blob are kept (its comment is replaced).
 ///
 /// # Panics
 /// When an argument holds a control character (a newline would end the line
-/// and start another, unrestricted one) or `public_key` is not an OpenSSH
-/// public key: inventory validation and key generation rule both out.
+/// and start another, unrestricted one) or `public_key` does not start with
+/// a key type and a base64 blob (options in front of it would be read as the
+/// key): inventory validation and key generation rule both out.
 pub fn authorized_keys_line(
     rampart: &str,
     cluster: &str,
@@ -39,8 +39,11 @@ pub fn authorized_keys_line(
             "the {what} {v:?} of an authorized_keys line holds a control character"
         );
     }
-    let key = parse_pin(public_key)
-        .unwrap_or_else(|e| panic!("push key {public_key:?} is not an OpenSSH public key: {e}"));
+    let Some((kind, blob)) = key_fields(public_key) else {
+        panic!(
+            "push key {public_key:?} is not an OpenSSH public key line (`type base64 [comment]`)"
+        );
+    };
     let mut words: Vec<String> = [
         rampart,
         "agent",
@@ -63,10 +66,24 @@ pub fn authorized_keys_line(
     }
     let command = words.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" ");
     format!(
-        "restrict,command=\"{}\" {} rampart-backup-push:{cluster}/{member}",
-        command.replace('"', "\\\""),
-        openssh_line(&key)
+        "restrict,command=\"{}\" {kind} {blob} rampart-backup-push:{cluster}/{member}",
+        command.replace('"', "\\\"")
     )
+}
+
+/// The type and blob of `type base64 [comment]`, by their shape alone: that
+/// is what keeps the line one option list, one key and one comment. Whether
+/// the key is a valid one is for sshd to say (and rampart generated it).
+fn key_fields(public_key: &str) -> Option<(&str, &str)> {
+    let mut fields = public_key.split_whitespace();
+    let (kind, blob) = (fields.next()?, fields.next()?);
+    let kind_ok = kind
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-@.".contains(&b));
+    let blob_ok = blob
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+    (kind_ok && blob_ok).then_some((kind, blob))
 }
 
 #[cfg(test)]
@@ -182,8 +199,27 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "not an OpenSSH public key")]
-    fn a_key_that_is_not_one_is_refused() {
-        authorized_keys_line("/r", "c", "m", "/d", &keep(None, None), "ssh-ed25519 nope");
+    fn a_key_line_is_taken_by_its_shape() {
+        assert_eq!(key_fields(&format!("{KEY} root@admin")), key_fields(KEY));
+        assert_eq!(
+            key_fields("ssh-ed25519 AAAAFAKEcp1"),
+            Some(("ssh-ed25519", "AAAAFAKEcp1"))
+        );
+        for bad in [
+            "",
+            "ssh-ed25519",
+            "restrict ssh-ed25519 AAAA",
+            "command=\"sh\" ssh-ed25519 AAAA",
+            "ssh-ed25519 AAAA\"x",
+        ] {
+            assert_eq!(key_fields(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "not an OpenSSH public key line")]
+    fn options_in_front_of_the_key_are_refused() {
+        let key = format!("no-restrict,command=\"sh\" {KEY}");
+        authorized_keys_line("/r", "c", "m", "/d", &keep(None, None), &key);
     }
 }
