@@ -370,7 +370,7 @@ impl Drop for MemberLock {
 pub fn cleanup_receive_on_signal(req: &ReceiveRequest) {
     let dir = req.dir.clone();
     let prefix = names::prefix(&req.cluster, &req.member);
-    signals::on_signal(move |sig| {
+    signals::exit_on_signal(move |sig| {
         // Without the lock, the temp files may be another receive's.
         if LOCK_HELD.load(Ordering::SeqCst) {
             remove_temps(&dir, &prefix);

@@ -1,6 +1,6 @@
 //! Cleanup when systemd stops the job (SIGTERM on `systemctl stop` or at
 //! `TimeoutStartSec=`), or on Ctrl-C when run by hand; and, through
-//! [`on_signal`], when sshd ends `agent receive` (SIGHUP or SIGTERM as the
+//! [`exit_on_signal`], when sshd ends `agent receive` (SIGHUP or SIGTERM as the
 //! session goes away).
 //!
 //! A Rust process killed by a signal runs no destructors, so the plaintext
@@ -24,7 +24,7 @@ use super::{LastRun, LAST_RUN};
 pub fn cleanup_on_signal(dir: &Path, now: OffsetDateTime) {
     let dir: PathBuf = dir.to_path_buf();
     let now = super::snapshot::rfc3339(now);
-    on_signal(move |sig| {
+    exit_on_signal(move |sig| {
         remove_plaintext(&dir);
         // Stopped while copying to the target: the backup here is complete.
         let written = WRITTEN.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -62,7 +62,7 @@ pub(crate) fn note_written(file: &str) {
 /// Blocks SIGTERM, SIGINT and SIGHUP in this thread (and so in every thread it
 /// spawns later) and starts a thread that, when one arrives, runs `cleanup`
 /// and exits with 128 + the signal, as a process killed by it would.
-pub(crate) fn on_signal(cleanup: impl FnOnce(libc::c_int) + Send + 'static) {
+pub(crate) fn exit_on_signal(cleanup: impl FnOnce(libc::c_int) + Send + 'static) {
     // SAFETY: plain libc calls on a local sigset_t.
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
