@@ -136,7 +136,7 @@ impl AgentConfig {
 
     /// `<cluster>-<member>-`: the prefix of this member's backups in `dir`.
     pub(crate) fn prefix(&self) -> String {
-        format!("{}-{}-", self.cluster, self.member)
+        super::names::prefix(&self.cluster, &self.member)
     }
 }
 

@@ -1,5 +1,7 @@
 //! Cleanup when systemd stops the job (SIGTERM on `systemctl stop` or at
-//! `TimeoutStartSec=`), or on Ctrl-C when run by hand.
+//! `TimeoutStartSec=`), or on Ctrl-C when run by hand; and, through
+//! [`exit_on_signal`], when sshd ends `agent receive` (SIGHUP or SIGTERM as the
+//! session goes away).
 //!
 //! A Rust process killed by a signal runs no destructors, so the plaintext
 //! guard alone would leave the snapshot in `.work` until the next run. Here the
@@ -10,6 +12,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use time::OffsetDateTime;
 
@@ -21,6 +24,45 @@ use super::{LastRun, LAST_RUN};
 pub fn cleanup_on_signal(dir: &Path, now: OffsetDateTime) {
     let dir: PathBuf = dir.to_path_buf();
     let now = super::snapshot::rfc3339(now);
+    exit_on_signal(move |sig| {
+        remove_plaintext(&dir);
+        // Stopped while copying to the target: the backup here is complete.
+        let written = WRITTEN.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let error = match &written {
+            Some(file) => format!(
+                "interrupted by signal {sig} while copying {file} to the backup target; the backup here is complete"
+            ),
+            None => format!(
+                "interrupted by signal {sig} before the backup was complete; no backup was written"
+            ),
+        };
+        let record = LastRun {
+            time: now,
+            ok: false,
+            error: Some(error.clone()),
+            file: written,
+            copy: None,
+        };
+        if let Ok(json) = serde_json::to_vec_pretty(&record) {
+            let _ = write_atomic(&dir.join(LAST_RUN), &json);
+        }
+        eprintln!("error: {error}; plaintext removed");
+    });
+}
+
+/// The backup this run completed, once it is complete (see [`note_written`]).
+static WRITTEN: Mutex<Option<String>> = Mutex::new(None);
+
+/// Tells the watcher that `file` is complete, so an interruption after this
+/// point (during the copy to the target) is not recorded as a lost backup.
+pub(crate) fn note_written(file: &str) {
+    *WRITTEN.lock().unwrap_or_else(|p| p.into_inner()) = Some(file.to_string());
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread (and so in every thread it
+/// spawns later) and starts a thread that, when one arrives, runs `cleanup`
+/// and exits with 128 + the signal, as a process killed by it would.
+pub(crate) fn exit_on_signal(cleanup: impl FnOnce(libc::c_int) + Send + 'static) {
     // SAFETY: plain libc calls on a local sigset_t.
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -37,19 +79,7 @@ pub fn cleanup_on_signal(dir: &Path, now: OffsetDateTime) {
         if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
             return;
         }
-        remove_plaintext(&dir);
-        let record = LastRun {
-            time: now,
-            ok: false,
-            error: Some(format!(
-                "interrupted by signal {sig} before the backup was complete; no backup was written"
-            )),
-            file: None,
-        };
-        if let Ok(json) = serde_json::to_vec_pretty(&record) {
-            let _ = write_atomic(&dir.join(LAST_RUN), &json);
-        }
-        eprintln!("error: interrupted by signal {sig}; plaintext removed, no backup written");
+        cleanup(sig);
         std::process::exit(128 + sig);
     });
 }

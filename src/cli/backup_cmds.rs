@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use rampart::backup::{self, AgentConfig, VerifyOptions};
+use anyhow::Result;
+use rampart::backup::{self, AgentConfig, BackupError, VerifyOptions};
 
 use rampart::actions::apply::{connect_all, ApplyError};
 use rampart::actions::backup::{self as actions, Holder, MemberBackups};
@@ -25,8 +25,14 @@ pub fn snapshot(config: &Path, verbose: bool) -> Result<ExitCode> {
     let now = time::OffsetDateTime::now_utc();
     // Before anything spawns a thread or a process (see backup::cleanup_on_signal).
     backup::cleanup_on_signal(&cfg.dir, now);
-    let out = backup::run_job(&cfg, now)
-        .with_context(|| format!("{}: etcd backup failed", cfg.member))?;
+    let job = backup::run_job(&cfg, now).map_err(|e| {
+        let what = match e {
+            BackupError::Copy { .. } => "backup copy failed",
+            _ => "etcd backup failed",
+        };
+        anyhow::Error::new(e).context(format!("{}: {what}", cfg.member))
+    })?;
+    let out = &job.backup;
     let m = &out.manifest;
     println!(
         "{}: wrote {} (revision {}, {} keys, {} bytes encrypted)",
@@ -38,6 +44,17 @@ pub fn snapshot(config: &Path, verbose: bool) -> Result<ExitCode> {
     );
     for p in &out.pruned {
         println!("{}: pruned {}", cfg.member, p.display());
+    }
+    if let Some(c) = &job.copy {
+        let how = if c.received.already_stored {
+            "was there already"
+        } else {
+            "copied"
+        };
+        println!("{}: {} {how} to {}", cfg.member, c.received.file, c.host);
+        for p in &c.received.pruned {
+            println!("{}: pruned {p} on {}", cfg.member, c.host);
+        }
     }
     if verbose {
         for (name, d) in &out.phases {
@@ -53,6 +70,18 @@ pub fn snapshot(config: &Path, verbose: bool) -> Result<ExitCode> {
             );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The backup target's side of a member's copy, run by sshd as the forced
+/// command of the member's push key: the stream on stdin, one JSON line on
+/// stdout; a refusal goes to stderr (the member reports it) with exit 1.
+pub fn receive(req: backup::ReceiveRequest) -> Result<ExitCode> {
+    // Before anything spawns a thread (see backup::cleanup_receive_on_signal).
+    backup::cleanup_receive_on_signal(&req);
+    let now = time::OffsetDateTime::now_utc();
+    let report = backup::receive(&req, std::io::stdin().lock(), now)?;
+    println!("{}", serde_json::to_string(&report)?);
     Ok(ExitCode::SUCCESS)
 }
 
