@@ -179,24 +179,7 @@ fn copies(lab: &Lab, c: &Cluster, inv: &str, identity: &Path, work: &Path) {
         .root
         .join(PATH.trim_start_matches('/'))
         .join(&name);
-    let plain = work.join("from-target.db");
-    let age = Command::new("age")
-        .arg("-d")
-        .arg("-i")
-        .arg(identity)
-        .arg("-o")
-        .arg(&plain)
-        .arg(&copy)
-        .output()
-        .unwrap();
-    assert_success(&age, "age -d of the target's copy");
-    let status = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["snapshot", "status", "-w", "json"])
-        .arg(&plain)
-        .output()
-        .unwrap();
-    assert_success(&status, "etcdctl snapshot status");
+    super::backup::decrypt_and_status(identity, &copy, work);
 
     // The target keeps its own retention (2 per member) while the member
     // keeps 5; another member's copies are not counted against this one.
