@@ -221,7 +221,8 @@ pub async fn prepare(
         .values()
         .flat_map(|h| h.services.iter().copied())
         .collect();
-    let names: Vec<&str> = desired::needed_binaries(inv, &all_services)
+    let receives = bundle.hosts.values().any(|h| h.receives_backups);
+    let names: Vec<&str> = desired::needed_binaries(inv, &all_services, receives)
         .iter()
         .map(|n| n.name)
         .collect();
@@ -247,7 +248,7 @@ pub async fn prepare(
     let planned: Vec<Planned> =
         futures::future::join_all(remotes.into_iter().map(|(host, remote)| {
             let hb = bundle.hosts.get(&host.name).cloned().unwrap_or_default();
-            let needed = desired::needed_binaries(inv, &hb.services);
+            let needed = desired::needed_binaries(inv, &hb.services, hb.receives_backups);
             let uploads = desired::host_binaries(&needed, &artifacts);
             let desired = Desired::from_bundle(&hb, uploads);
             let skips = &skips;
@@ -447,11 +448,13 @@ async fn plan_one(
                 )
             })
             .collect(),
-        users: if host.roles.etcd {
-            vec!["etcd".into()]
-        } else {
-            vec![]
-        },
+        users: host
+            .roles
+            .etcd
+            .then(|| "etcd".to_string())
+            .into_iter()
+            .chain(desired.users.iter().map(|u| u.name.clone()))
+            .collect(),
         record: RECORD.into(),
         disk: "/var/lib".into(),
     };

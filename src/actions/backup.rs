@@ -1,5 +1,6 @@
 //! `rampart backup now | list | pull`: the scheduled job, seen and driven
-//! from the admin machine over SSH.
+//! from the admin machine over SSH, on the etcd members and (for `list` and
+//! `pull`) the backup target.
 //!
 //! Each member is asked in one round trip (manifests, last run, timer), so
 //! `list` costs what `plan` costs. `pull` streams a backup to a file (never
@@ -21,11 +22,13 @@ use crate::remote::script::quote;
 use crate::remote::{Input, Remote};
 use crate::render::Service;
 
-/// What one member holds and how its job is doing.
+/// What one member (or the backup target) holds and how its job is doing.
 #[derive(Debug, Clone, Serialize)]
 pub struct MemberBackups {
     pub host: String,
     pub dir: String,
+    /// The backup target: copies from every member, no job or timer of its own.
+    pub target: bool,
     /// Newest first.
     pub backups: Vec<Manifest>,
     /// Backups on disk without a manifest (an interrupted copy, a hand-made file).
@@ -39,14 +42,40 @@ pub struct MemberBackups {
     pub last_result: String,
 }
 
-/// The members that run the backup job (etcd members, with `backups:` set).
-pub fn members(inv: &Inventory) -> Vec<(&Host, AgentConfig)> {
-    inv.etcd_members()
-        .filter_map(|h| AgentConfig::from_inventory(inv, h).map(|c| (h, c)))
-        .collect()
+/// A host that holds backups: an etcd member running the job (its own
+/// backups in its backup dir) or the backup target (every member's copies).
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub host: Host,
+    pub dir: String,
+    pub target: bool,
 }
 
-fn list_script(dir: &str) -> String {
+/// The members that run the backup job (etcd members, with `backups:` set),
+/// then the backup target when there is one.
+pub fn holders(inv: &Inventory) -> Vec<Holder> {
+    let members = inv.etcd_members().filter_map(|h| {
+        AgentConfig::from_inventory(inv, h).map(|c| Holder {
+            host: h.clone(),
+            dir: c.dir.display().to_string(),
+            target: false,
+        })
+    });
+    let target = inv
+        .backups
+        .as_ref()
+        .and_then(|b| b.target.as_ref())
+        .and_then(|t| {
+            Some(Holder {
+                host: inv.host(&t.host)?.clone(),
+                dir: t.path.clone(),
+                target: true,
+            })
+        });
+    members.chain(target).collect()
+}
+
+fn list_script(dir: &str, target: bool) -> String {
     let d = quote(dir);
     let timer = Service::Backups.unit();
     let mut s = String::from("set -u\n");
@@ -61,18 +90,27 @@ fn list_script(dir: &str) -> String {
         s,
         "if [ -f \"$D/{LAST_RUN}\" ]; then printf 'lastrun\\t%s\\n' \"$(base64 -w0 < \"$D/{LAST_RUN}\")\"; fi"
     );
-    let _ = writeln!(
-        s,
-        "printf 'timer\\t%s\\t%s\\n' \"$(systemctl is-active {timer} 2>/dev/null)\" \"$(systemctl show {timer} -p NextElapseUSecRealtime --value 2>/dev/null)\""
-    );
-    s.push_str(
-        "printf 'result\\t%s\\n' \"$(systemctl show rampart-backup.service -p Result --value 2>/dev/null)\"\necho end\n",
-    );
+    // The target runs no job: it has no timer or result to report.
+    if !target {
+        let _ = writeln!(
+            s,
+            "printf 'timer\\t%s\\t%s\\n' \"$(systemctl is-active {timer} 2>/dev/null)\" \"$(systemctl show {timer} -p NextElapseUSecRealtime --value 2>/dev/null)\""
+        );
+        s.push_str(
+            "printf 'result\\t%s\\n' \"$(systemctl show rampart-backup.service -p Result --value 2>/dev/null)\"\n",
+        );
+    }
+    s.push_str("echo end\n");
     s
 }
 
 /// Parses the list script's output.
-pub fn parse_list(host: &str, dir: &str, text: &str) -> Result<MemberBackups, String> {
+pub fn parse_list(
+    host: &str,
+    dir: &str,
+    target: bool,
+    text: &str,
+) -> Result<MemberBackups, String> {
     let b64 = |v: &str| {
         base64::engine::general_purpose::STANDARD
             .decode(v)
@@ -81,6 +119,7 @@ pub fn parse_list(host: &str, dir: &str, text: &str) -> Result<MemberBackups, St
     let mut m = MemberBackups {
         host: host.to_string(),
         dir: dir.to_string(),
+        target,
         backups: Vec::new(),
         unlisted: Vec::new(),
         last_run: None,
@@ -121,36 +160,31 @@ pub fn parse_list(host: &str, dir: &str, text: &str) -> Result<MemberBackups, St
     Ok(m)
 }
 
-/// One member's backups, timer and last run.
-pub async fn list(
-    remote: &dyn Remote,
-    host: &Host,
-    cfg: &AgentConfig,
-) -> Result<MemberBackups, StepError> {
-    let dir = cfg.dir.display().to_string();
-    let out = remote.run(&list_script(&dir), Input::None).await?;
-    parse_list(&host.name, &dir, &out.stdout_text()).map_err(|reason| StepError::Script {
-        step: "list backups".into(),
-        status: out.status.map_or("signal".into(), |s| s.to_string()),
-        stderr: reason,
+/// One member's backups, timer and last run (or the target's copies).
+pub async fn list(remote: &dyn Remote, h: &Holder) -> Result<MemberBackups, StepError> {
+    let out = remote
+        .run(&list_script(&h.dir, h.target), Input::None)
+        .await?;
+    parse_list(&h.host.name, &h.dir, h.target, &out.stdout_text()).map_err(|reason| {
+        StepError::Script {
+            step: "list backups".into(),
+            status: out.status.map_or("signal".into(), |s| s.to_string()),
+            stderr: reason,
+        }
     })
 }
 
 /// Runs the job now (`systemctl start` blocks until the oneshot finishes)
 /// and returns what the member holds afterwards. A failed job is an error
 /// carrying the job's own message from its last-run record.
-pub async fn now(
-    remote: &dyn Remote,
-    host: &Host,
-    cfg: &AgentConfig,
-) -> Result<MemberBackups, StepError> {
+pub async fn now(remote: &dyn Remote, member: &Holder) -> Result<MemberBackups, StepError> {
     let out = remote
         .run(
             "set -eu\nsystemctl start rampart-backup.service\n",
             Input::None,
         )
         .await?;
-    let after = list(remote, host, cfg).await?;
+    let after = list(remote, member).await?;
     if !out.success() {
         let why = after
             .last_run
@@ -279,7 +313,7 @@ mod tests {
             manifest("a.db.age", "2026-11-30T06:00:00Z"),
             manifest("b.db.age", "2026-11-30T12:00:00Z"),
         );
-        let m = parse_list("cp1", "/var/backups/etcd", &text).unwrap();
+        let m = parse_list("cp1", "/var/backups/etcd", false, &text).unwrap();
         let files: Vec<&str> = m.backups.iter().map(|b| b.file.as_str()).collect();
         assert_eq!(files, ["b.db.age", "a.db.age"]);
         assert_eq!(m.unlisted, ["stray.db.age"]);
@@ -288,7 +322,7 @@ mod tests {
             ("active", "success")
         );
         assert!(
-            parse_list("cp1", "/d", "timer\tactive\tx\n").is_err(),
+            parse_list("cp1", "/d", false, "timer\tactive\tx\n").is_err(),
             "truncated"
         );
     }

@@ -104,7 +104,7 @@ impl AgentConfig {
                     address: target.address.to_string(),
                     port: target.ssh.port,
                     user: t.user.clone(),
-                    host_keys: target.ssh.host_key.iter().cloned().collect(),
+                    host_keys: t.host_keys.clone(),
                     identity: PathBuf::from(PUSH_KEY_PATH),
                 })
             }),
@@ -136,7 +136,7 @@ impl AgentConfig {
 
     /// `<cluster>-<member>-`: the prefix of this member's backups in `dir`.
     pub(crate) fn prefix(&self) -> String {
-        format!("{}-{}-", self.cluster, self.member)
+        super::names::prefix(&self.cluster, &self.member)
     }
 }
 

@@ -39,12 +39,17 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = tmp_path(path);
     let _ = fs::remove_file(&tmp);
     let guard = RemoveOnDrop::new(tmp.clone());
-    let mut f = create_private(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
+    write_synced(&tmp, bytes)?;
     fs::rename(&tmp, path)?;
     guard.disarm();
     sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Writes `bytes` to a new 0600 file at `path` and fsyncs it (the caller renames it).
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = create_private(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// `<path>.tmp`.
@@ -52,6 +57,13 @@ pub(crate) fn tmp_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".tmp");
     PathBuf::from(s)
+}
+
+/// `<dir>/.<name>.tmp`: hidden, so that nothing listing or globbing the dir
+/// for backups takes a partial file for one.
+pub(crate) fn hidden_tmp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}.tmp"))
 }
 
 /// Deletes its paths when dropped (files or whole dirs), unless disarmed.

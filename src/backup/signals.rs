@@ -1,6 +1,8 @@
 //! Deleting plaintext when a signal stops the process: systemd's SIGTERM
 //! (`systemctl stop`, `TimeoutStartSec=`), SIGHUP when the terminal goes away,
-//! and Ctrl-C's SIGINT, for the scheduled job and `rampart backup verify`.
+//! and Ctrl-C's SIGINT, for the scheduled job and `rampart backup verify`;
+//! and, through [`exit_on_signal`], when sshd ends `agent receive` (SIGHUP or
+//! SIGTERM as the session goes away).
 //!
 //! A Rust process killed by a signal runs no destructors, so drop guards alone
 //! would leave the plaintext behind. Here the signals are blocked in every
@@ -109,19 +111,37 @@ pub fn cleanup_on_signal(dir: &Path, now: OffsetDateTime) {
     let now = super::snapshot::rfc3339(now);
     exit_on_signal(move |sig| {
         remove_plaintext(&dir);
+        // Stopped while copying to the target: the backup here is complete.
+        let written = WRITTEN.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let error = match &written {
+            Some(file) => format!(
+                "interrupted by signal {sig} while copying {file} to the backup target; the backup here is complete"
+            ),
+            None => format!(
+                "interrupted by signal {sig} before the backup was complete; no backup was written"
+            ),
+        };
         let record = LastRun {
             time: now,
             ok: false,
-            error: Some(format!(
-                "interrupted by signal {sig} before the backup was complete; no backup was written"
-            )),
-            file: None,
+            error: Some(error.clone()),
+            file: written,
+            copy: None,
         };
         if let Ok(json) = serde_json::to_vec_pretty(&record) {
             let _ = write_atomic(&dir.join(LAST_RUN), &json);
         }
-        eprintln!("error: interrupted by signal {sig}; plaintext removed, no backup written");
+        eprintln!("error: {error}; plaintext removed");
     });
+}
+
+/// The backup this run completed, once it is complete (see [`note_written`]).
+static WRITTEN: Mutex<Option<String>> = Mutex::new(None);
+
+/// Tells the watcher that `file` is complete, so an interruption after this
+/// point (during the copy to the target) is not recorded as a lost backup.
+pub(crate) fn note_written(file: &str) {
+    *WRITTEN.lock().unwrap_or_else(|p| p.into_inner()) = Some(file.to_string());
 }
 
 /// Deletes the work dir and any half-written ciphertext.

@@ -21,23 +21,22 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
-use time::macros::format_description;
-use time::{OffsetDateTime, PrimitiveDateTime};
+use time::OffsetDateTime;
 
 use super::error::chain;
 use super::fsutil::{
     create_private, private_dir, sync_dir, tmp_path, write_atomic, write_behind, RemoveOnDrop,
     WritebackFile,
 };
-use super::{etcd, manifest_path, to_prune, AgentConfig, BackupError, Candidate, Manifest};
+use super::names::{STAMP, SUFFIX};
+use super::prune::prune_dir;
+use super::push::{push, PushReport};
+use super::{etcd, manifest_path, signals, AgentConfig, BackupError, Manifest, TargetConfig};
 
 /// The job's outcome, in `<dir>/last-run.json`, for monitoring and `backup list`.
 pub const LAST_RUN: &str = "last-run.json";
 
 pub(crate) const WORK: &str = ".work";
-const SUFFIX: &str = ".db.age";
-const STAMP: &[time::format_description::FormatItem<'static>] =
-    format_description!("[year][month][day]T[hour][minute][second]Z");
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastRun {
@@ -46,9 +45,34 @@ pub struct LastRun {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// The backup written (file name), when ok.
+    /// The backup written (file name): when ok, and when only its copy failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// The copy to the backup target, when one is configured and the backup
+    /// was written. Absent in records of older rampart versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<CopyOutcome>,
+}
+
+/// How the copy of a run's backup to the backup target went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyOutcome {
+    /// The target's inventory name.
+    pub host: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// This member's older backups the target deleted by its retention.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<String>,
+}
+
+/// What a successful run did.
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    pub backup: SnapshotOutcome,
+    /// The copy on the backup target, when one is configured.
+    pub copy: Option<PushReport>,
 }
 
 /// What a successful run produced.
@@ -62,15 +86,26 @@ pub struct SnapshotOutcome {
     pub phases: Vec<(&'static str, Duration)>,
 }
 
-/// Runs the job and records its outcome in `<dir>/last-run.json`, success or not.
-/// `now` names the backup and drives retention.
-pub fn run_job(cfg: &AgentConfig, now: OffsetDateTime) -> Result<SnapshotOutcome, BackupError> {
+/// Runs the job, copies the new backup to the backup target when one is
+/// configured, and records the outcome in `<dir>/last-run.json`, success or
+/// not. `now` names the backup and drives retention.
+///
+/// A failed copy fails the job ([`BackupError::Copy`], so systemd and
+/// `backup list` show it) but keeps the local backup, which the record names.
+pub fn run_job(cfg: &AgentConfig, now: OffsetDateTime) -> Result<JobOutcome, BackupError> {
     let result = snapshot(cfg, now);
+    let copied = match (&result, &cfg.target) {
+        (Ok(o), Some(target)) => Some(copy(target, o)),
+        _ => None,
+    };
+    let copy_error = copied.as_ref().and_then(|(_, r)| r.as_ref().err());
+    let failure = result.as_ref().err().or(copy_error);
     let record = LastRun {
         time: rfc3339(now),
-        ok: result.is_ok(),
-        error: result.as_ref().err().map(|e| chain(e)),
+        ok: failure.is_none(),
+        error: failure.map(|e| chain(e)),
         file: result.as_ref().ok().map(|o| o.manifest.file.clone()),
+        copy: copied.as_ref().map(|(c, _)| c.clone()),
     };
     let path = cfg.dir.join(LAST_RUN);
     let json = serde_json::to_vec_pretty(&record).expect("plain struct serializes");
@@ -78,9 +113,36 @@ pub fn run_job(cfg: &AgentConfig, now: OffsetDateTime) -> Result<SnapshotOutcome
         .and_then(|()| write_atomic(&path, &json))
         .map_err(BackupError::io("write", &path));
     // The job's own error matters more than a failure to record it.
-    let outcome = result?;
+    let backup = result?;
+    let copy = copied.map(|(_, r)| r).transpose()?;
     written?;
-    Ok(outcome)
+    Ok(JobOutcome { backup, copy })
+}
+
+/// Pushes a new backup to the target: the record of how it went, and the
+/// target's report or [`BackupError::Copy`].
+fn copy(
+    target: &TargetConfig,
+    o: &SnapshotOutcome,
+) -> (CopyOutcome, Result<PushReport, BackupError>) {
+    // From here on, a signal stops a copy, not a backup (see signals).
+    signals::note_written(&o.manifest.file);
+    let pushed = push(target, &o.file, &manifest_path(&o.file));
+    let outcome = CopyOutcome {
+        host: target.host.clone(),
+        ok: pushed.is_ok(),
+        error: pushed.as_ref().err().map(|e| chain(e)),
+        pruned: pushed
+            .as_ref()
+            .map(|p| p.received.pruned.clone())
+            .unwrap_or_default(),
+    };
+    let pushed = pushed.map_err(|e| BackupError::Copy {
+        file: o.file.clone(),
+        host: target.host.clone(),
+        source: Box::new(e),
+    });
+    (outcome, pushed)
 }
 
 fn snapshot(cfg: &AgentConfig, now: OffsetDateTime) -> Result<SnapshotOutcome, BackupError> {
@@ -654,44 +716,7 @@ fn parse_recipients(rs: &[String]) -> Result<Vec<Box<dyn age::Recipient + Send>>
 
 /// Applies retention to this member's backups in `dir`; returns what was deleted.
 fn prune(cfg: &AgentConfig, now: OffsetDateTime) -> Result<Vec<PathBuf>, BackupError> {
-    let prefix = cfg.prefix();
-    let entries = fs::read_dir(&cfg.dir).map_err(BackupError::io("list", &cfg.dir))?;
-    let mut candidates = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(BackupError::io("list", &cfg.dir))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        // Files of other members or clusters, and anything hand-made, are not ours to delete.
-        let Some(stamp) = name
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_suffix(SUFFIX))
-        else {
-            continue;
-        };
-        let Ok(created) = PrimitiveDateTime::parse(stamp, STAMP) else {
-            continue;
-        };
-        let path = entry.path();
-        let good = fs::read(manifest_path(&path))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
-            .is_some();
-        candidates.push(Candidate {
-            path,
-            created: created.assume_utc(),
-            good,
-        });
-    }
-    let doomed = to_prune(&candidates, &cfg.retention, now);
-    for path in &doomed {
-        fs::remove_file(path).map_err(BackupError::io("delete the old backup", path))?;
-        let m = manifest_path(path);
-        match fs::remove_file(&m) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(BackupError::io("delete the old manifest", &m)(e)),
-        }
-    }
-    Ok(doomed)
+    prune_dir(&cfg.dir, &cfg.cluster, &cfg.member, &cfg.retention, now)
 }
 
 pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
@@ -728,6 +753,19 @@ impl Drop for KillOnDrop {
 mod tests {
     use super::*;
     use sha2::{Digest, Sha256};
+
+    #[test]
+    fn last_run_records_without_a_copy_read_and_write_as_before() {
+        let old =
+            r#"{"time":"2026-01-01T00:00:00Z","ok":true,"file":"c-m-20260101T000000Z.db.age"}"#;
+        let record: LastRun = serde_json::from_str(old).unwrap();
+        assert_eq!(record.copy, None);
+        assert_eq!(serde_json::to_string(&record).unwrap(), old);
+        let failed = r#"{"time":"t","ok":false,"error":"e","file":"f","copy":{"host":"bk1","ok":false,"error":"e"}}"#;
+        let record: LastRun = serde_json::from_str(failed).unwrap();
+        assert_eq!(record.copy.as_ref().unwrap().pruned, Vec::<String>::new());
+        assert_eq!(serde_json::to_string(&record).unwrap(), failed);
+    }
 
     /// Not a multiple of age's 64 KiB chunks nor of the 1 MiB pipe buffers.
     fn input() -> Vec<u8> {

@@ -269,6 +269,7 @@ mod tests {
             ],
             dirs: vec![],
             services: vec![Service::Kubelet],
+            ..Default::default()
         };
         let roles = BTreeMap::new();
         let view = HostView::new(&hb, &roles);

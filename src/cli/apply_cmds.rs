@@ -54,7 +54,8 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// Inventory, unlocked PKI and rendered bundle: everything before the network.
 fn load(a: &PlanArgs) -> Result<(Inventory, rampart::render::Bundle)> {
-    let inv = load_inventory(&a.state.inv.inventory)?.inventory;
+    let mut inv = load_inventory(&a.state.inv.inventory)?.inventory;
+    rampart::remote::ssh::fill_target_host_keys(&mut inv, &Default::default())?;
     let dir = pki::StateDir::new(state_dir(a.state.state_dir.as_ref(), &inv.cluster.name)?);
     if !dir.state_key_path().exists() {
         bail!(

@@ -149,6 +149,25 @@ pub enum AgentCommand {
         #[arg(long, default_value = "/etc/rampart/backup.yaml")]
         config: PathBuf,
     },
+    /// Store one backup a member sends on stdin (on the backup target, as the forced command
+    /// of that member's push key in authorized_keys); prints what was stored as JSON.
+    Receive {
+        /// The cluster the backup must come from.
+        #[arg(long)]
+        cluster: String,
+        /// The only member whose backups this may store.
+        #[arg(long)]
+        member: String,
+        /// Where the backups go (created 0700).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Keep at most this many of the member's backups here (default: all).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        keep: Option<u32>,
+        /// Delete the member's backups older than this here (the newest is always kept).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        max_age_days: Option<u32>,
+    },
 }
 
 #[derive(Debug, Args)]

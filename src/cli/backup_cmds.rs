@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use rampart::backup::{self, AgentConfig, VerifyOptions};
+use anyhow::Result;
+use rampart::backup::{self, AgentConfig, BackupError, VerifyOptions};
 
 use rampart::actions::apply::{connect_all, ApplyError};
-use rampart::actions::backup::{self as actions, MemberBackups};
+use rampart::actions::backup::{self as actions, Holder, MemberBackups};
 use rampart::inventory::{Host, Inventory};
 use rampart::phases::{Cancel, PhaseError, Reporter, StepError};
 use rampart::remote::ssh::ConnectOptions;
@@ -25,8 +25,14 @@ pub fn snapshot(config: &Path, verbose: bool) -> Result<ExitCode> {
     let now = time::OffsetDateTime::now_utc();
     // Before anything spawns a thread or a process (see backup::cleanup_on_signal).
     backup::cleanup_on_signal(&cfg.dir, now);
-    let out = backup::run_job(&cfg, now)
-        .with_context(|| format!("{}: etcd backup failed", cfg.member))?;
+    let job = backup::run_job(&cfg, now).map_err(|e| {
+        let what = match e {
+            BackupError::Copy { .. } => "backup copy failed",
+            _ => "etcd backup failed",
+        };
+        anyhow::Error::new(e).context(format!("{}: {what}", cfg.member))
+    })?;
+    let out = &job.backup;
     let m = &out.manifest;
     println!(
         "{}: wrote {} (revision {}, {} keys, {} bytes encrypted)",
@@ -38,6 +44,17 @@ pub fn snapshot(config: &Path, verbose: bool) -> Result<ExitCode> {
     );
     for p in &out.pruned {
         println!("{}: pruned {}", cfg.member, p.display());
+    }
+    if let Some(c) = &job.copy {
+        let how = if c.received.already_stored {
+            "was there already"
+        } else {
+            "copied"
+        };
+        println!("{}: {} {how} to {}", cfg.member, c.received.file, c.host);
+        for p in &c.received.pruned {
+            println!("{}: pruned {p} on {}", cfg.member, c.host);
+        }
     }
     if verbose {
         for (name, d) in &out.phases {
@@ -68,6 +85,18 @@ pub fn snapshot(config: &Path, verbose: bool) -> Result<ExitCode> {
             secs(usage.ru_stime)
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The backup target's side of a member's copy, run by sshd as the forced
+/// command of the member's push key: the stream on stdin, one JSON line on
+/// stdout; a refusal goes to stderr (the member reports it) with exit 1.
+pub fn receive(req: backup::ReceiveRequest) -> Result<ExitCode> {
+    // Before anything spawns a thread (see backup::cleanup_receive_on_signal).
+    backup::cleanup_receive_on_signal(&req);
+    let now = time::OffsetDateTime::now_utc();
+    let report = backup::receive(&req, std::io::stdin().lock(), now)?;
+    println!("{}", serde_json::to_string(&report)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -119,9 +148,13 @@ pub(super) fn on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The selected backup members of the inventory, or why there are none.
-fn selected(inv: &Inventory, only: Option<&[String]>) -> Result<Vec<(Host, AgentConfig)>> {
-    let all = actions::members(inv);
+/// The selected hosts holding backups (members, and the target when
+/// `with_target`), or why there are none.
+fn selected(inv: &Inventory, only: Option<&[String]>, with_target: bool) -> Result<Vec<Holder>> {
+    let all: Vec<Holder> = actions::holders(inv)
+        .into_iter()
+        .filter(|h| with_target || !h.target)
+        .collect();
     if all.is_empty() {
         anyhow::bail!(
             "the inventory has no `backups:` section (or no etcd member): nothing is scheduled; see docs/backups.md"
@@ -129,48 +162,45 @@ fn selected(inv: &Inventory, only: Option<&[String]>) -> Result<Vec<(Host, Agent
     }
     if let Some(names) = only {
         for n in names {
-            if !all.iter().any(|(h, _)| &h.name == n) {
+            if !all.iter().any(|h| &h.host.name == n) {
+                let names: Vec<&str> = all.iter().map(|h| h.host.name.as_str()).collect();
                 anyhow::bail!(
-                    "`{n}` is not an etcd member with backups; members: {}",
-                    names_of(&all)
+                    "`{n}` holds no backups; hosts with backups: {}",
+                    names.join(", ")
                 );
             }
         }
     }
     Ok(all
         .into_iter()
-        .filter(|(h, _)| only.is_none_or(|names| names.contains(&h.name)))
-        .map(|(h, c)| (h.clone(), c))
+        .filter(|h| only.is_none_or(|names| names.contains(&h.host.name)))
         .collect())
-}
-
-fn names_of(members: &[(&Host, AgentConfig)]) -> String {
-    members
-        .iter()
-        .map(|(h, _)| h.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Connects to the members and runs `work` on each, all at once; every
 /// failure is reported together, like `apply` does.
-fn on_members<T, F>(a: &BackupHostsArgs, verbose: bool, title: &str, work: F) -> Result<Vec<T>>
+fn on_members<T, F>(
+    a: &BackupHostsArgs,
+    verbose: bool,
+    title: &str,
+    with_target: bool,
+    work: F,
+) -> Result<Vec<T>>
 where
     T: Send,
     F: for<'x> Fn(
             &'x dyn rampart::remote::Remote,
-            &'x Host,
-            &'x AgentConfig,
+            &'x Holder,
         ) -> rampart::remote::BoxFuture<'x, Result<T, StepError>>
         + Sync,
 {
     let inv = load_inventory(&a.inv.inventory)?.inventory;
-    let members = selected(&inv, a.hosts.as_deref())?;
+    let members = selected(&inv, a.hosts.as_deref(), with_target)?;
     let progress = Progress::new(verbose, a.inv.output == Output::Json);
     let cancel = Cancel::default();
     let rt = runtime()?;
     let result = rt.block_on(async {
-        let hosts: Vec<&Host> = members.iter().map(|(h, _)| h).collect();
+        let hosts: Vec<&Host> = members.iter().map(|h| &h.host).collect();
         progress.phase("connect", "connect", hosts.len());
         let remotes = connect_all(
             &hosts,
@@ -183,12 +213,12 @@ where
         .map_err(ApplyError::from)?;
         progress.phase("backup", title, remotes.len());
         let results = futures::future::join_all(remotes.iter().zip(&members).map(
-            |((host, remote), (_, cfg))| {
+            |((host, remote), holder)| {
                 let work = &work;
                 let progress = &progress;
                 async move {
                     progress.step(&host.name, title);
-                    let r = work(&**remote, host, cfg).await;
+                    let r = work(&**remote, holder).await;
                     progress.done(&host.name);
                     r.map_err(|e| (host.name.clone(), e))
                 }
@@ -217,8 +247,8 @@ where
 }
 
 pub fn list(a: &BackupHostsArgs, verbose: bool) -> Result<ExitCode> {
-    let members = on_members(a, verbose, "list backups", |r, h, c| {
-        Box::pin(actions::list(r, h, c))
+    let members = on_members(a, verbose, "list backups", true, |r, h| {
+        Box::pin(actions::list(r, h))
     })?;
     print_members(&members, a.inv.output)?;
     // A member whose last run failed is worth a non-zero exit in scripts.
@@ -232,8 +262,8 @@ pub fn list(a: &BackupHostsArgs, verbose: bool) -> Result<ExitCode> {
 }
 
 pub fn now(a: &BackupHostsArgs, verbose: bool) -> Result<ExitCode> {
-    let members = on_members(a, verbose, "run the backup job", |r, h, c| {
-        Box::pin(actions::now(r, h, c))
+    let members = on_members(a, verbose, "run the backup job", false, |r, h| {
+        Box::pin(actions::now(r, h))
     })?;
     print_members(&members, a.inv.output)?;
     Ok(ExitCode::SUCCESS)
@@ -241,10 +271,10 @@ pub fn now(a: &BackupHostsArgs, verbose: bool) -> Result<ExitCode> {
 
 pub fn pull(a: &BackupHostsArgs, to: &Path, latest: bool, verbose: bool) -> Result<ExitCode> {
     let to = to.to_path_buf();
-    let pulled = on_members(a, verbose, "pull backups", |r, h, c| {
+    let pulled = on_members(a, verbose, "pull backups", true, |r, h| {
         let to = to.clone();
         Box::pin(async move {
-            let m = actions::list(r, h, c).await?;
+            let m = actions::list(r, h).await?;
             let wanted: Vec<&backup::Manifest> = if latest {
                 m.backups.iter().take(1).collect()
             } else {
@@ -293,6 +323,16 @@ fn print_members(members: &[MemberBackups], output: Output) -> Result<()> {
         return Ok(());
     }
     for m in members {
+        if m.target {
+            println!(
+                "{} (backup target): {} copies in {}",
+                m.host,
+                m.backups.len(),
+                m.dir
+            );
+            print_backups(m);
+            continue;
+        }
         let last = match &m.last_run {
             None => "never ran".to_string(),
             Some(r) if r.ok => format!("last run {} ok", r.time),
@@ -314,15 +354,19 @@ fn print_members(members: &[MemberBackups], output: Output) -> Result<()> {
                 &m.next_run
             }
         );
-        for b in &m.backups {
-            println!(
-                "  {}  {}  {} bytes  revision {}  {} keys  sha256 {}",
-                b.created, b.file, b.ciphertext_size, b.revision, b.total_keys, b.sha256
-            );
-        }
-        for f in &m.unlisted {
-            println!("  {f}: no manifest beside it (not a complete backup)");
-        }
+        print_backups(m);
     }
     Ok(())
+}
+
+fn print_backups(m: &MemberBackups) {
+    for b in &m.backups {
+        println!(
+            "  {}  {}  {} bytes  revision {}  {} keys  sha256 {}",
+            b.created, b.file, b.ciphertext_size, b.revision, b.total_keys, b.sha256
+        );
+    }
+    for f in &m.unlisted {
+        println!("  {f}: no manifest beside it (not a complete backup)");
+    }
 }

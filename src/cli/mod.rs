@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use args::{Cli, Command, InventoryArgs, Output};
+use rampart::backup;
 use rampart::inventory::{self, InventoryError, Loaded};
 
 /// Documented exit codes (see docs/getting-started.md).
@@ -93,6 +94,21 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Agent(args::AgentCommand::Snapshot { config }) => {
             backup_cmds::snapshot(&config, verbose)
         }
+        Command::Agent(args::AgentCommand::Receive {
+            cluster,
+            member,
+            dir,
+            keep,
+            max_age_days,
+        }) => backup_cmds::receive(backup::ReceiveRequest {
+            cluster,
+            member,
+            dir,
+            retention: backup::RetentionPolicy {
+                count: keep,
+                max_age_days,
+            },
+        }),
         Command::Check(a) => check(&a),
         Command::Cis(args::CisCommand::Check {
             bundle,

@@ -39,7 +39,8 @@ pub fn init(a: &StateArgs) -> Result<ExitCode> {
 }
 
 pub fn render(a: &RenderArgs) -> Result<ExitCode> {
-    let (inv, dir) = open(&a.state.inv, a.state.state_dir.as_ref())?;
+    let (mut inv, dir) = open(&a.state.inv, a.state.state_dir.as_ref())?;
+    rampart::remote::ssh::fill_target_host_keys(&mut inv, &Default::default())?;
     let unlock = unlock::resolve(&a.state, &dir)?;
     let pki = pki::load(&inv, &dir, &unlock)?;
     let bundle = rampart::render::render(&inv, &pki)?;

@@ -363,5 +363,9 @@ pub struct BackupTarget {
     pub path: String,
     /// The account that receives the copies on the target (created by `apply`).
     pub user: String,
+    /// The target's SSH host keys that the members pin: its `ssh.hostKey`
+    /// when pinned, else filled in from the admin's known_hosts before
+    /// rendering (see `remote::ssh::fill_target_host_keys`).
+    pub host_keys: Vec<String>,
     pub retention: Retention,
 }

@@ -93,7 +93,7 @@ impl Phase for InstallFiles {
 }
 
 fn needs_install(p: &HostPlan) -> bool {
-    !p.files.is_empty() || !p.dirs.is_empty() || p.record_changed
+    !p.files.is_empty() || !p.dirs.is_empty() || !p.users.is_empty() || p.record_changed
 }
 
 async fn install_files(ctx: &Ctx<'_>, t: &Target) -> Result<(), StepError> {
@@ -173,6 +173,7 @@ async fn commit(
             .push((RECORD.into(), crate::digest::sha256_hex(&record)));
     }
     if bundle {
+        c.users = t.plan.users.clone();
         c.dirs = t
             .plan
             .dirs

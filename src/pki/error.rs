@@ -11,6 +11,8 @@ pub enum PkiError {
         #[source]
         source: rcgen::Error,
     },
+    #[error("cannot encode the SSH key {name}: {reason}")]
+    SshKey { name: String, reason: String },
     #[error("cannot sign {name}")]
     Sign {
         name: String,

@@ -17,7 +17,7 @@ use crate::secret::Secret;
 use super::catalogue::{catalogue, CertSpec};
 use super::inspect::CertFacts;
 use super::issue::{self, Policy, Signer};
-use super::material::{encryption_key, service_account, super_admin_conf};
+use super::material::{encryption_key, push_keys, service_account, super_admin_conf};
 use super::store::{Pending, StateDir, StateKey, Unlock};
 use super::{par_map, Issued, Pki, PkiError};
 
@@ -153,12 +153,15 @@ pub fn init(
     report.entries.push(("sa".into(), sa_action));
     let (encryption_key, enc_action) = encryption_key(dir, &key, &mut pending)?;
     report.entries.push(("encryption-key".into(), enc_action));
+    let (push_keys, push_report) = push_keys(inv, dir, &key, Some(&mut pending))?;
+    report.entries.extend(push_report);
 
     let pki = Pki {
         certs,
         service_account_key: sa_key,
         service_account_pub: sa_pub,
         encryption_key,
+        push_keys,
     };
     super_admin_conf(inv, dir, &key, &pki, &mut pending)?;
     dir.write_all(pending)?;
@@ -214,11 +217,13 @@ pub fn load(inv: &Inventory, dir: &StateDir, unlock: &Unlock) -> Result<Pki, Pki
     let encryption_key = dir
         .read_sealed(&dir.encryption_key_path(), &key)?
         .ok_or_else(|| missing("encryption-key"))?;
+    let (push_keys, _) = push_keys(inv, dir, &key, None)?;
     Ok(Pki {
         certs,
         service_account_key: sa_key,
         service_account_pub: String::from_utf8_lossy(&sa_pub).into_owned(),
         encryption_key,
+        push_keys,
     })
 }
 

@@ -206,6 +206,24 @@ pub fn service_account_key(alg: KeyAlgorithm) -> Result<(Secret, String), PkiErr
 }
 
 /// 32 random bytes for the EncryptionConfiguration (secretbox, aescbc and aesgcm all take 32).
+/// An ed25519 SSH key pair for an etcd member's backup copies: the private
+/// half in OpenSSH format, the public half as an `authorized_keys` key
+/// (`ssh-ed25519 AAAA… <comment>`).
+pub fn ssh_push_key(comment: &str) -> Result<(Secret, String), PkiError> {
+    use russh::keys::ssh_key::{private::Ed25519Keypair, LineEnding, PrivateKey};
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(seed.as_mut());
+    let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+    key.set_comment(comment);
+    let bad = |e: russh::keys::ssh_key::Error| PkiError::SshKey {
+        name: comment.to_string(),
+        reason: e.to_string(),
+    };
+    let private = key.to_openssh(LineEnding::LF).map_err(bad)?;
+    let public = key.public_key().to_openssh().map_err(bad)?;
+    Ok((Secret::from(private.to_string()), public))
+}
+
 pub fn encryption_key() -> Secret {
     let mut b = vec![0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut b);
@@ -346,6 +364,19 @@ mod tests {
             CertFacts::parse("l", &leaf.cert_pem).unwrap(),
         );
         assert_eq!(c.not_after, l.not_after);
+    }
+
+    #[test]
+    fn push_keys_are_fresh_openssh_ed25519_pairs() {
+        let (private, public) = ssh_push_key("rampart-backup-push:prod/cp1").unwrap();
+        let parsed = russh::keys::PrivateKey::from_openssh(private.expose_str()).unwrap();
+        assert_eq!(parsed.public_key().to_openssh().unwrap(), public);
+        assert!(public.starts_with("ssh-ed25519 "), "{public}");
+        assert!(
+            public.ends_with(" rampart-backup-push:prod/cp1"),
+            "{public}"
+        );
+        assert_ne!(ssh_push_key("x").unwrap().1, ssh_push_key("x").unwrap().1);
     }
 
     #[test]

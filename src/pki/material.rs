@@ -1,7 +1,10 @@
 //! The state dir's material that is not a certificate: the service-account key
-//! pair, the encryption-at-rest key and the sealed super-admin.conf. None of them
-//! is ever regenerated once it exists: that would invalidate every token or make
-//! every stored Secret unreadable.
+//! pair, the encryption-at-rest key, the etcd members' backup push keys and the
+//! sealed super-admin.conf. None of the keys is ever regenerated once it
+//! exists: that would invalidate every token, make every stored Secret
+//! unreadable or lock the members out of the backup target.
+
+use std::collections::BTreeMap;
 
 use rcgen::KeyPair;
 
@@ -12,7 +15,7 @@ use super::init::Action;
 use super::issue::{self, Policy};
 use super::kubeconfig::kubeconfig;
 use super::store::{Pending, StateDir, StateKey};
-use super::{names, Pki, PkiError};
+use super::{names, Pki, PkiError, PushKey};
 
 /// Reuses the service-account key pair; rotating it would invalidate every token.
 pub(super) fn service_account(
@@ -76,6 +79,77 @@ pub(super) fn encryption_key(
             Ok((k, Action::Issued))
         }
     }
+}
+
+/// Push keys by member name.
+type PushKeys = BTreeMap<String, PushKey>;
+
+/// One SSH key pair per etcd member when backups are copied to a target
+/// (`backups.target`): the member logs in to the target with it, and the
+/// target's `authorized_keys` ties each key to its member. With `issue` false
+/// (`load`), a missing key is an error instead of a new key.
+pub(super) fn push_keys(
+    inv: &Inventory,
+    dir: &StateDir,
+    key: &StateKey,
+    issue: Option<&mut Vec<Pending>>,
+) -> Result<(PushKeys, Vec<(String, Action)>), PkiError> {
+    let mut keys = BTreeMap::new();
+    let mut report = Vec::new();
+    if inv.backups.as_ref().is_none_or(|b| b.target.is_none()) {
+        return Ok((keys, report));
+    }
+    let mut pending = issue;
+    for m in inv.etcd_members() {
+        let name = format!("backup-push/{}", m.name);
+        let (kp, pubp) = (dir.push_key_path(&m.name), dir.push_pub_path(&m.name));
+        let (pair, action) = match (dir.read_sealed(&kp, key)?, dir.read_public(&pubp)?) {
+            (Some(private), Some(public)) => {
+                let public = String::from_utf8_lossy(&public).trim().to_string();
+                let matches = russh::keys::PrivateKey::from_openssh(private.expose_str())
+                    .ok()
+                    .and_then(|k| k.public_key().to_openssh().ok())
+                    .is_some_and(|p| p == public);
+                if !matches {
+                    return Err(PkiError::Corrupt {
+                        path: pubp,
+                        reason: format!("not the public half of {}", kp.display()),
+                    });
+                }
+                (PushKey { private, public }, Action::Reused)
+            }
+            (None, None) => {
+                let Some(pending) = pending.as_deref_mut() else {
+                    return Err(PkiError::NotInitialised {
+                        name,
+                        reason: "missing from the state dir (backups.target is new)".into(),
+                    });
+                };
+                let comment = format!("rampart-backup-push:{}/{}", inv.cluster.name, m.name);
+                let (private, public) = issue::ssh_push_key(&comment)?;
+                pending.push(Pending {
+                    bytes: key.seal(private.expose(), &kp)?,
+                    path: kp,
+                });
+                pending.push(Pending {
+                    path: pubp,
+                    bytes: format!("{public}\n").into_bytes(),
+                });
+                (PushKey { private, public }, Action::Issued)
+            }
+            (private, _) => {
+                return Err(PkiError::Corrupt {
+                    path: if private.is_some() { pubp } else { kp },
+                    reason:
+                        "the push key pair is half there; delete both halves to issue a new one"
+                            .into(),
+                })
+            }
+        };
+        keys.insert(m.name.clone(), pair);
+        report.push((name, action));
+    }
+    Ok((keys, report))
 }
 
 /// super-admin.conf lives only in the state dir; rewritten when its content changes.

@@ -6,7 +6,8 @@
 //! - `inspect`: reading certificates back (x509-parser), chain and spec checks.
 //! - `store`: the state dir on disk (age-sealed keys, 0600/0700).
 //! - `init`: the idempotent `init` and the strict `load`; `material`: the
-//!   service-account key, encryption key and super-admin.conf beside the certs.
+//!   service-account key, encryption key, backup push keys and
+//!   super-admin.conf beside the certs.
 //! - `list`: the unlock-free listing; `user`: tenant user kubeconfigs.
 //! - `kubeconfig`: kubeconfig files with embedded credentials.
 
@@ -52,6 +53,18 @@ pub struct Pki {
     pub service_account_pub: String,
     /// 32 random bytes for the EncryptionConfiguration provider.
     pub encryption_key: Secret,
+    /// Per etcd member, when backups are copied to a target (else empty).
+    pub push_keys: BTreeMap<String, PushKey>,
+}
+
+/// An etcd member's SSH key for copying backups to the backup target.
+#[derive(Debug, Clone)]
+pub struct PushKey {
+    /// OpenSSH private key: `/etc/rampart/backup-push.key` on the member only.
+    pub private: Secret,
+    /// `ssh-ed25519 AAAA… rampart-backup-push:<cluster>/<member>`: the target's
+    /// `authorized_keys`.
+    pub public: String,
 }
 
 impl Pki {

@@ -116,6 +116,13 @@ impl StateDir {
     pub fn encryption_key_path(&self) -> PathBuf {
         self.root.join("pki/encryption-key.age")
     }
+    /// An etcd member's backup push key (`backups.target`), sealed.
+    pub fn push_key_path(&self, member: &str) -> PathBuf {
+        self.root.join(format!("pki/backup-push-{member}.key.age"))
+    }
+    pub fn push_pub_path(&self, member: &str) -> PathBuf {
+        self.root.join(format!("pki/backup-push-{member}.pub"))
+    }
     pub fn super_admin_conf_path(&self) -> PathBuf {
         self.root.join("super-admin.conf.age")
     }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use crate::digest::sha256_file;
 
 use crate::inventory::Inventory;
-use crate::render::{Contents, Dir, HostBundle, Service};
+use crate::render::{Contents, Dir, HostBundle, Service, SystemUser};
 
 /// Where a desired file's bytes come from.
 #[derive(Debug, Clone)]
@@ -52,6 +52,7 @@ pub struct Desired {
     /// Binaries from the artifacts dir.
     pub binaries: Vec<Want>,
     pub dirs: Vec<Dir>,
+    pub users: Vec<SystemUser>,
     /// In start order.
     pub services: Vec<Service>,
 }
@@ -76,6 +77,7 @@ impl Desired {
             files,
             binaries,
             dirs: hb.dirs.clone(),
+            users: hb.users.clone(),
             services: hb.services.clone(),
         }
     }
@@ -94,18 +96,35 @@ pub struct Needed {
     pub needed_for: Service,
 }
 
-/// Binaries a host with these services needs, where the inventory puts them.
-pub fn needed_binaries(inv: &Inventory, services: &[Service]) -> Vec<Needed> {
+/// Binaries a host with these services needs, where the inventory puts them;
+/// with `receives_backups` (the backup target) also rampart itself.
+pub fn needed_binaries(
+    inv: &Inventory,
+    services: &[Service],
+    receives_backups: bool,
+) -> Vec<Needed> {
     let dir = |d: &str, name: &str| format!("{}/{name}", d.trim_end_matches('/'));
     let mut out = Vec::new();
+    if receives_backups && !services.contains(&Service::Backups) {
+        out.push(Needed {
+            name: Service::Backups.binary(),
+            path: crate::backup::RAMPART_PATH.into(),
+            version_args: "--version",
+            service: None,
+            needed_for: Service::Backups,
+        });
+    }
     for &svc in services {
-        let (base, args) = match svc {
-            Service::Etcd => (&inv.binaries.etcd_dir, "--version"),
-            _ => (&inv.binaries.dir, "--version"),
+        let path = match svc {
+            Service::Etcd => dir(&inv.binaries.etcd_dir, svc.binary()),
+            // The units and authorized_keys name this path, whatever binaries.dir says.
+            Service::Backups => crate::backup::RAMPART_PATH.into(),
+            _ => dir(&inv.binaries.dir, svc.binary()),
         };
+        let args = "--version";
         out.push(Needed {
             name: svc.binary(),
-            path: dir(base, svc.binary()),
+            path,
             version_args: args,
             service: Some(svc),
             needed_for: svc,

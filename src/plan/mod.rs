@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::render::Service;
+use crate::render::{Service, SystemUser};
 use desired::{Desired, Want};
 use facts::HostFacts;
 
@@ -106,6 +106,9 @@ pub struct HostPlan {
     pub files: Vec<FileChange>,
     pub binaries: Vec<FileChange>,
     pub dirs: Vec<DirChange>,
+    /// System accounts to create (before the directories they own).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<SystemUser>,
     /// Managed files already as desired.
     pub unchanged: usize,
     /// A unit file changed: `systemctl daemon-reload` before any restart.
@@ -130,6 +133,7 @@ impl HostPlan {
         self.files.is_empty()
             && self.binaries.is_empty()
             && self.dirs.is_empty()
+            && self.users.is_empty()
             && !self.daemon_reload
             && self.enable.is_empty()
             && self.services.is_empty()
@@ -137,7 +141,10 @@ impl HostPlan {
     }
     /// Whether files, dirs or binaries change (the install phases have work).
     pub fn changes_files(&self) -> bool {
-        !(self.files.is_empty() && self.binaries.is_empty() && self.dirs.is_empty())
+        !(self.files.is_empty()
+            && self.binaries.is_empty()
+            && self.dirs.is_empty()
+            && self.users.is_empty())
     }
     /// Updated plain text files whose old content would make a readable diff.
     pub fn diffable(&self) -> Vec<String> {
@@ -330,11 +337,18 @@ pub fn plan_host(host: &str, desired: &Desired, facts: &HostFacts, skips: &Skips
                 != Some(sha.as_str())
         });
     let record_changed = facts.record.as_ref().map(|r| &r.files) != Some(&record);
+    let users = desired
+        .users
+        .iter()
+        .filter(|u| facts.users.get(&u.name) != Some(&true))
+        .cloned()
+        .collect();
     HostPlan {
         host: host.to_string(),
         files,
         binaries,
         dirs,
+        users,
         unchanged,
         daemon_reload,
         enable,

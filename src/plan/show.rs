@@ -48,6 +48,13 @@ pub fn summary(p: &HostPlan) -> String {
             parts.push(format!("{n} dir{} {word}", if n == 1 { "" } else { "s" }));
         }
     }
+    if !p.users.is_empty() {
+        let n = p.users.len();
+        parts.push(format!(
+            "{n} user{} to create",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
     if p.apply_manifests {
         parts.push("apply manifests".into());
     }
@@ -64,6 +71,9 @@ pub fn summary(p: &HostPlan) -> String {
 pub fn host(p: &HostPlan) -> String {
     let mut s = summary(p);
     s.push('\n');
+    for u in &p.users {
+        let _ = writeln!(s, "  + user {} (system, home {})", u.name, u.home);
+    }
     for d in &p.dirs {
         let sign = if d.action == Action::Create { '+' } else { '~' };
         let _ = writeln!(

@@ -186,6 +186,8 @@ pub struct Commit {
     pub install: Vec<(String, String)>,
     /// Files rampart installed before and no longer manages.
     pub remove: Vec<String>,
+    /// System accounts to create first: directories may belong to them.
+    pub users: Vec<crate::render::SystemUser>,
     /// Directories to create or fix (mode, owner).
     pub dirs: Vec<Attrs>,
     /// Files to fix in place (mode, owner), contents unchanged.
@@ -212,6 +214,16 @@ pub fn commit(c: &Commit) -> String {
         "keep() {\n  [ -e \"$R$1\" ] || return 0\n  (umask 077; mkdir -p \"$B$(dirname \"$1\")\")\n  cp -a \"$R$1\" \"$B$1\"\n}\n",
     );
     s.push_str("synced=\n");
+    // `*` (not `!`) keeps the account usable by public key even where sshd
+    // does not use PAM, while no password can ever match it.
+    for u in &c.users {
+        let _ = writeln!(
+            s,
+            "id -u {n} >/dev/null 2>&1 || useradd --system --user-group --no-create-home --home-dir {h} --shell /bin/sh --password '*' --comment 'rampart backup receiver' {n} || exit 5",
+            n = quote(&u.name),
+            h = quote(&u.home),
+        );
+    }
     for d in &c.dirs {
         let _ = writeln!(
             s,
@@ -376,6 +388,10 @@ mod tests {
                 mode: 0o600,
                 owner: "root".into(),
                 group: "root".into(),
+            }],
+            users: vec![crate::render::SystemUser {
+                name: "rampart-backup".into(),
+                home: "/var/lib/rampart-backup".into(),
             }],
             dirs: vec![Attrs {
                 path: "/var/lib/etcd".into(),

@@ -120,6 +120,15 @@ pub struct Dir {
     pub group: String,
 }
 
+/// A system account the host must have (the backup target's receiving user).
+/// Created locked to passwords (`*`) with `/bin/sh` as its shell: sshd runs
+/// the forced command through it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemUser {
+    pub name: String,
+    pub home: String,
+}
+
 /// Everything one host must hold.
 #[derive(Debug, Clone, Default)]
 pub struct HostBundle {
@@ -129,6 +138,11 @@ pub struct HostBundle {
     pub dirs: Vec<Dir>,
     /// Services this host runs, in start order.
     pub services: Vec<Service>,
+    /// Accounts to create before the directories they own.
+    pub users: Vec<SystemUser>,
+    /// The host runs `rampart agent receive` (it is the backup target), so it
+    /// gets rampart itself like an etcd member with backups does.
+    pub receives_backups: bool,
 }
 
 impl HostBundle {
@@ -163,6 +177,10 @@ pub struct Manifest {
     pub services: Vec<Service>,
     pub dirs: Vec<Dir>,
     pub files: Vec<ManifestEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<SystemUser>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub receives_backups: bool,
 }
 
 impl HostBundle {
@@ -184,6 +202,8 @@ impl HostBundle {
                     services: f.services.clone(),
                 })
                 .collect(),
+            users: self.users.clone(),
+            receives_backups: self.receives_backups,
         }
     }
 }

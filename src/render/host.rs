@@ -14,7 +14,7 @@ use crate::secret::Secret;
 use super::context::{https_url, secure_port, ApiserverUnit, ControlPlaneUnit, EtcdUnit, NodeUnit};
 use super::shared::{cert, Shared};
 use super::templates::{self, render};
-use super::{Contents, Dir, File, HostBundle, RenderError, Service};
+use super::{Contents, Dir, File, HostBundle, RenderError, Service, SystemUser};
 use crate::pki::kubeconfig;
 
 use Service::*;
@@ -23,13 +23,14 @@ const PKI: &str = "/etc/kubernetes/pki";
 
 /// Files and dirs of one host, keyed by path; a path added twice (e.g. `ca.crt`
 /// by two roles) keeps one copy and feeds the union of services.
-struct Builder {
+pub(super) struct Builder {
     files: BTreeMap<String, File>,
     dirs: BTreeMap<String, Dir>,
+    users: Vec<SystemUser>,
 }
 
 impl Builder {
-    fn file(&mut self, path: &str, mode: u32, contents: Contents, services: &[Service]) {
+    pub(super) fn file(&mut self, path: &str, mode: u32, contents: Contents, services: &[Service]) {
         if let Some(existing) = self.files.get_mut(path) {
             debug_assert_eq!(
                 existing.contents, contents,
@@ -52,11 +53,11 @@ impl Builder {
     }
 
     /// Unit files, configs and kubeconfigs: root:root 0600 (CIS 1.1.x, 4.1.x).
-    fn config(&mut self, path: &str, text: String, services: &[Service]) {
+    pub(super) fn config(&mut self, path: &str, text: String, services: &[Service]) {
         self.file(path, 0o600, Contents::Plain(text.into_bytes()), services);
     }
 
-    fn secret(&mut self, path: &str, secret: Secret, services: &[Service]) {
+    pub(super) fn secret(&mut self, path: &str, secret: Secret, services: &[Service]) {
         self.file(path, 0o600, Contents::Secret(secret), services);
     }
 
@@ -77,7 +78,11 @@ impl Builder {
         );
     }
 
-    fn dir(&mut self, path: &str, mode: u32, owner: &str) {
+    pub(super) fn user(&mut self, user: SystemUser) {
+        self.users.push(user);
+    }
+
+    pub(super) fn dir(&mut self, path: &str, mode: u32, owner: &str) {
         self.dirs.insert(
             path.to_string(),
             Dir {
@@ -99,6 +104,7 @@ pub fn host_bundle(
     let mut b = Builder {
         files: BTreeMap::new(),
         dirs: BTreeMap::new(),
+        users: Vec::new(),
     };
     if host.roles.etcd {
         etcd(&mut b, inv, pki, shared, host)?;
@@ -108,6 +114,9 @@ pub fn host_bundle(
     }
     if host.roles.runs_kubelet() {
         node(&mut b, inv, pki, shared, host)?;
+    }
+    if host.roles.backup_target {
+        super::backups::target(&mut b, inv, pki);
     }
     let services: Vec<Service> = Service::ALL
         .into_iter()
@@ -134,6 +143,8 @@ pub fn host_bundle(
         files,
         dirs: b.dirs.into_values().collect(),
         services,
+        users: b.users,
+        receives_backups: host.roles.backup_target,
     })
 }
 
@@ -178,26 +189,7 @@ fn etcd(
         &[],
     );
     b.dir("/var/lib/etcd", 0o700, "etcd");
-    backups(b, inv, host)
-}
-
-/// The scheduled backup job, when the inventory has a `backups:` section:
-/// its config (recipients only: hosts never hold an identity), its units and
-/// its directory. The job is rampart itself, uploaded by `apply`.
-fn backups(b: &mut Builder, inv: &Inventory, host: &Host) -> Result<(), RenderError> {
-    let (Some(config), Some((service, timer))) = (
-        crate::backup::AgentConfig::from_inventory(inv, host),
-        crate::backup::units(inv, host)?,
-    ) else {
-        return Ok(());
-    };
-    b.dir("/etc/rampart", 0o700, "root");
-    b.config(crate::backup::CONFIG_PATH, config.to_yaml(), &[Backups]);
-    b.config(crate::backup::SERVICE_PATH, service, &[Backups]);
-    b.config(crate::backup::TIMER_PATH, timer, &[Backups]);
-    // systemd refuses a unit whose ReadWritePaths= does not exist.
-    b.dir(&config.dir.display().to_string(), 0o700, "root");
-    Ok(())
+    super::backups::member(b, inv, pki, host)
 }
 
 fn control_plane(

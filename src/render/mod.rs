@@ -9,6 +9,7 @@
 //! - `encryption`: the EncryptionConfiguration, built with serde (kubeconfigs come from `pki`).
 //! - `tls`: how each component spells the cipher-suite list.
 
+mod backups;
 mod bundle;
 mod context;
 mod encryption;
@@ -46,6 +47,10 @@ pub enum RenderError {
     },
     #[error("the PKI has no certificate `{name}` needed by {host}; the state dir is incomplete or was issued for another inventory")]
     MissingCert { host: String, name: String },
+    #[error("the state dir has no backup push key for {member}; run `rampart init` to issue it (backups.target is new)")]
+    MissingPushKey { member: String },
+    #[error("backups.target `{host}`: its SSH host key is neither pinned (ssh.hostKey) nor in known_hosts, and the etcd members must pin it to copy backups there; check and trust it first: `rampart hosts trust -i INVENTORY --hosts {host}`")]
+    TargetHostKeyUnknown { host: String },
 }
 
 /// Renders every host's bundle. Files that are the same on many hosts are

@@ -57,6 +57,8 @@ pub fn read_bundle(dir: &Path) -> Result<Bundle, ReadBundleError> {
             services: m.services,
             dirs: m.dirs,
             files: Vec::with_capacity(m.files.len()),
+            users: m.users,
+            receives_backups: m.receives_backups,
         };
         for e in m.files {
             let local = host_dir.join(e.path.trim_start_matches('/'));

@@ -518,7 +518,9 @@ fn snapshot_job_against_real_etcd() {
     let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
     let mut written = Vec::new();
     for h in 0..4 {
-        let o = backup::run_job(&ret, t0 + time::Duration::hours(h)).unwrap();
+        let o = backup::run_job(&ret, t0 + time::Duration::hours(h))
+            .unwrap()
+            .backup;
         written.push(o.file.clone());
         if h < 3 {
             assert!(o.pruned.is_empty(), "{:?}", o.pruned);

@@ -242,6 +242,7 @@ fn control_plane() -> HostBundle {
             group: "etcd".into(),
         }],
         services: Service::ALL.to_vec(),
+        ..Default::default()
     }
 }
 
@@ -252,6 +253,7 @@ fn worker() -> HostBundle {
         files,
         dirs: vec![],
         services: vec![Service::Kubelet, Service::KubeProxy],
+        ..Default::default()
     }
 }
 

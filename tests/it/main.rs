@@ -7,6 +7,7 @@ mod etcd;
 mod inventory;
 mod lab;
 mod pki;
+mod push;
 mod render;
 mod restore;
 mod ssh;

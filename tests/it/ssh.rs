@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 const SSHD: &str = "/usr/sbin/sshd";
 
-fn can_run() -> bool {
+pub(super) fn can_run() -> bool {
     // sshd, useradd and the sudoers drop-in need root.
     let root = uid() == 0;
     if !root || !Path::new(SSHD).exists() {
@@ -49,7 +49,7 @@ fn free_port() -> u16 {
 }
 
 /// `ssh-keygen -t TYPE` into `dir/name`; returns the private key path.
-fn keygen(dir: &Path, name: &str, kind: &str, pass: &str) -> PathBuf {
+pub(super) fn keygen(dir: &Path, name: &str, kind: &str, pass: &str) -> PathBuf {
     let path = dir.join(name);
     let mut cmd = Command::new("ssh-keygen");
     cmd.args(["-q", "-t", kind, "-N", pass, "-C", name, "-f"])
@@ -62,7 +62,7 @@ fn keygen(dir: &Path, name: &str, kind: &str, pass: &str) -> PathBuf {
     path
 }
 
-fn pubkey(path: &Path) -> String {
+pub(super) fn pubkey(path: &Path) -> String {
     fs::read_to_string(path.with_extension("pub"))
         .unwrap()
         .trim()
@@ -70,7 +70,7 @@ fn pubkey(path: &Path) -> String {
 }
 
 /// `SHA256:…` of a public key file, from `ssh-keygen -lf`.
-fn keygen_fingerprint(pub_path: &Path) -> String {
+pub(super) fn keygen_fingerprint(pub_path: &Path) -> String {
     let out = Command::new("ssh-keygen")
         .arg("-lf")
         .arg(pub_path)
@@ -84,15 +84,15 @@ fn keygen_fingerprint(pub_path: &Path) -> String {
 }
 
 /// One sshd, killed when dropped.
-struct Sshd {
+pub(super) struct Sshd {
     child: Child,
-    port: u16,
+    pub(super) port: u16,
     host_key: PathBuf,
     log: PathBuf,
 }
 
 impl Sshd {
-    fn start(dir: &Path, name: &str, authorized_keys: &Path, extra: &str) -> Sshd {
+    pub(super) fn start(dir: &Path, name: &str, authorized_keys: &Path, extra: &str) -> Sshd {
         let sdir = dir.join(name);
         fs::create_dir_all(&sdir).unwrap();
         let host_key = keygen(&sdir, "host_ed25519", "ed25519", "");
@@ -140,15 +140,15 @@ impl Sshd {
         sshd
     }
 
-    fn host_pub(&self) -> String {
+    pub(super) fn host_pub(&self) -> String {
         pubkey(&self.host_key)
     }
 
-    fn fingerprint(&self) -> String {
+    pub(super) fn fingerprint(&self) -> String {
         keygen_fingerprint(&self.host_key.with_extension("pub"))
     }
 
-    fn log_text(&self) -> String {
+    pub(super) fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 }

@@ -60,7 +60,18 @@ pub(super) fn binaries(b: &RawBinaries, base: &Path, p: &mut Problems) -> Binari
     }
 }
 
-pub(super) fn backups(b: &RawBackups, p: &mut Problems) -> Backups {
+/// The target host's pinned key (checked where the host's `ssh` is validated).
+fn target_pin(hosts: &[RawHost], name: &str) -> Vec<String> {
+    hosts
+        .iter()
+        .find(|h| h.name == name)
+        .and_then(|h| h.ssh.as_ref())
+        .and_then(|s| s.host_key.clone())
+        .into_iter()
+        .collect()
+}
+
+pub(super) fn backups(b: &RawBackups, raw_hosts: &[RawHost], p: &mut Problems) -> Backups {
     recipients(&b.recipients, p);
     let schedule = b
         .schedule
@@ -89,6 +100,7 @@ pub(super) fn backups(b: &RawBackups, p: &mut Problems) -> Backups {
             host: t.host.clone(),
             path: t.path.clone(),
             user,
+            host_keys: target_pin(raw_hosts, &t.host),
             retention: retention(&t.retention, "backups.target.retention", p),
         }
     });

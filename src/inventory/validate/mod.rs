@@ -95,7 +95,10 @@ pub fn validate_with(
     let security = security::security(&raw.security, &mut p);
     let tenants = tenants::tenants(&raw.tenants, &mut p);
     let binaries = backups::binaries(&raw.binaries, base, &mut p);
-    let backups = raw.backups.as_ref().map(|b| backups::backups(b, &mut p));
+    let backups = raw
+        .backups
+        .as_ref()
+        .map(|b| backups::backups(b, &raw.hosts, &mut p));
     backups::target_placement(raw, &mut p);
     if let Some(c) = &cluster {
         cluster::networks(c, &hosts, &mut p);

@@ -140,16 +140,7 @@ impl SshRemote {
         sink: Option<&mut tokio::fs::File>,
     ) -> Result<Output, RemoteError> {
         let (mut rx, tx, _slot) = self.start(script).await?;
-        let feed = self.feed(&tx, source);
-        let read = collect(&mut rx, Output::default(), sink);
-        tokio::pin!(feed, read);
-        let mut fed = false;
-        let got = loop {
-            tokio::select! {
-                r = &mut feed, if !fed => { fed = true; r?; }
-                got = &mut read => break got,
-            }
-        };
+        let got = feed_while_collecting(&mut rx, self.feed(&tx, source), sink).await?;
         let got = got.map_err(|e| self.lost(format!("cannot write the output locally: {e}")))?;
         if got.refused {
             return Err(self.lost("the server refused to run the command"));
@@ -218,15 +209,38 @@ enum Source {
     File(std::path::PathBuf, tokio::fs::File),
 }
 
-/// Reads a channel to its end: stdout, stderr, exit status.
-struct Collected {
-    out: Output,
-    /// The channel ended orderly (exit status, signal or close) rather than
-    /// with the connection.
-    complete: bool,
-    refused: bool,
+/// Runs `feed` (which writes the command's stdin) while reading the channel
+/// to its end with [`collect`]: a command may fill its stdout window before it
+/// has read all of its stdin, or exit without reading it all. An error from
+/// `feed` ends both; the outer result is `feed`'s, the inner one `collect`'s.
+pub(crate) async fn feed_while_collecting<E>(
+    rx: &mut ChannelReadHalf,
+    feed: impl std::future::Future<Output = Result<(), E>>,
+    sink: Option<&mut tokio::fs::File>,
+) -> Result<Result<Collected, std::io::Error>, E> {
+    let read = collect(rx, Output::default(), sink);
+    tokio::pin!(feed, read);
+    let mut fed = false;
+    loop {
+        tokio::select! {
+            r = &mut feed, if !fed => { fed = true; r?; }
+            got = &mut read => return Ok(got),
+        }
+    }
 }
 
+/// Reads a channel to its end: stdout, stderr, exit status.
+pub(crate) struct Collected {
+    pub(crate) out: Output,
+    /// The channel ended orderly (exit status, signal or close) rather than
+    /// with the connection.
+    pub(crate) complete: bool,
+    /// The server refused the exec request.
+    pub(crate) refused: bool,
+}
+
+/// Reads `rx` until the channel closes: stdout (into `out` or `sink`), stderr,
+/// the exit status.
 async fn collect(
     rx: &mut ChannelReadHalf,
     mut out: Output,

@@ -439,11 +439,28 @@ where
 /// Connects to `host`, verifies its key, authenticates: a [`crate::remote::Remote`].
 pub async fn connect(host: &Host, opts: &ConnectOptions) -> Result<SshRemote, SshError> {
     let route = config::resolve(host, opts)?;
+    let (session, jump) = open_session(&route, opts).await?;
+    Ok(SshRemote::new(
+        host.name.clone(),
+        route.target.user.clone(),
+        route.sudo,
+        session,
+        jump,
+    ))
+}
+
+/// Dials a resolved route (its bastion first, if any), verifies the host key,
+/// authenticates: the session and the bastion session carrying it. For
+/// callers that run their own channel rather than scripts (the backup push,
+/// which builds its route from its own config, not from the inventory).
+pub async fn open_session(
+    route: &Route,
+    opts: &ConnectOptions,
+) -> Result<(Handle<Client>, Option<Handle<Client>>), SshError> {
     // Keys load before dialling: a locked key fails without network traffic.
     let mut tried = Vec::new();
     let ids = auth::load(&route.target, &mut tried)?;
-    let (session, jump) = with_retries(opts, || {
-        let route = &route;
+    with_retries(opts, || {
         let ids = ids.clone();
         let tried = tried.clone();
         async move {
@@ -457,14 +474,7 @@ pub async fn connect(host: &Host, opts: &ConnectOptions) -> Result<SshRemote, Ss
             Ok((session, jump))
         }
     })
-    .await?;
-    Ok(SshRemote::new(
-        host.name.clone(),
-        route.target.user.clone(),
-        route.sudo,
-        session,
-        jump,
-    ))
+    .await
 }
 
 /// How a scanned key compares with what is recorded for the host.
@@ -562,4 +572,27 @@ pub fn pin_host_key(known_hosts: &Path, host: &Host, key: &ScannedKey) -> io::Re
         &host_keys::host_field(&key.address, key.port),
         &key.key,
     )
+}
+
+/// Fills `backups.target`'s host keys from the admin's `known_hosts` when the
+/// target has no pin, so the etcd members pin exactly the key `apply` itself
+/// trusts for that host. Left empty when nothing is recorded: render then
+/// asks for `rampart hosts trust`.
+pub fn fill_target_host_keys(
+    inv: &mut crate::inventory::Inventory,
+    opts: &ConnectOptions,
+) -> Result<(), SshError> {
+    let crate::inventory::Inventory { backups, hosts, .. } = inv;
+    let Some(t) = backups.as_mut().and_then(|b| b.target.as_mut()) else {
+        return Ok(());
+    };
+    let Some(host) = hosts.iter().find(|h| h.name == t.host) else {
+        return Ok(());
+    };
+    if t.host_keys.is_empty() {
+        let route = config::resolve(host, opts)?;
+        let keys = route.target.trust.recorded()?;
+        t.host_keys = keys.iter().map(host_keys::openssh_line).collect();
+    }
+    Ok(())
 }

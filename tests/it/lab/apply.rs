@@ -24,7 +24,9 @@ pub(super) fn reset(lab: &Lab) {
             "systemctl disable --now rampart-backup.timer etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy >/dev/null 2>&1 || true; \
              rm -rf /etc/kubernetes /var/lib/etcd /var/lib/rampart /var/lib/kubelet /var/lib/kube-proxy \
                     /etc/systemd/system/etcd.service /etc/systemd/system/kube-*.service /etc/sysctl.d/90-rampart-kubelet.conf \
-                    /usr/local/bin/dd /usr/local/bin/rampart /etc/rampart /var/backups/etcd /etc/systemd/system/rampart-backup.*; \
+                    /usr/local/bin/dd /usr/local/bin/rampart /etc/rampart /var/backups/etcd /etc/systemd/system/rampart-backup.* \
+                    /srv/backups /var/lib/rampart-backup; \
+             userdel rampart-backup >/dev/null 2>&1 || true; \
              systemctl daemon-reload; systemctl reset-failed",
         );
     }

@@ -43,6 +43,31 @@ fn backups_on(lab: &Lab, i: usize) -> Vec<String> {
     names
 }
 
+/// Decrypts `backup` with the Debian `age` CLI into `work` and returns
+/// `etcdctl snapshot status -w json` of the plaintext (interop, not our code).
+pub(super) fn decrypt_and_status(identity: &Path, backup: &Path, work: &Path) -> serde_json::Value {
+    let plain = work.join("plain.db");
+    let age = Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(identity)
+        .arg("-o")
+        .arg(&plain)
+        .arg(backup)
+        .output()
+        .unwrap();
+    assert_success(&age, "age -d");
+    let status = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert_success(&status, "etcdctl snapshot status");
+    std::fs::remove_file(&plain).unwrap();
+    serde_json::from_slice(&status.stdout).unwrap()
+}
+
 fn sha256_of(path: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
 }
@@ -140,25 +165,7 @@ fn lab_backups_are_scheduled_encrypted_listed_and_pulled() {
         .root
         .join(DIR.trim_start_matches('/'))
         .join(&files[0]);
-    let plain = work.path().join("plain.db");
-    let age = Command::new("age")
-        .arg("-d")
-        .arg("-i")
-        .arg(&identity)
-        .arg("-o")
-        .arg(&plain)
-        .arg(&copy)
-        .output()
-        .unwrap();
-    assert_success(&age, "age -d");
-    let status = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["snapshot", "status", "-w", "json"])
-        .arg(&plain)
-        .output()
-        .unwrap();
-    assert_success(&status, "etcdctl snapshot status");
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = decrypt_and_status(&identity, &copy, work.path());
     assert!(status["totalKey"].as_u64().unwrap() >= 5, "{status}");
 
     // backup now / list / pull from the admin machine.

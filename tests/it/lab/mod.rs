@@ -20,6 +20,7 @@
 
 mod apply;
 mod backup;
+mod backup_target;
 mod restore;
 mod smoke;
 
@@ -286,6 +287,8 @@ impl Lab {
         for (i, h) in self.hosts.iter().enumerate() {
             let roles = if i < 3 {
                 "[etcd, control-plane]"
+            } else if spec.backup_target {
+                "[worker, backup-target]"
             } else {
                 "[worker]"
             };
@@ -324,6 +327,8 @@ pub struct InventorySpec {
     pub bastion: Option<bool>,
     /// YAML appended at the top level, e.g. `"security:\n  keyAlgorithm: ecdsa-p384\n"`.
     pub extra: String,
+    /// The fourth host (the worker) is also the backup target.
+    pub backup_target: bool,
 }
 
 /// Panics unless this process is in network namespace `/run/netns/<netns>`.
