@@ -4,7 +4,8 @@
 //!
 //! - `config`: the job's YAML config (`/etc/rampart/backup.yaml`), derived from the inventory.
 //! - `etcd`: running `etcdctl`/`etcdutl` and reading `snapshot status`.
-//! - `snapshot`: the job itself: save, check, stream-encrypt, manifest, prune.
+//! - `snapshot`: the job itself: save, check, stream-encrypt, manifest, prune;
+//!   `follow`: encrypting the snapshot while etcdctl writes it.
 //! - `names`: backup file names, made and read back.
 //! - `retention`: which backups to delete (pure); `prune`: applying it to a dir.
 //! - `push`: copying a new backup to the backup target over SSH.
@@ -22,6 +23,7 @@ mod authorized_keys;
 mod config;
 mod error;
 mod etcd;
+mod follow;
 mod fsutil;
 mod manifest;
 mod names;
