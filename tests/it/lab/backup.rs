@@ -43,6 +43,23 @@ fn backups_on(lab: &Lab, i: usize) -> Vec<String> {
     names
 }
 
+/// A new age identity in `dir` (with the Debian `age-keygen`) and its recipient.
+pub(super) fn age_keygen(dir: &Path) -> (std::path::PathBuf, String) {
+    let identity = dir.join("backup-identity.txt");
+    let out = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&identity)
+        .output()
+        .unwrap();
+    assert_success(&out, "age-keygen");
+    let out = Command::new("age-keygen")
+        .arg("-y")
+        .arg(&identity)
+        .output()
+        .unwrap();
+    (identity, stdout(&out).trim().to_string())
+}
+
 /// Decrypts `backup` with the Debian `age` CLI into `work` and returns
 /// `etcdctl snapshot status -w json` of the plaintext (interop, not our code).
 pub(super) fn decrypt_and_status(identity: &Path, backup: &Path, work: &Path) -> serde_json::Value {
@@ -78,19 +95,7 @@ fn lab_backups_are_scheduled_encrypted_listed_and_pulled() {
     let _lab = lock();
     reset(&lab);
     let work = tempfile::tempdir().unwrap();
-    let identity = work.path().join("backup-identity.txt");
-    let keygen = Command::new("age-keygen")
-        .arg("-o")
-        .arg(&identity)
-        .output()
-        .unwrap();
-    assert_success(&keygen, "age-keygen");
-    let recipient = Command::new("age-keygen")
-        .arg("-y")
-        .arg(&identity)
-        .output()
-        .unwrap();
-    let recipient = stdout(&recipient).trim().to_string();
+    let (identity, recipient) = age_keygen(work.path());
     let spec = InventorySpec {
         extra: format!(
             "backups:\n  schedule: \"*-*-* 03:00:00\"\n  recipients:\n    - {recipient}\n  retention:\n    count: 3\n"

@@ -5,33 +5,14 @@
 //! retention and a member's key can do nothing but add that member's backups.
 
 use std::path::Path;
-use std::process::Command;
 
 use super::apply::reset;
+use super::backup::age_keygen;
 use super::{assert_success, lock, main_lab, Cluster, InventorySpec, Lab};
 
 const SKIP: &str = "start-control-plane,apply-manifests,start-nodes";
 const TARGET: usize = 3;
 const PATH: &str = "/srv/backups/lab";
-
-fn age_keygen(dir: &std::path::Path) -> (std::path::PathBuf, String) {
-    let identity = dir.join("backup-identity.txt");
-    let out = Command::new("age-keygen")
-        .arg("-o")
-        .arg(&identity)
-        .output()
-        .unwrap();
-    assert_success(&out, "age-keygen");
-    let out = Command::new("age-keygen")
-        .arg("-y")
-        .arg(&identity)
-        .output()
-        .unwrap();
-    (
-        identity,
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-    )
-}
 
 /// `name mode owner` of everything in the target's folder, hidden files
 /// included (a temp file left behind would show), but the receiver's
