@@ -205,7 +205,6 @@ pub fn service_account_key(alg: KeyAlgorithm) -> Result<(Secret, String), PkiErr
     Ok((Secret::from(key.serialize_pem()), key.public_key_pem()))
 }
 
-/// 32 random bytes for the EncryptionConfiguration (secretbox, aescbc and aesgcm all take 32).
 /// An ed25519 SSH key pair for an etcd member's backup copies: the private
 /// half in OpenSSH format, the public half as an `authorized_keys` key
 /// (`ssh-ed25519 AAAA… <comment>`).
@@ -224,6 +223,7 @@ pub fn ssh_push_key(comment: &str) -> Result<(Secret, String), PkiError> {
     Ok((Secret::from(private.to_string()), public))
 }
 
+/// 32 random bytes for the EncryptionConfiguration (secretbox, aescbc and aesgcm all take 32).
 pub fn encryption_key() -> Secret {
     let mut b = vec![0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut b);

@@ -86,20 +86,19 @@ type PushKeys = BTreeMap<String, PushKey>;
 
 /// One SSH key pair per etcd member when backups are copied to a target
 /// (`backups.target`): the member logs in to the target with it, and the
-/// target's `authorized_keys` ties each key to its member. With `issue` false
+/// target's `authorized_keys` ties each key to its member. With `issue` None
 /// (`load`), a missing key is an error instead of a new key.
 pub(super) fn push_keys(
     inv: &Inventory,
     dir: &StateDir,
     key: &StateKey,
-    issue: Option<&mut Vec<Pending>>,
+    mut issue: Option<&mut Vec<Pending>>,
 ) -> Result<(PushKeys, Vec<(String, Action)>), PkiError> {
     let mut keys = BTreeMap::new();
     let mut report = Vec::new();
     if inv.backups.as_ref().is_none_or(|b| b.target.is_none()) {
         return Ok((keys, report));
     }
-    let mut pending = issue;
     for m in inv.etcd_members() {
         let name = format!("backup-push/{}", m.name);
         let (kp, pubp) = (dir.push_key_path(&m.name), dir.push_pub_path(&m.name));
@@ -119,7 +118,7 @@ pub(super) fn push_keys(
                 (PushKey { private, public }, Action::Reused)
             }
             (None, None) => {
-                let Some(pending) = pending.as_deref_mut() else {
+                let Some(pending) = issue.as_deref_mut() else {
                     return Err(PkiError::NotInitialised {
                         name,
                         reason: "missing from the state dir (backups.target is new)".into(),

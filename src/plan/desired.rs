@@ -121,11 +121,10 @@ pub fn needed_binaries(
             Service::Backups => crate::backup::RAMPART_PATH.into(),
             _ => dir(&inv.binaries.dir, svc.binary()),
         };
-        let args = "--version";
         out.push(Needed {
             name: svc.binary(),
             path,
-            version_args: args,
+            version_args: "--version",
             service: Some(svc),
             needed_for: svc,
         });
