@@ -101,11 +101,7 @@ impl SshRemote {
             .acquire_owned()
             .await
             .map_err(|e| self.lost(e))?;
-        let channel = self
-            .session
-            .channel_open_session()
-            .await
-            .map_err(|e| self.lost(format!("cannot open a channel: {e}")))?;
+        let channel = self.open_channel().await?;
         channel
             .exec(true, self.command(script))
             .await
@@ -113,6 +109,28 @@ impl SshRemote {
         self.sent.fetch_add(script.len() as u64, Ordering::Relaxed);
         let (rx, tx) = channel.split();
         Ok((rx, tx, permit))
+    }
+
+    /// Opens a session channel. sshd counts a channel against `MaxSessions`
+    /// until it has processed our close of it, which can come after our
+    /// slot is free again; so a refused open is that race, not a limit we
+    /// exceed, and is retried briefly (about 3 s in all) before it counts as
+    /// a lost connection.
+    async fn open_channel(&self) -> Result<russh::Channel<russh::client::Msg>, RemoteError> {
+        let mut pause = std::time::Duration::from_millis(20);
+        for _ in 0..7 {
+            match self.session.channel_open_session().await {
+                Err(russh::Error::ChannelOpenFailure(_)) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                r => return r.map_err(|e| self.lost(format!("cannot open a channel: {e}"))),
+            }
+        }
+        self.session
+            .channel_open_session()
+            .await
+            .map_err(|e| self.lost(format!("cannot open a channel: {e}")))
     }
 
     /// sudo refusing for want of a password, before the script ran.
