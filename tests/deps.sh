@@ -27,3 +27,5 @@ apt-get install -y -qq --no-install-recommends "${missing[@]}"
 # (policy-rc.d only stops it starting now, not at the next boot of this root).
 systemctl disable --quiet ssh.service 2>/dev/null || true
 systemctl disable --quiet ssh.socket 2>/dev/null || true
+# The same for Debian's etcd: the tests start their own members.
+systemctl disable --quiet etcd.service 2>/dev/null || true

@@ -76,6 +76,11 @@
 #   TH_BOOT_TIMEOUT [90] seconds to wait for a host to be up
 #   TH_HOSTKEY_TYPES [ed25519 ecdsa]  ssh host key types per host; add "rsa"
 #                       if the ssh client under test needs it (~0.7 s/host)
+#   TH_KUBELET [0]   1: hosts can run a kubelet and containers (see "Kubelet
+#                       mode" in docs/lab.md): own v1 controller cgroups made
+#                       writable inside, /dev/kmsg, a real-filesystem
+#                       /var/lib/containerd, and the kernel settings the
+#                       kubelet insists on set on this machine while labs run
 #
 # Cleanup model: every resource is written to a journal file *before* it is
 # created (per host: $TH_STATE/hosts/<name>/created, global: $TH_STATE/created);
@@ -99,14 +104,18 @@ TH_BOOT_TIMEOUT=${TH_BOOT_TIMEOUT:-90}
 TH_EXTRA_PACKAGES=${TH_EXTRA_PACKAGES:-}
 TH_AUTHORIZED_KEYS=${TH_AUTHORIZED_KEYS:-}
 TH_HOSTKEY_TYPES=${TH_HOSTKEY_TYPES:-ed25519 ecdsa}
+TH_KUBELET=${TH_KUBELET:-0}
 
 # Packages baked into the base image (Debian names).  libpam-systemd + dbus give
 # each ssh login a logind session like on a real server.
 # sudo: the non-root user `deploy` (become: sudo); age: rampart encrypts backups with it.
-TH_PACKAGES="systemd,systemd-sysv,dbus,libpam-systemd,openssh-server,sudo,etcd-server,etcd-client,age,iproute2,ca-certificates,procps,curl,openssl,less${TH_EXTRA_PACKAGES:+,$TH_EXTRA_PACKAGES}"
+# containerd, runc and the CNI plugins: the node runtime rampart configures
+# (installed, not enabled: hosts start bare).
+TH_PACKAGES="systemd,systemd-sysv,dbus,libpam-systemd,openssh-server,sudo,etcd-server,etcd-client,age,iproute2,ca-certificates,procps,curl,openssl,less,containerd,runc,containernetworking-plugins,iptables,conntrack${TH_EXTRA_PACKAGES:+,$TH_EXTRA_PACKAGES}"
 # Bump when the image customisation below changes (invalidates the cache).
 # 4: rampart lab (sudo, age, user deploy)
-TH_IMAGE_REV=4
+# 5: containerd, runc, CNI plugins, iptables, conntrack (disabled); kubelet mode
+TH_IMAGE_REV=5
 # Non-root login user in every host: lab key authorized, passwordless sudo.
 DEPLOY_USER=deploy
 
@@ -114,6 +123,7 @@ DEPLOY_USER=deploy
 # ssh/status/down work without repeating them.
 TH_NET_REQUESTED=$TH_NET
 TH_BASTION_REQUESTED=$TH_BASTION
+TH_KUBELET_REQUESTED=$TH_KUBELET
 TH_INNER_NET_REQUESTED=${TH_INNER_NET:-}
 if [ -f "$TH_STATE/config" ]; then
     # shellcheck disable=SC1091
@@ -186,6 +196,27 @@ cg_roots() {
     fi
     if [ "$(stat -fc %T /sys/fs/cgroup/systemd 2>/dev/null)" = cgroupfs ]; then
         echo /sys/fs/cgroup/systemd
+    fi
+    # Kubelet mode: each host also gets its own cgroup in every v1 controller
+    # hierarchy (memory, cpu, pids, ...), so the kubelet and containerd of one
+    # host see their own subtree as the root (nspawn uses a cgroup namespace)
+    # and never each other's kubepods.
+    if [ "$TH_KUBELET" = 1 ]; then
+        local d
+        for d in /sys/fs/cgroup/*; do
+            { [ -L "$d" ] || [ "$d" = /sys/fs/cgroup/systemd ]; } && continue
+            [ "$(stat -fc %T "$d" 2>/dev/null)" = cgroupfs ] && echo "$d"
+        done
+    fi
+    true
+}
+# mkdir a cgroup; a new cpuset cgroup has no CPUs or memory nodes until given
+# its parent's (tasks cannot join it before).
+cg_mkdir() {
+    mkdir -p "$1"
+    if [ -e "$1/cpuset.cpus" ] && [ -z "$(cat "$1/cpuset.cpus")" ]; then
+        cat "$(dirname "$1")/cpuset.cpus" > "$1/cpuset.cpus"
+        cat "$(dirname "$1")/cpuset.mems" > "$1/cpuset.mems"
     fi
 }
 # All PIDs in a cgroup subtree.
@@ -360,7 +391,7 @@ EOF
     # Hosts start "bare": etcd is installed but not enabled (the tool under
     # test configures and enables it).  Periodic maintenance jobs that only
     # make noise in a container are disabled.  (systemctl works offline in a chroot.)
-    for u in etcd.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
+    for u in etcd.service containerd.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
              e2scrub_reap.service fstrim.timer; do
         chroot "$r" systemctl disable "$u" >/dev/null 2>&1 || true
     done
@@ -471,8 +502,24 @@ lab_up() {
     # parent cgroups
     local root
     for root in $(cg_roots); do
-        [ -d "$root/$CG_NAME" ] || { journal "$j" "cgroup-parent $root/$CG_NAME"; mkdir "$root/$CG_NAME"; }
+        [ -d "$root/$CG_NAME" ] || { journal "$j" "cgroup-parent $root/$CG_NAME"; cg_mkdir "$root/$CG_NAME"; }
     done
+    if [ "$TH_KUBELET" = 1 ]; then
+        # The kubelet (protectKernelDefaults) refuses to start unless these
+        # kernel values are in effect, and a host cannot set them: they are
+        # the machine's, shared by every host. Set while labs run, like the
+        # inotify limits above, and put back by `down`.
+        local kv
+        for kv in vm.overcommit_memory=1 vm.panic_on_oom=0 kernel.panic=10 kernel.panic_on_oops=1 \
+                  kernel.keys.root_maxkeys=1000000 kernel.keys.root_maxbytes=25000000; do
+            key=${kv%%=*}; want=${kv#*=}
+            cur=$(sysctl -n "$key")
+            if [ "$cur" != "$want" ]; then
+                journal "$j" "sysctl $key $cur"
+                sysctl -qw "$key=$want"
+            fi
+        done
+    fi
 }
 
 # ---------------------------------------------------------------- hosts
@@ -553,8 +600,9 @@ host_start() {
     # 3. cgroups (nspawn + all container processes will live below these)
     for k in $(cg_roots); do
         journal "$j" "cgroup $k/$CG_NAME/$name"
-        mkdir -p "$k/$CG_NAME/$name"
+        cg_mkdir "$k/$CG_NAME/$name"
     done
+    if [ "$TH_KUBELET" = 1 ]; then kubelet_mode "$root" "$h"; fi
 
     # 4. boot: a small supervisor (this script, `_run`) runs nspawn and restarts
     #    it when the container reboots.  setsid + no inherited fds: it survives
@@ -562,6 +610,45 @@ host_start() {
     : > "$h/console.log"
     setsid "$SELF" _run "$i" < /dev/null >> "$h/console.log" 2>&1 9>&- &
     write_pidfile "$h/supervisor.pid" $!
+}
+
+# Kubelet mode, per host: what a kubelet, containerd and runc need that a
+# plain nspawn host lacks.
+kubelet_mode() {
+    local root=$1 h=$2
+    # containerd's overlay snapshots cannot live on the host's own overlayfs
+    # root (overlayfs refuses an overlayfs upper dir): give it a directory on
+    # the machine's filesystem (removed with the host's state dir).
+    mkdir -p "$h/containerd"
+    # nspawn mounts the v1 controller hierarchies read-only (writable only
+    # with user namespaces). The host's own cgroup is the root of what it
+    # sees (cgroup namespace), so making them writable lets its systemd and
+    # kubelet manage their subtree and nothing above it.
+    cat > "$root/etc/systemd/system/rampart-lab-cgroups.service" <<'EOF'
+[Unit]
+Description=rampart lab (kubelet mode): writable cgroup controllers
+DefaultDependencies=no
+Before=sysinit.target
+ConditionVirtualization=container
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'for d in /sys/fs/cgroup/*; do [ -L "$d" ] || mount -o remount,bind,rw "$d"; done'
+
+[Install]
+WantedBy=sysinit.target
+EOF
+    ln -sf ../rampart-lab-cgroups.service "$root/etc/systemd/system/sysinit.target.wants/rampart-lab-cgroups.service"
+}
+# Extra nspawn options for host dir H (one word each).
+nspawn_extra() {
+    [ "$TH_KUBELET" = 1 ] || return 0
+    # /dev/kmsg: the kubelet's OOM watcher reads it (CAP_SYSLOG to be allowed
+    # to); CAP_SYS_RESOURCE: the kubelet and containerd set their own
+    # oom_score_adj below 0; @keyring: runc gives every container a session
+    # keyring, which nspawn's default system call filter refuses.
+    echo "--bind=$1/containerd:/var/lib/containerd --bind-ro=/dev/kmsg --capability=CAP_SYSLOG,CAP_SYS_RESOURCE --system-call-filter=@keyring"
 }
 
 # Hidden subcommand: supervisor loop for host I (runs in the background).
@@ -578,6 +665,7 @@ cmd__run() {
         (
             # enter the host's cgroups, then become nspawn
             for k in $(cg_roots); do echo "$BASHPID" > "$k/$CG_NAME/$name/cgroup.procs"; done
+            # shellcheck disable=SC2046  # nspawn_extra: one word per option
             exec env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin TERM=dumb \
                 systemd-nspawn --boot \
                     --directory="$h/root" --machine="$name" \
@@ -585,6 +673,7 @@ cmd__run() {
                     --network-namespace-path="/run/netns/$ns" \
                     --resolv-conf=off --timezone=off --link-journal=no \
                     --capability=CAP_NET_ADMIN \
+                    $(nspawn_extra "$h") \
                     --console=read-only
         ) &
         child=$!
@@ -790,6 +879,7 @@ cmd_up() {
     exec 9> "$TH_STATE.lock"; flock 9
     if [ -d "$TH_STATE" ]; then
         if [ "$TH_NET" = "$TH_NET_REQUESTED" ] && [ "$TH_BASTION" = "$TH_BASTION_REQUESTED" ] \
+            && [ "$TH_KUBELET" = "$TH_KUBELET_REQUESTED" ] \
             && { [ "$TH_BASTION" = 0 ] || [ "$TH_INNER_NET" = "$TH_INNER_NET_REQUESTED" ]; } && healthy "$n"; then
             log "$n host(s) already up"; cat "$TH_STATE/hosts.env"; return 0
         fi
@@ -799,8 +889,9 @@ cmd_up() {
     TH_NET=$TH_NET_REQUESTED; OPERATOR_IP=${TH_NET}.1
     TH_BASTION=$TH_BASTION_REQUESTED; TH_INNER_NET=$TH_INNER_NET_REQUESTED
     mkdir -p "$TH_STATE/hosts"
-    printf 'TH_NET=%q\nTH_SUITE=%q\nTH_BASTION=%q\nTH_INNER_NET=%q\nTH_CLIENT_DIR=%q\n' \
-        "$TH_NET" "$TH_SUITE" "$TH_BASTION" "$TH_INNER_NET" "$TH_CLIENT_DIR" > "$TH_STATE/config"
+    TH_KUBELET=$TH_KUBELET_REQUESTED
+    printf 'TH_NET=%q\nTH_SUITE=%q\nTH_BASTION=%q\nTH_INNER_NET=%q\nTH_CLIENT_DIR=%q\nTH_KUBELET=%q\n' \
+        "$TH_NET" "$TH_SUITE" "$TH_BASTION" "$TH_INNER_NET" "$TH_CLIENT_DIR" "$TH_KUBELET" > "$TH_STATE/config"
     ensure_base
     lab_up
     client_dir_up
