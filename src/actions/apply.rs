@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::inventory::{Host, Inventory};
 use crate::phases::install::{InstallFiles, Systemd, UploadBinaries};
+use crate::phases::kernel::KernelSettings;
 use crate::phases::services::{
     ApplyManifests, StartBackups, StartControlPlane, StartEtcd, StartNodes,
 };
@@ -25,12 +26,13 @@ use crate::remote::{BoxFuture, Held, Input, Remote, RemoteError};
 use crate::render::{Bundle, Service};
 
 /// Phases `--skip-phases` accepts, in the order they run.
-pub const PHASES: [&str; 10] = [
+pub const PHASES: [&str; 11] = [
     "connect",
     "preflight",
     "upload-binaries",
     "install-files",
     "systemd",
+    "kernel-settings",
     "start-etcd",
     "start-backups",
     "start-control-plane",
@@ -39,15 +41,18 @@ pub const PHASES: [&str; 10] = [
 ];
 
 /// The install phases after planning, in order.
-fn install_phases() -> Vec<Box<dyn Phase>> {
+fn install_phases(o: &Options) -> Vec<Box<dyn Phase>> {
     vec![
         Box::new(UploadBinaries),
         Box::new(InstallFiles),
         Box::new(Systemd),
+        Box::new(KernelSettings),
         Box::new(StartEtcd),
         Box::new(StartBackups),
         Box::new(StartControlPlane),
-        Box::new(ApplyManifests),
+        Box::new(ApplyManifests {
+            bootstrap: o.bootstrap.clone(),
+        }),
         Box::new(StartNodes),
     ]
 }
@@ -84,6 +89,9 @@ pub struct Options {
     pub admin_time: i64,
     /// Names this run's backup dir on the hosts.
     pub stamp: String,
+    /// The super-admin kubeconfig, for the one binding admin.conf cannot
+    /// create itself (see [`ApplyManifests`]); None: never sent.
+    pub bootstrap: Option<crate::secret::Secret>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +108,17 @@ pub enum ApplyError {
     Hosts(#[from] PhaseError),
     #[error("preflight failed on {} host(s); nothing was changed:{}", .0.len(), list(.0))]
     Preflight(Vec<(String, String)>),
+}
+
+impl ApplyError {
+    /// The phase that failed on hosts, if the error came from one.
+    pub fn phase(&self) -> Option<&'static str> {
+        match self {
+            ApplyError::Hosts(e) => Some(e.phase),
+            ApplyError::Preflight(_) => Some("preflight"),
+            _ => None,
+        }
+    }
 }
 
 fn list(items: &[(String, String)]) -> String {
@@ -163,7 +182,9 @@ pub fn not_starting(skip: &[String]) -> Vec<Service> {
                 Service::KubeControllerManager,
                 Service::KubeScheduler,
             ]),
-            "start-nodes" => out.extend([Service::Kubelet, Service::KubeProxy]),
+            "start-nodes" => {
+                out.extend([Service::Containerd, Service::Kubelet, Service::KubeProxy])
+            }
             _ => {}
         }
     }
@@ -224,6 +245,7 @@ pub async fn prepare(
     let receives = bundle.hosts.values().any(|h| h.receives_backups);
     let names: Vec<&str> = desired::needed_binaries(inv, &all_services, receives)
         .iter()
+        .filter(|n| n.source == desired::Source::Artifact)
         .map(|n| n.name)
         .collect();
     let mut artifacts = desired::artifacts(inv, &names)?;
@@ -457,6 +479,10 @@ async fn plan_one(
             .collect(),
         record: RECORD.into(),
         disk: "/var/lib".into(),
+        sysctls: crate::plan::kernel::wanted(desired)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect(),
     };
     req.files.push(ADDONS_STAMP.into());
     let mut facts = read_facts(remote, &req).await?;
@@ -504,6 +530,7 @@ async fn plan_one(
             not_starting: &skips.not_starting,
             kube_minor: (inv.cluster.version.major, inv.cluster.version.minor),
             admin_time: o.admin_time,
+            sysctls: &plan.sysctls_unsettable,
         },
     );
     if o.skip.iter().any(|s| s == "preflight") {
@@ -580,7 +607,7 @@ pub async fn execute(
         not_starting: &not_starting,
         stamp: o.stamp.clone(),
     };
-    run_in_order(&ctx, &install_phases(), &prepared.skip).await?;
+    run_in_order(&ctx, &install_phases(o), &prepared.skip).await?;
     Ok(())
 }
 

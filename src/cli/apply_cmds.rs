@@ -16,6 +16,7 @@ use rampart::plan::preflight::Level;
 use rampart::plan::show;
 use rampart::remote::ssh::{self, ConnectOptions, KeyStatus, SshError};
 use rampart::remote::{BoxFuture, Remote};
+use rampart::secret::Secret;
 use time::OffsetDateTime;
 
 use super::args::{ApplyArgs, InventoryArgs, Output, PlanArgs};
@@ -52,8 +53,9 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Inventory, unlocked PKI and rendered bundle: everything before the network.
-fn load(a: &PlanArgs) -> Result<(Inventory, rampart::render::Bundle)> {
+/// Inventory, rendered bundle and the super-admin kubeconfig (for the one
+/// binding admin.conf cannot create itself): everything before the network.
+fn load(a: &PlanArgs) -> Result<(Inventory, rampart::render::Bundle, Secret)> {
     let mut inv = load_inventory(&a.state.inv.inventory)?.inventory;
     rampart::remote::ssh::fill_target_host_keys(&mut inv, &Default::default())?;
     let dir = pki::StateDir::new(state_dir(a.state.state_dir.as_ref(), &inv.cluster.name)?);
@@ -67,10 +69,11 @@ fn load(a: &PlanArgs) -> Result<(Inventory, rampart::render::Bundle)> {
     let unlock = unlock::resolve(&a.state, &dir)?;
     let pki = pki::load(&inv, &dir, &unlock)?;
     let bundle = rampart::render::render(&inv, &pki)?;
-    Ok((inv, bundle))
+    let bootstrap = pki::super_admin_kubeconfig(&inv, &pki);
+    Ok((inv, bundle, bootstrap))
 }
 
-fn options(a: &PlanArgs, lock: bool) -> Options {
+fn options(a: &PlanArgs, lock: bool, bootstrap: Option<Secret>) -> Options {
     let now = OffsetDateTime::now_utc();
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let machine = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
@@ -90,6 +93,7 @@ fn options(a: &PlanArgs, lock: bool) -> Options {
                 "[year][month][day]T[hour][minute][second]Z"
             ))
             .expect("static format"),
+        bootstrap,
     }
 }
 
@@ -112,7 +116,7 @@ pub(super) fn on_ctrl_c(cancel: &Cancel) {
 }
 
 pub fn plan(a: &PlanArgs, verbose: bool) -> Result<ExitCode> {
-    let (inv, bundle) = load(a)?;
+    let (inv, bundle, _) = load(a)?;
     let progress = Progress::new(verbose, a.state.inv.output == Output::Json);
     let cancel = Cancel::default();
     let rt = runtime()?;
@@ -122,7 +126,7 @@ pub fn plan(a: &PlanArgs, verbose: bool) -> Result<ExitCode> {
             &inv,
             &bundle,
             &Ssh(connect_options(a)),
-            &options(a, false),
+            &options(a, false, None),
             &progress,
             &cancel,
         )
@@ -163,11 +167,11 @@ fn print_plan(p: &Prepared, output: Output) -> Result<()> {
 }
 
 pub fn apply(a: &ApplyArgs, verbose: bool) -> Result<ExitCode> {
-    let (inv, bundle) = load(&a.plan)?;
+    let (inv, bundle, bootstrap) = load(&a.plan)?;
     let output = a.plan.state.inv.output;
     let progress = Progress::new(verbose, output == Output::Json);
     let cancel = Cancel::default();
-    let o = options(&a.plan, !a.dry_run);
+    let o = options(&a.plan, !a.dry_run, Some(bootstrap));
     let rt = runtime()?;
     let result: Result<Prepared, (Option<Prepared>, ApplyError)> = rt.block_on(async {
         on_ctrl_c(&cancel);
@@ -226,13 +230,17 @@ fn summary(p: &Prepared, output: Output, error: Option<&ApplyError>) -> Result<(
                 println!("{}", show::summary(&t.plan));
             }
             let changed = p.targets.iter().filter(|t| !t.plan.is_noop()).count();
-            let sent: u64 = p.targets.iter().map(|t| t.remote.bytes_sent()).sum();
-            let verdict = if error.is_some() { "failed" } else { "done" };
-            println!(
-                "apply {verdict}: {changed} of {} hosts changed, {} sent",
-                p.targets.len(),
-                human_bytes(sent)
-            );
+            let sent = human_bytes(p.targets.iter().map(|t| t.remote.bytes_sent()).sum());
+            let all = p.targets.len();
+            match error {
+                None => println!("apply done: {changed} of {all} hosts changed, {sent} sent"),
+                // The plan is what was meant, not what happened: a failed
+                // run may have stopped before touching a host it planned for.
+                Some(e) => println!(
+                    "apply failed{}: {changed} of {all} hosts had changes planned, not all of them made; {sent} sent; re-run to converge",
+                    e.phase().map(|ph| format!(" in phase {ph}")).unwrap_or_default()
+                ),
+            }
         }
     }
     Ok(())

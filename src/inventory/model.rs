@@ -22,6 +22,7 @@ pub struct Inventory {
     pub security: Security,
     pub tenants: Vec<Tenant>,
     pub backups: Option<Backups>,
+    pub runtime: Runtime,
 }
 
 impl Inventory {
@@ -208,6 +209,13 @@ pub struct Binaries {
     pub etcd_dir: String,
     pub artifacts: Option<PathBuf>,
     pub sha256: BTreeMap<String, String>,
+}
+
+/// containerd on the nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runtime {
+    /// A valid image reference (see `validate::runtime`).
+    pub sandbox_image: String,
 }
 
 #[derive(Debug, Clone)]

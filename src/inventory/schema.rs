@@ -26,6 +26,8 @@ pub struct RawInventory {
     pub tenants: Vec<RawTenant>,
     #[serde(default)]
     pub backups: Option<RawBackups>,
+    #[serde(default)]
+    pub runtime: RawRuntime,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -107,6 +109,14 @@ pub struct RawBinaries {
     /// Expected sha256 of each uploaded binary, by file name.
     #[serde(default)]
     pub sha256: BTreeMap<String, String>,
+}
+
+/// The container runtime on nodes (containerd, from the hosts' packages).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRuntime {
+    /// The pod sandbox ("pause") image containerd starts for every pod.
+    pub sandbox_image: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -8,6 +8,7 @@
 //! collected so one report names them all.
 
 pub mod install;
+pub mod kernel;
 pub mod restore;
 pub mod services;
 

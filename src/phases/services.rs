@@ -7,16 +7,21 @@
 //! no-op apply restarts nothing.
 
 use crate::inventory::{Host, Inventory};
-use crate::plan::{ServiceAction, ADDONS_DIR, ADDONS_STAMP};
+use crate::plan::{ServiceAction, ADDONS_DIR, ADDONS_STAMP, CLUSTER_ADMINS_ADDON};
 use crate::remote::script::{self, quote};
 use crate::remote::{BoxFuture, Input};
 use crate::render::Service;
+use crate::secret::Secret;
 
 use super::{for_each, step, Ctx, Phase, PhaseError, StepError, Target};
 
 const ETCD_HEALTH_SECS: u32 = 120;
 const APISERVER_HEALTH_SECS: u32 = 180;
 const COMPONENT_HEALTH_SECS: u32 = 60;
+/// A new node registers, gets its pod CIDR, writes its network config and
+/// reports Ready within seconds; a minute more covers a slow image pull of the
+/// sandbox image.
+const NODE_READY_SECS: u32 = 120;
 const PKI: &str = "/etc/kubernetes/pki";
 
 /// `start-etcd`: a new cluster's members start together (each waits for a
@@ -30,9 +35,18 @@ pub struct StartControlPlane;
 
 /// `apply-manifests`: RBAC, tenants' quotas, limit ranges and default-deny
 /// policies, applied once through the first control-plane host.
-pub struct ApplyManifests;
+///
+/// admin.conf's group gets its power from a ClusterRoleBinding that admin.conf
+/// cannot create itself. When admin.conf cannot do everything yet (a new
+/// cluster, or the binding was deleted), that one binding is applied with
+/// `bootstrap`, the super-admin kubeconfig (system:masters) from the state
+/// dir: it reaches the host only on kubectl's stdin and is never written there.
+pub struct ApplyManifests {
+    pub bootstrap: Option<Secret>,
+}
 
-/// `start-nodes`: kubelets and kube-proxies, in parallel.
+/// `start-nodes`: containerd, kubelets and kube-proxies, in parallel; then
+/// each node this run started must report Ready through the API.
 pub struct StartNodes;
 
 /// `start-backups`: the backup timer on etcd members, once etcd is healthy.
@@ -325,12 +339,18 @@ impl Phase for ApplyManifests {
             };
             for_each(ctx, self.name(), vec![first], move |t| {
                 Box::pin(async move {
-                    let kubectl = format!("{}/kubectl", ctx.inv.binaries.dir.trim_end_matches('/'));
-                    let text = format!(
-                        "set -eu\n{} --kubeconfig /etc/kubernetes/admin.conf apply --server-side --force-conflicts -f {ADDONS_DIR}/\n",
-                        quote(&kubectl)
-                    );
-                    step(ctx, t, "kubectl apply", &text, Input::None).await?;
+                    let text = manifests_script(ctx.inv, &t.host);
+                    let input = match &self.bootstrap {
+                        Some(conf) => Input::Bytes(conf.expose().to_vec()),
+                        None => Input::None,
+                    };
+                    let out = step(ctx, t, "kubectl apply", &text, input).await?;
+                    if out.stdout_text().lines().any(|l| l == "bootstrapped") {
+                        ctx.reporter.line(
+                            &t.host.name,
+                            "kubeadm:cluster-admins bound with the super-admin credential (stdin only)",
+                        );
+                    }
                     ctx.reporter.line(&t.host.name, "manifests applied");
                     Ok(())
                 })
@@ -360,6 +380,29 @@ impl Phase for ApplyManifests {
     }
 }
 
+/// Applies the addons with admin.conf; first, when admin.conf may not do
+/// everything, the cluster-admins binding with the kubeconfig on stdin (the
+/// super-admin's, or nothing: then kubectl fails and says why). `--server`
+/// is this host's own apiserver, whose /readyz gate just passed.
+pub fn manifests_script(inv: &Inventory, host: &Host) -> String {
+    let kubectl = quote(&format!(
+        "{}/kubectl",
+        inv.binaries.dir.trim_end_matches('/')
+    ));
+    let server = quote(&crate::render::https_url(
+        host.address,
+        crate::render::secure_port(inv, host),
+    ));
+    format!(
+        "set -eu\n\
+         if ! {kubectl} --kubeconfig /etc/kubernetes/admin.conf auth can-i '*' '*' --all-namespaces >/dev/null 2>&1; then\n\
+         \x20 {kubectl} --kubeconfig /dev/stdin --server {server} apply --server-side --force-conflicts -f {CLUSTER_ADMINS_ADDON} >/dev/null\n\
+         \x20 echo bootstrapped\n\
+         fi\n\
+         {kubectl} --kubeconfig /etc/kubernetes/admin.conf apply --server-side --force-conflicts -f {ADDONS_DIR}/ >/dev/null\n"
+    )
+}
+
 /// The first control-plane host whose plan says its manifests are pending.
 fn manifests_target<'a>(ctx: &'a Ctx<'a>) -> Option<&'a Target> {
     ctx.targets
@@ -379,36 +422,135 @@ impl Phase for StartNodes {
         with_service(ctx, &NODE).len()
     }
     fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
-        Box::pin(for_each(
-            ctx,
-            self.name(),
-            with_service(ctx, &NODE),
-            move |t| {
-                Box::pin(async move {
-                    for svc in NODE {
-                        if action(t, svc).is_none() {
-                            continue;
-                        }
-                        restart(ctx, t, svc).await?;
-                        let (what, port) = match svc {
-                            Service::Kubelet => ("kubelet /healthz", 10248),
-                            _ => ("kube-proxy /healthz", 10256),
-                        };
-                        poll(
-                            ctx,
-                            t,
-                            what,
-                            &local_healthz(port, false),
-                            COMPONENT_HEALTH_SECS,
-                        )
-                        .await?;
-                        ctx.reporter.line(&t.host.name, &format!("{svc} healthy"));
-                    }
-                    Ok(())
-                })
-            },
-        ))
+        Box::pin(async move {
+            start_nodes(ctx, self.name()).await?;
+            nodes_ready(ctx, self.name()).await
+        })
     }
 }
 
-const NODE: [Service; 2] = [Service::Kubelet, Service::KubeProxy];
+/// Each node's containerd, kubelet and kube-proxy, nodes in parallel.
+async fn start_nodes(ctx: &Ctx<'_>, phase: &'static str) -> Result<(), PhaseError> {
+    for_each(ctx, phase, with_service(ctx, &NODE), move |t| {
+        Box::pin(async move {
+            for svc in NODE {
+                if action(t, svc).is_none() {
+                    continue;
+                }
+                restart(ctx, t, svc).await?;
+                let (what, cmd) = match svc {
+                    // The CRI socket answers once containerd has loaded its config.
+                    Service::Containerd => (
+                        "containerd",
+                        "ctr --address /run/containerd/containerd.sock version >/dev/null"
+                            .to_string(),
+                    ),
+                    Service::Kubelet => ("kubelet /healthz", local_healthz(10248, false)),
+                    _ => ("kube-proxy /healthz", local_healthz(10256, false)),
+                };
+                poll(ctx, t, what, &cmd, COMPONENT_HEALTH_SECS).await?;
+                ctx.reporter.line(&t.host.name, &format!("{svc} healthy"));
+            }
+            Ok(())
+        })
+    })
+    .await
+}
+
+/// The nodes whose kubelet this run (re)started must turn Ready, as the API
+/// sees them (registered, runtime and network up), asked through the first
+/// control plane of the run. A run without one (`--hosts worker1`) cannot
+/// ask, and says so.
+async fn nodes_ready(ctx: &Ctx<'_>, phase: &'static str) -> Result<(), PhaseError> {
+    let started: Vec<&str> = ctx
+        .targets
+        .iter()
+        .filter(|t| action(t, Service::Kubelet).is_some())
+        .map(|t| t.host.name.as_str())
+        .collect();
+    if started.is_empty() {
+        return Ok(());
+    }
+    let Some(cp) = ctx
+        .targets
+        .iter()
+        .find(|t| t.host.roles.control_plane)
+        .filter(|_| !ctx.not_starting.contains(&Service::KubeApiserver))
+    else {
+        for name in &started {
+            ctx.reporter.line(
+                name,
+                "kubelet started; readiness not checked (no control plane in this run)",
+            );
+        }
+        return Ok(());
+    };
+    for_each(ctx, phase, vec![cp], move |t| {
+        let started = started.clone();
+        Box::pin(async move {
+            let kubectl = format!("{}/kubectl", ctx.inv.binaries.dir.trim_end_matches('/'));
+            let cmd = nodes_ready_cmd(&kubectl, &started);
+            poll(ctx, t, "nodes Ready", &cmd, NODE_READY_SECS).await?;
+            for name in &started {
+                ctx.reporter.line(name, "node Ready");
+            }
+            Ok(())
+        })
+    })
+    .await
+}
+
+/// Succeeds when every node in `names` has condition Ready=True; otherwise
+/// prints, per node, the Ready condition's message (or that it has not
+/// registered) and fails.
+pub fn nodes_ready_cmd(kubectl: &str, names: &[&str]) -> String {
+    const CHECK: &str = r#"{ out=$(KUBECTL --kubeconfig /etc/kubernetes/admin.conf get nodes -o jsonpath='{range .items[*]}{.metadata.name}{"\t"}{.status.conditions[?(@.type=="Ready")].status}{"\t"}{.status.conditions[?(@.type=="Ready")].message}{"\n"}{end}' 2>&1) || { printf '%s\n' "$out"; false; }; ok=1; for n in NAMES; do l=$(printf '%s\n' "$out" | awk -F '\t' -v n="$n" '$1 == n'); if [ -z "$l" ]; then ok=0; echo "$n: not registered"; elif [ "$(printf '%s' "$l" | cut -f2)" != True ]; then ok=0; echo "$n: not Ready: $(printf '%s' "$l" | cut -f3-)"; fi; done; [ $ok = 1 ]; }"#;
+    let names: Vec<String> = names.iter().map(|n| quote(n)).collect();
+    CHECK
+        .replace("KUBECTL", &quote(kubectl))
+        .replace("NAMES", &names.join(" "))
+}
+
+const NODE: [Service; 3] = [Service::Containerd, Service::Kubelet, Service::KubeProxy];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the readiness check against a stand-in kubectl printing what
+    /// `kubectl get nodes -o jsonpath=…` prints.
+    #[test]
+    fn nodes_ready_names_each_node_that_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let kubectl = dir.path().join("kubectl");
+        let run = |listing: &str| {
+            std::fs::write(&kubectl, format!("#!/bin/sh\nprintf '{listing}'\n")).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&kubectl, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let cmd = nodes_ready_cmd(kubectl.to_str().unwrap(), &["cp1", "worker1"]);
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&cmd)
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        };
+        assert_eq!(
+            run("cp1\\tTrue\\tkubelet is posting ready status\\nworker1\\tTrue\\tok\\n"),
+            (true, String::new())
+        );
+        let (ok, text) =
+            run("cp1\\tTrue\\tready\\nworker1\\tFalse\\tcontainer runtime network not ready\\n");
+        assert!(!ok);
+        assert_eq!(
+            text,
+            "worker1: not Ready: container runtime network not ready\n"
+        );
+        let (ok, text) = run("cp1\\tTrue\\tready\\n");
+        assert!(!ok);
+        assert_eq!(text, "worker1: not registered\n");
+    }
+}

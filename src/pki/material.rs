@@ -152,6 +152,18 @@ pub(super) fn push_keys(
 }
 
 /// super-admin.conf lives only in the state dir; rewritten when its content changes.
+/// The super-admin kubeconfig (system:masters): kept sealed in the state
+/// dir; `apply` sends it on stdin for the one bootstrap binding, never to disk.
+pub fn super_admin_kubeconfig(inv: &Inventory, pki: &Pki) -> Secret {
+    kubeconfig(
+        &inv.cluster.name,
+        &inv.cluster.server_url(),
+        &pki.get(names::CA).cert_pem,
+        "kubernetes-super-admin",
+        pki.get(names::SUPER_ADMIN),
+    )
+}
+
 pub(super) fn super_admin_conf(
     inv: &Inventory,
     dir: &StateDir,
@@ -159,13 +171,7 @@ pub(super) fn super_admin_conf(
     pki: &Pki,
     pending: &mut Vec<Pending>,
 ) -> Result<(), PkiError> {
-    let conf = kubeconfig(
-        &inv.cluster.name,
-        &inv.cluster.server_url(),
-        &pki.get(names::CA).cert_pem,
-        "kubernetes-super-admin",
-        pki.get(names::SUPER_ADMIN),
-    );
+    let conf = super_admin_kubeconfig(inv, pki);
     let path = dir.super_admin_conf_path();
     if dir.read_sealed(&path, key)?.as_ref() != Some(&conf) {
         pending.push(Pending {

@@ -33,6 +33,7 @@ pub use error::PkiError;
 pub use init::{init, load, Action, InitReport};
 pub use kubeconfig::kubeconfig;
 pub use list::{list, CertInfo, Status, EXPIRY_WARNING};
+pub use material::super_admin_kubeconfig;
 pub use store::{StateDir, Unlock};
 pub use user::{tenant_group, user_kubeconfig};
 

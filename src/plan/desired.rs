@@ -94,32 +94,90 @@ pub struct Needed {
     /// The service whose start phase needs it: its own, or for a tool the
     /// service its health gate talks to (etcdctl: etcd; kubectl: the apiserver).
     pub needed_for: Service,
+    /// Where it comes from, and so what preflight says when it is missing.
+    pub source: Source,
+    /// What its version line must say.
+    pub version: VersionRule,
 }
 
+/// Where a binary comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// rampart uploads it from `binaries.artifacts` when it is there.
+    Artifact,
+    /// The host's Debian package (named here); rampart only checks it.
+    Package(&'static str),
+}
+
+/// How a binary's version line is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionRule {
+    /// The inventory's Kubernetes `major.minor`.
+    Kubernetes,
+    /// etcd 3.4 or 3.5.
+    Etcd,
+    /// At least this `major.minor`.
+    AtLeast(u32, u32),
+    /// Present and executable; its output is not judged.
+    Present,
+}
+
+/// Debian's CNI plugins (`containernetworking-plugins`) the bridge network uses.
+const CNI_PLUGINS: [&str; 4] = ["bridge", "host-local", "loopback", "portmap"];
+
 /// Binaries a host with these services needs, where the inventory puts them;
-/// with `receives_backups` (the backup target) also rampart itself.
+/// with `receives_backups` (the backup target) also rampart itself. Nodes also
+/// need their runtime's pieces from the host's packages.
 pub fn needed_binaries(
     inv: &Inventory,
     services: &[Service],
     receives_backups: bool,
 ) -> Vec<Needed> {
     let dir = |d: &str, name: &str| format!("{}/{name}", d.trim_end_matches('/'));
+    let tool = |name, path: String, version_args, needed_for, source, version| Needed {
+        name,
+        path,
+        version_args,
+        service: None,
+        needed_for,
+        source,
+        version,
+    };
     let mut out = Vec::new();
     if receives_backups && !services.contains(&Service::Backups) {
-        out.push(Needed {
-            name: Service::Backups.binary(),
-            path: crate::backup::RAMPART_PATH.into(),
-            version_args: "--version",
-            service: None,
-            needed_for: Service::Backups,
-        });
+        out.push(tool(
+            Service::Backups.binary(),
+            crate::backup::RAMPART_PATH.into(),
+            "--version",
+            Service::Backups,
+            Source::Artifact,
+            VersionRule::Present,
+        ));
     }
     for &svc in services {
-        let path = match svc {
-            Service::Etcd => dir(&inv.binaries.etcd_dir, svc.binary()),
+        let (path, source, version) = match svc {
+            Service::Etcd => (
+                dir(&inv.binaries.etcd_dir, svc.binary()),
+                Source::Artifact,
+                VersionRule::Etcd,
+            ),
             // The units and authorized_keys name this path, whatever binaries.dir says.
-            Service::Backups => crate::backup::RAMPART_PATH.into(),
-            _ => dir(&inv.binaries.dir, svc.binary()),
+            Service::Backups => (
+                crate::backup::RAMPART_PATH.into(),
+                Source::Artifact,
+                VersionRule::Present,
+            ),
+            // Debian's package and unit; CRI v1, which the kubelet needs, came in 1.6.
+            Service::Containerd => (
+                "/usr/bin/containerd".into(),
+                Source::Package("containerd"),
+                VersionRule::AtLeast(1, 6),
+            ),
+            _ => (
+                dir(&inv.binaries.dir, svc.binary()),
+                Source::Artifact,
+                VersionRule::Kubernetes,
+            ),
         };
         out.push(Needed {
             name: svc.binary(),
@@ -127,25 +185,59 @@ pub fn needed_binaries(
             version_args: "--version",
             service: Some(svc),
             needed_for: svc,
+            source,
+            version,
         });
     }
     if services.contains(&Service::Etcd) {
-        out.push(Needed {
-            name: "etcdctl",
-            path: dir(&inv.binaries.etcd_dir, "etcdctl"),
-            version_args: "version",
-            service: None,
-            needed_for: Service::Etcd,
-        });
+        out.push(tool(
+            "etcdctl",
+            dir(&inv.binaries.etcd_dir, "etcdctl"),
+            "version",
+            Service::Etcd,
+            Source::Artifact,
+            VersionRule::Etcd,
+        ));
     }
     if services.contains(&Service::KubeApiserver) {
-        out.push(Needed {
-            name: "kubectl",
-            path: dir(&inv.binaries.dir, "kubectl"),
-            version_args: "version --client",
-            service: None,
-            needed_for: Service::KubeApiserver,
-        });
+        out.push(tool(
+            "kubectl",
+            dir(&inv.binaries.dir, "kubectl"),
+            "version --client",
+            Service::KubeApiserver,
+            Source::Artifact,
+            VersionRule::Kubernetes,
+        ));
+    }
+    if services.contains(&Service::Kubelet) {
+        let package = Source::Package;
+        out.push(tool(
+            "runc",
+            "/usr/sbin/runc".into(),
+            "--version",
+            Service::Containerd,
+            package("runc"),
+            VersionRule::AtLeast(1, 1),
+        ));
+        for plugin in CNI_PLUGINS {
+            out.push(tool(
+                plugin,
+                format!("/usr/lib/cni/{plugin}"),
+                "",
+                Service::Kubelet,
+                package("containernetworking-plugins"),
+                VersionRule::Present,
+            ));
+        }
+        // kube-proxy's rules and the bridge plugin's masquerading.
+        out.push(tool(
+            "iptables",
+            "/usr/sbin/iptables".into(),
+            "--version",
+            Service::KubeProxy,
+            package("iptables"),
+            VersionRule::Present,
+        ));
     }
     out
 }
@@ -225,6 +317,7 @@ pub fn host_binaries(
 ) -> Vec<Want> {
     needed
         .iter()
+        .filter(|n| n.source == Source::Artifact)
         .filter_map(|n| {
             let (path, size, sha) = artifacts.get(n.name)?;
             Some(Want {

@@ -35,6 +35,15 @@ impl ServiceFact {
     }
 }
 
+/// One kernel setting as `/proc/sys` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SysctlFact {
+    /// None when the host has no such setting.
+    pub value: Option<String>,
+    /// rampart could set it (root may write the file).
+    pub writable: bool,
+}
+
 /// What rampart installed on the host last time (`/var/lib/rampart/record.json`):
 /// the basis for removing files it no longer manages.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +70,8 @@ pub struct HostFacts {
     pub record: Option<Record>,
     pub files: BTreeMap<String, FileFact>,
     pub dirs: BTreeMap<String, FileFact>,
+    /// Dotted key → value in effect.
+    pub sysctls: BTreeMap<String, SysctlFact>,
 }
 
 /// The facts output could not be read (a broken host or a script bug).
@@ -147,6 +158,15 @@ impl HostFacts {
                         .split_once("  ")
                         .ok_or_else(|| err("bad sha256 line"))?;
                     f.files.entry(format!("/{path}")).or_default().sha256 = Some(sha.to_string());
+                }
+                ["sysctl", key, value, writable] => {
+                    f.sysctls.insert(
+                        key.to_string(),
+                        SysctlFact {
+                            value: (*value != "-").then(|| value.to_string()),
+                            writable: *writable == "rw",
+                        },
+                    );
                 }
                 ["end"] => ended = true,
                 [""] => {}

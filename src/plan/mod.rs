@@ -7,6 +7,7 @@
 
 pub mod desired;
 pub mod facts;
+pub mod kernel;
 pub mod preflight;
 pub mod show;
 
@@ -28,6 +29,9 @@ pub const LOCK: &str = "/var/lib/rampart/lock";
 pub const BACKUP_DIR: &str = "/var/lib/rampart/backup";
 /// The cluster manifests (RBAC, tenants) on control-plane hosts.
 pub const ADDONS_DIR: &str = "/etc/kubernetes/addons";
+/// The binding that gives admin.conf's group cluster-admin: applied first,
+/// with the super-admin credential when admin.conf cannot yet do it itself.
+pub const CLUSTER_ADMINS_ADDON: &str = "/etc/kubernetes/addons/cluster-admins.yaml";
 /// sha256 of the manifests last applied to the cluster, on each control plane.
 pub const ADDONS_STAMP: &str = "/var/lib/rampart/addons.applied";
 
@@ -117,6 +121,13 @@ pub struct HostPlan {
     pub apply_manifests: bool,
     /// Services to `systemctl enable`.
     pub enable: Vec<Service>,
+    /// Kernel settings to set now (their sysctl.d file only acts at boot).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sysctls: Vec<kernel::SysctlChange>,
+    /// Kernel settings that differ and cannot be set on this host: not work
+    /// for apply, a preflight finding.
+    #[serde(skip)]
+    pub sysctls_unsettable: Vec<kernel::SysctlChange>,
     /// In start order.
     pub services: BTreeMap<Service, ServiceAction>,
     /// Every managed path after this apply (the new record).
@@ -136,6 +147,7 @@ impl HostPlan {
             && self.users.is_empty()
             && !self.daemon_reload
             && self.enable.is_empty()
+            && self.sysctls.is_empty()
             && self.services.is_empty()
             && !self.apply_manifests
     }
@@ -343,6 +355,9 @@ pub fn plan_host(host: &str, desired: &Desired, facts: &HostFacts, skips: &Skips
         .filter(|u| facts.users.get(&u.name) != Some(&true))
         .cloned()
         .collect();
+    let (sysctls, sysctls_unsettable) = kernel::changes(desired, facts)
+        .into_iter()
+        .partition(|c| c.settable);
     HostPlan {
         host: host.to_string(),
         files,
@@ -352,6 +367,8 @@ pub fn plan_host(host: &str, desired: &Desired, facts: &HostFacts, skips: &Skips
         unchanged,
         daemon_reload,
         enable,
+        sysctls,
+        sysctls_unsettable,
         services,
         apply_manifests,
         record,

@@ -3,8 +3,9 @@
 
 use serde::Serialize;
 
-use super::desired::Needed;
+use super::desired::{Needed, Source, VersionRule};
 use super::facts::HostFacts;
+use super::kernel::SysctlChange;
 use crate::render::Service;
 
 /// LoadCredential= (etcd reads its keys through it) arrived in systemd 247.
@@ -41,6 +42,8 @@ pub struct Expect<'a> {
     pub kube_minor: (u32, u32),
     /// Admin clock when the facts were taken (seconds since the epoch).
     pub admin_time: i64,
+    /// Kernel settings that differ and cannot be set here.
+    pub sysctls: &'a [SysctlChange],
 }
 
 /// Ports each service listens on; in use by anything else is an error.
@@ -52,6 +55,7 @@ fn ports(svc: Service) -> &'static [u16] {
         Service::KubeScheduler => &[10259],
         Service::Kubelet => &[10250],
         Service::KubeProxy => &[10256],
+        Service::Containerd => &[],
         Service::Backups => &[],
     }
 }
@@ -121,29 +125,59 @@ pub fn check(facts: &HostFacts, e: &Expect) -> Vec<Finding> {
                 });
             }
         };
-        match facts.binaries.get(b.name).cloned().flatten() {
-            None => problem(format!(
-                "{} is missing: install it or set binaries.artifacts to upload it",
+        let Some(line) = facts.binaries.get(b.name).cloned().flatten() else {
+            problem(match b.source {
+                Source::Artifact => format!(
+                    "{} is missing: install it or set binaries.artifacts to upload it",
+                    b.path
+                ),
+                Source::Package(package) => format!(
+                    "{} is missing: install Debian's {package} package (the {} needs it)",
+                    b.path, b.needed_for
+                ),
+            });
+            continue;
+        };
+        if b.version == VersionRule::Present {
+            continue;
+        }
+        let Some((major, minor)) = minor_version(&line) else {
+            problem(format!("{} printed no version (`{line}`)", b.path));
+            continue;
+        };
+        match b.version {
+            VersionRule::Etcd if !(major == 3 && (minor == 4 || minor == 5)) => problem(format!(
+                "{} is {major}.{minor}; rampart supports etcd 3.4 and 3.5",
                 b.path
             )),
-            Some(line) => {
-                let Some((major, minor)) = minor_version(&line) else {
-                    problem(format!("{} printed no version (`{line}`)", b.path));
-                    continue;
-                };
-                let etcd = b.name == "etcd" || b.name == "etcdctl";
-                if etcd && !(major == 3 && (minor == 4 || minor == 5)) {
-                    problem(format!(
-                        "{} is {major}.{minor}; rampart supports etcd 3.4 and 3.5",
-                        b.path
-                    ));
-                } else if !etcd && (major, minor) != e.kube_minor {
-                    problem(format!(
-                        "{} is {major}.{minor}, the inventory asks for Kubernetes {}.{}",
-                        b.path, e.kube_minor.0, e.kube_minor.1
-                    ));
-                }
-            }
+            VersionRule::Kubernetes if (major, minor) != e.kube_minor => problem(format!(
+                "{} is {major}.{minor}, the inventory asks for Kubernetes {}.{}",
+                b.path, e.kube_minor.0, e.kube_minor.1
+            )),
+            VersionRule::AtLeast(m, n) if (major, minor) < (m, n) => problem(format!(
+                "{} is {major}.{minor}; the {} needs {m}.{n} or newer",
+                b.path, b.needed_for
+            )),
+            _ => {}
+        }
+    }
+    // Only the kubelet needs rampart's kernel settings (protectKernelDefaults).
+    let kubelet_skipped = e.not_starting.contains(&Service::Kubelet);
+    for c in e.sysctls {
+        let m = format!(
+            "kernel setting {} is {} here, the kubelet needs {}, and {} cannot be written (a container shares its kernel: set it on the machine that runs it)",
+            c.key,
+            c.from.as_deref().unwrap_or("absent"),
+            c.to,
+            super::kernel::proc_path(&c.key)
+        );
+        if kubelet_skipped {
+            warnings.push(format!("{m} (the kubelet's start phase is skipped)"));
+        } else {
+            out.push(Finding {
+                level: Level::Error,
+                message: m,
+            });
         }
     }
     if let Some(t) = facts.time {
@@ -189,7 +223,59 @@ mod tests {
             version_args: "--version",
             service: Some(Service::Etcd),
             needed_for: Service::Etcd,
+            source: Source::Artifact,
+            version: VersionRule::Etcd,
         }]
+    }
+
+    #[test]
+    fn runtime_pieces_name_their_debian_package_and_minimum_version() {
+        let bins = vec![
+            Needed {
+                name: "containerd",
+                path: "/usr/bin/containerd".into(),
+                version_args: "--version",
+                service: Some(Service::Containerd),
+                needed_for: Service::Containerd,
+                source: Source::Package("containerd"),
+                version: VersionRule::AtLeast(1, 6),
+            },
+            Needed {
+                name: "bridge",
+                path: "/usr/lib/cni/bridge".into(),
+                version_args: "",
+                service: None,
+                needed_for: Service::Kubelet,
+                source: Source::Package("containernetworking-plugins"),
+                version: VersionRule::Present,
+            },
+        ];
+        let mut f = healthy();
+        f.binaries.insert(
+            "containerd".into(),
+            Some("containerd github.com/containerd/containerd 1.5.9 1.5.9-1".into()),
+        );
+        f.binaries.insert("bridge".into(), None);
+        let found = check(&f, &expect(&bins, &[]));
+        let msgs: Vec<&str> = found.iter().map(|f| f.message.as_str()).collect();
+        assert!(
+            msgs.contains(&"/usr/bin/containerd is 1.5; the containerd needs 1.6 or newer"),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.contains(&"/usr/lib/cni/bridge is missing: install Debian's containernetworking-plugins package (the kubelet needs it)"),
+            "{msgs:?}"
+        );
+        f.binaries.insert(
+            "containerd".into(),
+            Some(
+                "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3"
+                    .into(),
+            ),
+        );
+        f.binaries
+            .insert("bridge".into(), Some("CNI bridge plugin v1.1.1".into()));
+        assert!(check(&f, &expect(&bins, &[])).is_empty());
     }
 
     fn expect<'a>(bins: &'a [Needed], not_starting: &'a [Service]) -> Expect<'a> {
@@ -200,6 +286,7 @@ mod tests {
             not_starting,
             kube_minor: (1, 34),
             admin_time: 1000,
+            sysctls: &[],
         }
     }
 

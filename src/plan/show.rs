@@ -55,6 +55,13 @@ pub fn summary(p: &HostPlan) -> String {
             if n == 1 { "" } else { "s" }
         ));
     }
+    if !p.sysctls.is_empty() {
+        let n = p.sysctls.len();
+        parts.push(format!(
+            "{n} kernel setting{} to set",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
     if p.apply_manifests {
         parts.push("apply manifests".into());
     }
@@ -124,6 +131,15 @@ pub fn host(p: &HostPlan) -> String {
     if !p.enable.is_empty() {
         let names: Vec<&str> = p.enable.iter().map(|s| s.name()).collect();
         let _ = writeln!(s, "  systemctl enable {}", names.join(" "));
+    }
+    for c in &p.sysctls {
+        let _ = writeln!(
+            s,
+            "  ~ kernel {}: {} -> {}",
+            c.key,
+            c.from.as_deref().unwrap_or("absent"),
+            c.to
+        );
     }
     if p.apply_manifests {
         s.push_str("  kubectl apply the RBAC and policy manifests (changed since last applied)\n");

@@ -48,15 +48,30 @@ impl Output {
     pub fn stdout_text(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
-    /// The last non-empty stderr line: what a script printed before failing.
+    /// What a failed script said, in one line: its first non-empty stderr
+    /// line (the first cause: kubectl, etcdctl and `set -e` scripts print the
+    /// error that started it first), and when more followed, how many and the
+    /// last one (where a script's own summary goes).
     pub fn stderr_tail(&self) -> String {
-        String::from_utf8_lossy(&self.stderr)
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim()
-            .to_string()
+        excerpt(&String::from_utf8_lossy(&self.stderr))
+    }
+}
+
+/// A program's error output cut to one line: see [`Output::stderr_tail`].
+pub fn excerpt(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match lines.as_slice() {
+        [] => String::new(),
+        [only] => only.to_string(),
+        [first, last] => format!("{first}; then: {last}"),
+        [first, .., last] => format!(
+            "{first} (and {} more lines, the last: {last})",
+            lines.len() - 1
+        ),
     }
 }
 
@@ -133,4 +148,28 @@ pub enum RemoteError {
     },
     #[error("{host}: sudo refused to run without a password; give {user} passwordless sudo or connect as root")]
     SudoPassword { host: String, user: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// kubectl prints one line per refused object; the first is the cause
+    /// (a fresh cluster's apply-manifests once reported only an unrelated
+    /// RoleBinding, the last line).
+    #[test]
+    fn failed_scripts_report_the_first_cause() {
+        let out = Output {
+            status: Some(1),
+            stdout: Vec::new(),
+            stderr: b"Error from server (Forbidden): clusterrolebindings \"kubeadm:cluster-admins\" is forbidden\nError from server (Forbidden): namespaces \"team-a\" is forbidden\n\nError from server (Forbidden): rolebindings \"team-a-view\" is forbidden\n".to_vec(),
+        };
+        assert_eq!(
+            out.stderr_tail(),
+            "Error from server (Forbidden): clusterrolebindings \"kubeadm:cluster-admins\" is forbidden (and 2 more lines, the last: Error from server (Forbidden): rolebindings \"team-a-view\" is forbidden)"
+        );
+        assert_eq!(excerpt("  only one\n\n"), "only one");
+        assert_eq!(excerpt("a\nb\n"), "a; then: b");
+        assert_eq!(excerpt("\n \n"), "");
+    }
 }

@@ -41,6 +41,8 @@ pub struct FactsRequest {
     pub record: String,
     /// Where free disk space is measured.
     pub disk: String,
+    /// Kernel settings (dotted keys) whose value in effect is wanted.
+    pub sysctls: Vec<String>,
 }
 
 /// One round trip that tells the planner everything it needs: hashes (not
@@ -84,6 +86,16 @@ pub fn facts(req: &FactsRequest) -> String {
             s,
             "printf 'svc\\t%s\\t%s\\t%s\\n' {u} \"$(systemctl is-active {u} 2>/dev/null)\" \"$(systemctl is-enabled {u} 2>/dev/null)\"",
             u = quote(svc)
+        );
+    }
+    for key in &req.sysctls {
+        // A value with several numbers is tab-separated in /proc/sys: keep
+        // the fields apart from ours by turning tabs into spaces.
+        let _ = writeln!(
+            s,
+            "k={k}; p={p}; if [ -r \"$p\" ]; then v=$(tr '\\t' ' ' < \"$p\"); if [ -w \"$p\" ]; then w=rw; else w=ro; fi; printf 'sysctl\\t%s\\t%s\\t%s\\n' \"$k\" \"$v\" \"$w\"; else printf 'sysctl\\t%s\\t-\\tro\\n' \"$k\"; fi",
+            k = quote(key),
+            p = at(&crate::plan::kernel::proc_path(key)),
         );
     }
     let _ = writeln!(

@@ -20,6 +20,9 @@ pub enum Service {
     KubeApiserver,
     KubeControllerManager,
     KubeScheduler,
+    /// The nodes' container runtime: Debian's package and unit, rampart's
+    /// config (a config change restarts it; running containers survive).
+    Containerd,
     Kubelet,
     KubeProxy,
     /// The scheduled etcd backup job (`rampart-backup.timer` and its service).
@@ -27,11 +30,12 @@ pub enum Service {
 }
 
 impl Service {
-    pub const ALL: [Service; 7] = [
+    pub const ALL: [Service; 8] = [
         Service::Etcd,
         Service::KubeApiserver,
         Service::KubeControllerManager,
         Service::KubeScheduler,
+        Service::Containerd,
         Service::Kubelet,
         Service::KubeProxy,
         Service::Backups,
@@ -44,6 +48,7 @@ impl Service {
             Service::KubeApiserver => "kube-apiserver",
             Service::KubeControllerManager => "kube-controller-manager",
             Service::KubeScheduler => "kube-scheduler",
+            Service::Containerd => "containerd",
             Service::Kubelet => "kubelet",
             Service::KubeProxy => "kube-proxy",
             Service::Backups => "rampart-backup",
@@ -56,6 +61,11 @@ impl Service {
             Service::Backups => "rampart-backup.timer".into(),
             s => format!("{}.service", s.name()),
         }
+    }
+    /// Whether rampart renders this service's unit file; containerd's comes
+    /// with the host's package (rampart renders only its config).
+    pub fn unit_rendered(self) -> bool {
+        self != Service::Containerd
     }
     /// The binary the unit runs.
     pub fn binary(self) -> &'static str {

@@ -18,8 +18,8 @@ pub fn https_url(ip: IpAddr, port: u16) -> String {
     }
 }
 
-/// A string as a YAML double-quoted scalar (JSON strings are valid YAML), so
-/// free-form inventory values cannot change the document's structure.
+/// A string as a YAML or TOML double-quoted scalar (a JSON string is valid in
+/// both), so free-form inventory values cannot change the document's structure.
 pub fn quoted(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
@@ -201,6 +201,25 @@ impl KubeletConfig {
             cipher_suites: tls::kubelet(&inv.security.tls.cipher_suites),
             cluster_domain: inv.cluster.domain.clone(),
             cluster_dns: inv.cluster.dns_service_ip(),
+        }
+    }
+}
+
+/// containerd's config.toml.
+#[derive(Serialize)]
+pub struct ContainerdConfig<'a> {
+    pub host: &'a str,
+    pub cluster: &'a str,
+    /// A TOML basic string, quotes included (see [`quoted`]).
+    pub sandbox_image: String,
+}
+
+impl<'a> ContainerdConfig<'a> {
+    pub fn new(inv: &'a Inventory, host: &'a Host) -> Self {
+        ContainerdConfig {
+            host: &host.name,
+            cluster: &inv.cluster.name,
+            sandbox_image: quoted(&inv.runtime.sandbox_image),
         }
     }
 }

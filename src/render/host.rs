@@ -20,6 +20,9 @@ use crate::pki::kubeconfig;
 use Service::*;
 
 const PKI: &str = "/etc/kubernetes/pki";
+const CONTAINERD_CONFIG_PATH: &str = "/etc/containerd/config.toml";
+/// Named by `conf_template` in containerd's config.
+const CNI_TEMPLATE_PATH: &str = "/etc/containerd/cni-bridge.conflist.tmpl";
 
 /// Files and dirs of one host, keyed by path; a path added twice (e.g. `ca.crt`
 /// by two roles) keeps one copy and feeds the union of services.
@@ -123,7 +126,7 @@ pub fn host_bundle(
         .filter(|s| match s {
             Etcd => host.roles.etcd,
             KubeApiserver | KubeControllerManager | KubeScheduler => host.roles.control_plane,
-            Kubelet | KubeProxy => host.roles.runs_kubelet(),
+            Containerd | Kubelet | KubeProxy => host.roles.runs_kubelet(),
             Backups => host.roles.etcd && inv.backups.is_some(),
         })
         .collect();
@@ -309,6 +312,11 @@ fn control_plane(
         shared.addon_rbac.clone(),
         &[],
     );
+    b.config(
+        crate::plan::CLUSTER_ADMINS_ADDON,
+        shared.addon_cluster_admins.clone(),
+        &[],
+    );
     if let Some(tenants) = &shared.addon_tenants {
         b.config("/etc/kubernetes/addons/tenants.yaml", tenants.clone(), &[]);
     }
@@ -362,6 +370,23 @@ fn node(
         "/var/lib/kubelet/pki/kubelet",
         cert(pki, &names::kubelet_serving(n), n)?,
         &[Kubelet],
+    );
+    // The kubelet restarts after containerd when these change: it hands the
+    // node's pod CIDR to containerd (which writes the network config from the
+    // template) when it starts, not when containerd does.
+    b.dir("/etc/containerd", 0o755, "root");
+    b.config(
+        CONTAINERD_CONFIG_PATH,
+        render(
+            templates::CONTAINERD_CONFIG,
+            &super::context::ContainerdConfig::new(inv, host),
+        )?,
+        &[Containerd, Kubelet],
+    );
+    b.config(
+        CNI_TEMPLATE_PATH,
+        templates::CNI_TEMPLATE.to_string(),
+        &[Containerd, Kubelet],
     );
     b.config(
         "/var/lib/kube-proxy/config.conf",

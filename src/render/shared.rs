@@ -26,6 +26,8 @@ pub struct Shared {
     pub encryption_config: Secret,
     pub admin_conf: Secret,
     pub addon_rbac: String,
+    /// The binding that gives admin.conf its power (see `ADDON_CLUSTER_ADMINS`).
+    pub addon_cluster_admins: String,
     /// None when the inventory has no tenants.
     pub addon_tenants: Option<String>,
     pub kubelet_config: String,
@@ -87,6 +89,7 @@ impl Shared {
                     kubelet_client_user: APISERVER_KUBELET_CLIENT_USER,
                 },
             )?,
+            addon_cluster_admins: render(templates::ADDON_CLUSTER_ADMINS, &NoVars {})?,
             addon_tenants: if tenants.is_empty() {
                 None
             } else {

@@ -17,6 +17,7 @@ pub const CONTROLLER_MANAGER_UNIT: &str = "systemd/kube-controller-manager.servi
 pub const SCHEDULER_UNIT: &str = "systemd/kube-scheduler.service";
 pub const KUBELET_UNIT: &str = "systemd/kubelet.service";
 pub const KUBE_PROXY_UNIT: &str = "systemd/kube-proxy.service";
+pub const CONTAINERD_CONFIG: &str = "containerd/config.toml";
 pub const KUBELET_CONFIG: &str = "kubernetes/kubelet-config.yaml";
 pub const KUBELET_SYSCTL: &str = "kubernetes/kubelet-sysctl.conf";
 pub const KUBE_PROXY_CONFIG: &str = "kubernetes/kube-proxy-config.conf";
@@ -24,6 +25,7 @@ pub const AUDIT_POLICY: &str = "kubernetes/audit-policy.yaml";
 pub const ADMISSION_CONFIG: &str = "kubernetes/admission-config.yaml";
 pub const EVENT_RATE_LIMIT: &str = "kubernetes/event-rate-limit.yaml";
 pub const ADDON_RBAC: &str = "addons/rbac.yaml";
+pub const ADDON_CLUSTER_ADMINS: &str = "addons/cluster-admins.yaml";
 pub const ADDON_TENANTS: &str = "addons/tenants.yaml";
 pub const BACKUP_SERVICE: &str = "systemd/rampart-backup.service";
 pub const BACKUP_TIMER: &str = "systemd/rampart-backup.timer";
@@ -34,13 +36,14 @@ macro_rules! embedded {
     };
 }
 
-const SOURCES: [(&str, &str); 16] = embedded![
+const SOURCES: [(&str, &str); 18] = embedded![
     ETCD_UNIT => "systemd/etcd.service",
     APISERVER_UNIT => "systemd/kube-apiserver.service",
     CONTROLLER_MANAGER_UNIT => "systemd/kube-controller-manager.service",
     SCHEDULER_UNIT => "systemd/kube-scheduler.service",
     KUBELET_UNIT => "systemd/kubelet.service",
     KUBE_PROXY_UNIT => "systemd/kube-proxy.service",
+    CONTAINERD_CONFIG => "containerd/config.toml",
     KUBELET_CONFIG => "kubernetes/kubelet-config.yaml",
     KUBELET_SYSCTL => "kubernetes/kubelet-sysctl.conf",
     KUBE_PROXY_CONFIG => "kubernetes/kube-proxy-config.conf",
@@ -48,10 +51,18 @@ const SOURCES: [(&str, &str); 16] = embedded![
     ADMISSION_CONFIG => "kubernetes/admission-config.yaml",
     EVENT_RATE_LIMIT => "kubernetes/event-rate-limit.yaml",
     ADDON_RBAC => "addons/rbac.yaml",
+    ADDON_CLUSTER_ADMINS => "addons/cluster-admins.yaml",
     ADDON_TENANTS => "addons/tenants.yaml",
     BACKUP_SERVICE => "systemd/rampart-backup.service",
     BACKUP_TIMER => "systemd/rampart-backup.timer",
 ];
+
+/// containerd's CNI config template: Go template syntax, filled in by
+/// containerd itself, so it is copied as it is (never through tera).
+pub const CNI_TEMPLATE: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/templates/containerd/cni-bridge.conflist.tmpl"
+));
 
 /// The parsed templates. A parse error is a bug in a file shipped inside the
 /// binary, so it is reported on first use and cached (every render fails the same way).

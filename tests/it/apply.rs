@@ -120,6 +120,7 @@ fn options(lock: bool) -> Options {
         owner: "engine test".into(),
         admin_time: time::OffsetDateTime::now_utc().unix_timestamp(),
         stamp: "20261130T120000Z".into(),
+        bootstrap: None,
     }
 }
 

@@ -257,7 +257,10 @@ fn workers_hold_no_signing_keys_etcd_material_or_encryption_key() {
             assert!(!p.contains("admin.conf"), "{}: {p}", w.name);
         }
         assert!(hb.dirs.iter().all(|d| !d.path.contains("etcd")));
-        assert_eq!(hb.services, [Service::Kubelet, Service::KubeProxy]);
+        assert_eq!(
+            hb.services,
+            [Service::Containerd, Service::Kubelet, Service::KubeProxy]
+        );
     }
 }
 
@@ -338,6 +341,7 @@ fn services_in_start_order_and_etcd_data_dir_is_etcd_owned() {
             Service::KubeApiserver,
             Service::KubeControllerManager,
             Service::KubeScheduler,
+            Service::Containerd,
             Service::Kubelet,
             Service::KubeProxy
         ]

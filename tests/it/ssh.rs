@@ -253,7 +253,8 @@ async fn runs_scripts_with_stdin_and_reports_status() {
         .await
         .unwrap();
     assert_eq!(out.stdout_text(), "HELLO 'WORLD'\n");
-    assert_eq!(out.stderr_tail(), "to stderr");
+    // (the test sshd runs with -d and adds its own lines before ours)
+    assert_eq!(last_stderr_line(&out), "to stderr");
     assert_eq!(out.status, Some(3));
     assert_eq!(remote.bytes_sent(), (script.len() + 14) as u64);
 
@@ -759,7 +760,7 @@ async fn hold_keeps_a_script_running_until_released() {
         .err()
         .expect("no line");
     assert_eq!(out.status, Some(7));
-    assert_eq!(out.stderr_tail(), "nope");
+    assert_eq!(last_stderr_line(&out), "nope");
 
     // Dropping the handle closes stdin too.
     let marker2 = lab.path("dropped");
@@ -841,4 +842,14 @@ async fn a_dropped_connection_is_reported_as_disconnected() {
     assert!(matches!(err, RemoteError::Disconnected { .. }), "{err}");
     let err = held.release().await.unwrap_err();
     assert!(matches!(err, RemoteError::Disconnected { .. }), "{err}");
+}
+
+/// The script's own last stderr line (the debug sshd writes lines before it).
+fn last_stderr_line(out: &rampart::remote::Output) -> String {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }

@@ -8,6 +8,7 @@
 mod backups;
 mod cluster;
 mod hosts;
+mod runtime;
 mod security;
 mod ssh;
 mod tenants;
@@ -95,6 +96,7 @@ pub fn validate_with(
     let security = security::security(&raw.security, &mut p);
     let tenants = tenants::tenants(&raw.tenants, &mut p);
     let binaries = backups::binaries(&raw.binaries, base, &mut p);
+    let runtime = runtime::runtime(&raw.runtime, &mut p);
     let backups = raw
         .backups
         .as_ref()
@@ -112,6 +114,7 @@ pub fn validate_with(
         security,
         tenants,
         backups,
+        runtime,
     });
     (inventory, p.0)
 }
@@ -150,6 +153,16 @@ pub(super) fn resolve(f: &str, base: &Path) -> PathBuf {
     } else {
         base.join(path)
     }
+}
+
+/// A value as an error line quotes it: control characters escaped, and cut
+/// short after 60 characters (an inventory value can be megabytes long).
+pub(super) fn cut(s: &str) -> String {
+    let mut out: String = s.chars().take(60).flat_map(char::escape_debug).collect();
+    if s.chars().nth(60).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// An RFC 1123 label: what Kubernetes accepts for namespace and node names.

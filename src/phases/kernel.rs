@@ -1,0 +1,90 @@
+//! `kernel-settings`: sets the kernel values the plan found different from
+//! the host's rendered `/etc/sysctl.d/` files (which only act at boot), before
+//! anything starts that checks them (the kubelet's protectKernelDefaults).
+//!
+//! A value the host cannot set is not in the plan's work: it was a
+//! preflight error (or, with the kubelet's start skipped, a warning).
+
+use std::fmt::Write as _;
+
+use crate::plan::kernel::{proc_path, SysctlChange};
+use crate::remote::script::{at, quote, PRELUDE};
+use crate::remote::{BoxFuture, Input};
+
+use super::{for_each, step, Ctx, Phase, PhaseError, Target};
+
+pub struct KernelSettings;
+
+fn with_changes<'a>(ctx: &'a Ctx<'a>) -> Vec<&'a Target> {
+    ctx.targets
+        .iter()
+        .filter(|t| !t.plan.sysctls.is_empty())
+        .collect()
+}
+
+/// Writes each settable value to `/proc/sys`, as `sysctl -w` would.
+pub fn script(changes: &[SysctlChange]) -> String {
+    let mut s = String::from(PRELUDE);
+    for c in changes.iter().filter(|c| c.settable) {
+        let _ = writeln!(
+            s,
+            "printf '%s\\n' {} > {}",
+            quote(&c.to),
+            at(&proc_path(&c.key))
+        );
+    }
+    s
+}
+
+impl Phase for KernelSettings {
+    fn name(&self) -> &'static str {
+        "kernel-settings"
+    }
+    fn title(&self) -> &'static str {
+        "set kernel settings now (sysctl.d acts at boot)"
+    }
+    fn hosts(&self, ctx: &Ctx) -> usize {
+        with_changes(ctx).len()
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(for_each(ctx, self.name(), with_changes(ctx), move |t| {
+            Box::pin(async move {
+                step(ctx, t, "sysctl", &script(&t.plan.sysctls), Input::None).await?;
+                for c in &t.plan.sysctls {
+                    ctx.reporter
+                        .line(&t.host.name, &format!("kernel {} = {}", c.key, c.to));
+                }
+                Ok(())
+            })
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_only_what_can_be_set() {
+        let changes = [
+            SysctlChange {
+                key: "vm.overcommit_memory".into(),
+                from: Some("0".into()),
+                to: "1".into(),
+                settable: true,
+            },
+            SysctlChange {
+                key: "kernel.panic".into(),
+                from: Some("0".into()),
+                to: "10".into(),
+                settable: false,
+            },
+        ];
+        let text = script(&changes);
+        assert!(
+            text.ends_with("printf '%s\\n' 1 > \"$R\"/proc/sys/vm/overcommit_memory\n"),
+            "{text}"
+        );
+        assert!(!text.contains("kernel/panic"));
+    }
+}
