@@ -19,7 +19,8 @@ use crate::backup::{self, Decrypted, VerifyError, VerifyOptions};
 use crate::inventory::{Host, Inventory};
 pub use crate::phases::restore::Checked;
 use crate::phases::restore::{
-    move_aside, note, put_back, Check, RestoreMembers, StartApiservers, StartEtcd, Stop,
+    done, move_aside, note, put_back, release_idle, Check, Fence, RestoreMembers,
+    StartControlPlane, StartEtcd, Stop, CONTROL_PLANE_UNITS, MEMBER_UNITS,
 };
 use crate::phases::{run_in_order, Cancel, Ctx, Phase, PhaseError, Reporter, StepError, Target};
 use crate::remote::{Held, Input};
@@ -269,16 +270,17 @@ pub async fn execute(
     };
     let id = plan.id.as_str();
     let checked = Mutex::new(None);
-    let [stop_apiservers, stop_etcd] = stops(id, &plan.apiservers, &members);
-    let phases: Vec<Box<dyn Phase + '_>> = vec![
+    let [stop_control_planes, stop_etcd, fence] = stops(id, &plan.control_planes, &members);
+    let mut phases: Vec<Box<dyn Phase + '_>> = vec![
         Box::new(note(
             "journal",
             id,
             Step::Started,
-            union(&members, &plan.apiservers),
+            union(&members, &plan.control_planes),
         )),
-        stop_apiservers,
+        stop_control_planes,
         stop_etcd,
+        fence,
         Box::new(move_aside(id, pending(Step::MovedAside))),
         Box::new(RestoreMembers {
             plan,
@@ -293,12 +295,14 @@ pub async fn execute(
             plan,
             out: &checked,
         }),
-        Box::new(StartApiservers {
-            id,
-            hosts: plan.apiservers.clone(),
-        }),
-        Box::new(note("done", id, Step::Done, members)),
     ];
+    phases.extend(starts(
+        id,
+        &plan.control_planes,
+        &plan.apiservers,
+        members,
+        Step::Done,
+    ));
     run_phases(inv, session, &phases, concurrency, reporter, cancel).await?;
     let out = checked.lock().expect("no panics while held").take();
     Ok(out.unwrap_or_default())
@@ -315,41 +319,84 @@ pub async fn roll_back(
 ) -> Result<(), RestoreError> {
     let members: Vec<String> = plan.members.iter().map(|m| m.name.clone()).collect();
     let id = plan.id.as_str();
-    let [stop_apiservers, stop_etcd] = stops(id, &plan.apiservers, &members);
-    let phases: Vec<Box<dyn Phase + '_>> = vec![
-        stop_apiservers,
+    let [stop_control_planes, stop_etcd, fence] = stops(id, &plan.control_planes, &members);
+    let mut phases: Vec<Box<dyn Phase + '_>> = vec![
+        stop_control_planes,
         stop_etcd,
+        fence,
         Box::new(put_back(id, &plan.stamp, members.clone())),
-        Box::new(StartEtcd { id, hosts: members }),
-        Box::new(StartApiservers {
+        Box::new(StartEtcd {
             id,
-            hosts: plan.apiservers.clone(),
+            hosts: members.clone(),
         }),
     ];
+    phases.extend(starts(
+        id,
+        &plan.control_planes,
+        &plan.apiservers,
+        members,
+        Step::RolledBack,
+    ));
     run_phases(inv, session, &phases, concurrency, reporter, cancel).await?;
     Ok(())
 }
 
-/// Apiservers first (nothing writes while etcd goes), then every member:
-/// how both a restore and a rollback begin.
-fn stops<'p>(id: &'p str, apiservers: &[String], members: &[String]) -> [Box<dyn Phase + 'p>; 2] {
+/// How a restore and a rollback begin: every control plane held and stopped
+/// (nothing writes while etcd goes, nothing can come back), then every
+/// member's backup job and etcd, then each host proves nothing held has run
+/// since.
+fn stops<'p>(
+    id: &'p str,
+    control_planes: &[String],
+    members: &[String],
+) -> [Box<dyn Phase + 'p>; 3] {
     [
         Box::new(Stop {
-            name: "stop-apiservers",
-            title: "stop kube-apiservers",
+            name: "stop-control-plane",
+            title: "hold and stop the control planes",
             id,
-            unit: "kube-apiserver",
+            units: &CONTROL_PLANE_UNITS,
             step: Step::StoppedApiserver,
-            hosts: apiservers.to_vec(),
+            hosts: control_planes.to_vec(),
         }),
         Box::new(Stop {
             name: "stop-etcd",
-            title: "stop etcd on every member",
+            title: "hold and stop the backup job and etcd on every member",
             id,
-            unit: "etcd",
+            units: &MEMBER_UNITS,
             step: Step::StoppedEtcd,
             hosts: members.to_vec(),
         }),
+        Box::new(Fence {
+            id,
+            members: members.to_vec(),
+            control_planes: control_planes.to_vec(),
+        }),
+    ]
+}
+
+/// How they end, once etcd is healthy: the control planes that ran start
+/// again one host at a time, the others are released, then the backup job
+/// with the journal's `last` line.
+fn starts<'p>(
+    id: &'p str,
+    control_planes: &[String],
+    apiservers: &[String],
+    members: Vec<String>,
+    last: Step,
+) -> [Box<dyn Phase + 'p>; 3] {
+    let idle = control_planes
+        .iter()
+        .filter(|h| !apiservers.contains(h))
+        .cloned()
+        .collect();
+    [
+        Box::new(StartControlPlane {
+            id,
+            hosts: apiservers.to_vec(),
+        }),
+        Box::new(release_idle(id, idle)),
+        Box::new(done(id, last, members)),
     ]
 }
 

@@ -8,14 +8,12 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::backup::Decrypted;
-use crate::phases::services::{apiserver_ready_cmd, etcd_healthy, poll};
+use crate::phases::services::{control_plane_healthy, etcd_healthy, CONTROL_PLANE};
 use crate::phases::{for_each, step, Ctx, Phase, PhaseError, StepError, Target};
 use crate::remote::script::{self as rscript, Staged};
 use crate::remote::{BoxFuture, Input};
 use crate::restore::script;
 use crate::restore::{upload_path, RestorePlan, Step};
-
-const APISERVER_HEALTH_SECS: u32 = 180;
 
 /// What the check after a restore found.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -90,6 +88,32 @@ pub(crate) fn note(name: &'static str, id: &str, step: Step, hosts: Vec<String>)
     }
 }
 
+/// The backup job released on every member with the last journal line
+/// (`done`, or for a rollback `rolled-back` again): it runs again when its
+/// timer next fires.
+pub(crate) fn done(id: &str, last: Step, hosts: Vec<String>) -> OnHosts {
+    OnHosts {
+        name: "done",
+        title: "release the backup job; write the restore journal",
+        step: "release",
+        script: script::release(id, &MEMBER_UNITS[..1], last),
+        line: None,
+        hosts,
+    }
+}
+
+/// The control planes that were not running: released, left stopped.
+pub(crate) fn release_idle(id: &str, hosts: Vec<String>) -> OnHosts {
+    OnHosts {
+        name: "release-control-plane",
+        title: "release the control planes that were not running",
+        step: "release",
+        script: script::release(id, &CONTROL_PLANE_UNITS, Step::StartedApiserver),
+        line: Some("released (was not running; `rampart apply` starts it)".into()),
+        hosts,
+    }
+}
+
 /// `/var/lib/etcd` renamed to its pre-restore name (never deleted).
 pub(crate) fn move_aside(id: &str, hosts: Vec<String>) -> OnHosts {
     OnHosts {
@@ -121,11 +145,14 @@ pub(crate) fn put_back(id: &str, stamp: &str, hosts: Vec<String>) -> OnHosts {
     }
 }
 
+/// Holds and stops `units` on the hosts (see [`script::hold_and_stop`]).
+/// With etcd among them: followers first, the leader last (see
+/// `script::is_leader`).
 pub(crate) struct Stop<'p> {
     pub(crate) name: &'static str,
     pub(crate) title: &'static str,
     pub(crate) id: &'p str,
-    pub(crate) unit: &'static str,
+    pub(crate) units: &'static [&'static str],
     pub(crate) step: Step,
     pub(crate) hosts: Vec<String>,
 }
@@ -142,12 +169,11 @@ impl Phase for Stop<'_> {
     }
     fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
         Box::pin(async move {
-            // etcd: followers first, the leader last (see script::is_leader).
             let leaders = Mutex::new(Vec::new());
             let leaders_ref = &leaders;
             for_each(ctx, self.name, selected(ctx, &self.hosts), move |t| {
                 Box::pin(async move {
-                    if self.unit == "etcd" {
+                    if self.units.contains(&ETCD_UNIT) {
                         let text = script::is_leader(&ctx.inv.binaries.etcd_dir, loopback(t));
                         let out = step(ctx, t, "find the etcd leader", &text, Input::None).await?;
                         if out.stdout_text().trim() == "leader" {
@@ -173,11 +199,86 @@ impl Phase for Stop<'_> {
 
 impl Stop<'_> {
     async fn stop(&self, ctx: &Ctx<'_>, t: &Target) -> Result<(), StepError> {
-        let text = script::stop(self.id, self.unit, self.step);
-        step(ctx, t, &format!("stop {}", self.unit), &text, Input::None).await?;
-        ctx.reporter
-            .line(&t.host.name, &format!("{} stopped", self.unit));
+        let text = script::hold_and_stop(self.id, self.units, self.step);
+        step(ctx, t, "hold and stop", &text, Input::None).await?;
+        ctx.reporter.line(
+            &t.host.name,
+            &format!("held stopped: {}", self.units.join(", ")),
+        );
         Ok(())
+    }
+}
+
+/// etcd's unit: the members' stop waits for followers before the leader.
+pub(crate) const ETCD_UNIT: &str = "etcd.service";
+/// What a restore holds on an etcd member: etcd, and the backup job that talks to it.
+pub(crate) const MEMBER_UNITS: [&str; 2] = ["rampart-backup.service", ETCD_UNIT];
+/// What it holds on a control plane, in stop order (the apiserver last, so
+/// its clients never see it gone while they run).
+pub(crate) const CONTROL_PLANE_UNITS: [&str; 3] = [
+    "kube-scheduler.service",
+    "kube-controller-manager.service",
+    "kube-apiserver.service",
+];
+
+/// Before any data moves, every host proves that what the restore holds
+/// there is still held, stopped and has not run since (see [`script::fence`]).
+pub(crate) struct Fence<'p> {
+    pub(crate) id: &'p str,
+    pub(crate) members: Vec<String>,
+    pub(crate) control_planes: Vec<String>,
+}
+
+impl Fence<'_> {
+    fn units(&self, host: &str) -> Vec<&'static str> {
+        let mut units = Vec::new();
+        if self.control_planes.iter().any(|h| h == host) {
+            units.extend(CONTROL_PLANE_UNITS);
+        }
+        if self.members.iter().any(|h| h == host) {
+            units.extend(MEMBER_UNITS);
+        }
+        units
+    }
+    fn all(&self) -> Vec<String> {
+        let mut all = self.members.clone();
+        all.extend(
+            self.control_planes
+                .iter()
+                .filter(|h| !self.members.contains(h))
+                .cloned(),
+        );
+        all
+    }
+}
+
+impl Phase for Fence<'_> {
+    fn name(&self) -> &'static str {
+        "fence"
+    }
+    fn title(&self) -> &'static str {
+        "check that nothing held has run since it stopped"
+    }
+    fn hosts(&self, ctx: &Ctx) -> usize {
+        selected(ctx, &self.all()).len()
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(async move {
+            let all = self.all();
+            for_each(ctx, self.name(), selected(ctx, &all), move |t| {
+                Box::pin(async move {
+                    let units = self.units(&t.host.name);
+                    let text = script::fence(self.id, &units);
+                    step(ctx, t, "fence", &text, Input::None).await?;
+                    ctx.reporter.line(
+                        &t.host.name,
+                        &format!("{} held and not run since", units.len()),
+                    );
+                    Ok(())
+                })
+            })
+            .await
+        })
     }
 }
 
@@ -309,7 +410,7 @@ impl Phase for StartEtcd<'_> {
             let all = selected(ctx, &self.hosts);
             for_each(ctx, self.name(), all.clone(), move |t| {
                 Box::pin(async move {
-                    let text = script::start(self.id, "etcd", Step::StartedEtcd, false);
+                    let text = script::start(self.id, ETCD_UNIT, Step::StartedEtcd, false);
                     step(ctx, t, "start etcd", &text, Input::None).await?;
                     Ok(())
                 })
@@ -407,18 +508,22 @@ fn parse_check(text: &str, host: &str) -> Result<Checked, StepError> {
     })
 }
 
-/// The apiservers that ran before, one at a time, each behind `/readyz`.
-pub(crate) struct StartApiservers<'p> {
+/// The control planes whose apiserver ran before, one host at a time: the
+/// apiserver (a new process, behind `/readyz`), then the controller-manager
+/// and the scheduler, each behind `/healthz`. Every apiserver is checked, not
+/// only the first: one that kept running would serve its cache of the data
+/// from before the restore.
+pub(crate) struct StartControlPlane<'p> {
     pub(crate) id: &'p str,
     pub(crate) hosts: Vec<String>,
 }
 
-impl Phase for StartApiservers<'_> {
+impl Phase for StartControlPlane<'_> {
     fn name(&self) -> &'static str {
-        "start-apiservers"
+        "start-control-plane"
     }
     fn title(&self) -> &'static str {
-        "start the kube-apiservers that were running"
+        "start the control planes that were running, one host at a time"
     }
     fn hosts(&self, ctx: &Ctx) -> usize {
         selected(ctx, &self.hosts).len()
@@ -428,12 +533,12 @@ impl Phase for StartApiservers<'_> {
             for t in selected(ctx, &self.hosts) {
                 for_each(ctx, self.name(), vec![t], move |t| {
                     Box::pin(async move {
-                        let text =
-                            script::start(self.id, "kube-apiserver", Step::StartedApiserver, true);
-                        step(ctx, t, "start kube-apiserver", &text, Input::None).await?;
-                        let cmd = apiserver_ready_cmd(ctx.inv, &t.host);
-                        poll(ctx, t, "apiserver /readyz", &cmd, APISERVER_HEALTH_SECS).await?;
-                        ctx.reporter.line(&t.host.name, "kube-apiserver healthy");
+                        for svc in CONTROL_PLANE {
+                            let unit = svc.unit();
+                            let text = script::start(self.id, &unit, Step::StartedApiserver, true);
+                            step(ctx, t, &format!("start {svc}"), &text, Input::None).await?;
+                            control_plane_healthy(ctx, t, svc).await?;
+                        }
                         Ok(())
                     })
                 })

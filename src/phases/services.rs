@@ -250,7 +250,8 @@ impl Phase for StartControlPlane {
     }
 }
 
-const CONTROL_PLANE: [Service; 3] = [
+/// In start order.
+pub(crate) const CONTROL_PLANE: [Service; 3] = [
     Service::KubeApiserver,
     Service::KubeControllerManager,
     Service::KubeScheduler,
@@ -262,26 +263,37 @@ async fn start_control_plane(ctx: &Ctx<'_>, t: &Target) -> Result<(), StepError>
             continue;
         }
         restart(ctx, t, svc).await?;
-        let (what, cmd, secs) = match svc {
-            Service::KubeApiserver => (
-                "apiserver /readyz",
-                apiserver_ready_cmd(ctx.inv, &t.host),
-                APISERVER_HEALTH_SECS,
-            ),
-            Service::KubeControllerManager => (
-                "controller-manager /healthz",
-                local_healthz(10257, true),
-                COMPONENT_HEALTH_SECS,
-            ),
-            _ => (
-                "scheduler /healthz",
-                local_healthz(10259, true),
-                COMPONENT_HEALTH_SECS,
-            ),
-        };
-        poll(ctx, t, what, &cmd, secs).await?;
-        ctx.reporter.line(&t.host.name, &format!("{svc} healthy"));
+        control_plane_healthy(ctx, t, svc).await?;
     }
+    Ok(())
+}
+
+/// The health gate of one control-plane service (apiserver `/readyz`,
+/// controller-manager and scheduler `/healthz`); reports `cp1: kube-apiserver healthy`.
+pub(crate) async fn control_plane_healthy(
+    ctx: &Ctx<'_>,
+    t: &Target,
+    svc: Service,
+) -> Result<(), StepError> {
+    let (what, cmd, secs) = match svc {
+        Service::KubeApiserver => (
+            "apiserver /readyz",
+            apiserver_ready_cmd(ctx.inv, &t.host),
+            APISERVER_HEALTH_SECS,
+        ),
+        Service::KubeControllerManager => (
+            "controller-manager /healthz",
+            local_healthz(10257, true),
+            COMPONENT_HEALTH_SECS,
+        ),
+        _ => (
+            "scheduler /healthz",
+            local_healthz(10259, true),
+            COMPONENT_HEALTH_SECS,
+        ),
+    };
+    poll(ctx, t, what, &cmd, secs).await?;
+    ctx.reporter.line(&t.host.name, &format!("{svc} healthy"));
     Ok(())
 }
 

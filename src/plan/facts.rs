@@ -72,6 +72,8 @@ pub struct HostFacts {
     pub dirs: BTreeMap<String, FileFact>,
     /// Dotted key → value in effect.
     pub sysctls: BTreeMap<String, SysctlFact>,
+    /// Unit → the restore id that holds it stopped (`/var/lib/rampart/hold`).
+    pub holds: BTreeMap<String, String>,
 }
 
 /// The facts output could not be read (a broken host or a script bug).
@@ -167,6 +169,9 @@ impl HostFacts {
                             writable: *writable == "rw",
                         },
                     );
+                }
+                ["hold", unit, id] => {
+                    f.holds.insert(unit.to_string(), id.to_string());
                 }
                 ["end"] => ended = true,
                 [""] => {}

@@ -23,6 +23,9 @@ use facts::HostFacts;
 pub const STATE_DIR: &str = "/var/lib/rampart";
 /// What rampart installed last time (drives removals).
 pub const RECORD: &str = "/var/lib/rampart/record.json";
+/// Hold files: a unit whose file exists here cannot start (its
+/// `ConditionPathExists=!`); `backup restore` holds what talks to etcd.
+pub const HOLD_DIR: &str = "/var/lib/rampart/hold";
 /// The per-host lock.
 pub const LOCK: &str = "/var/lib/rampart/lock";
 /// Previous versions of replaced files, per apply.

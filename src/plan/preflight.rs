@@ -107,6 +107,14 @@ pub fn check(facts: &HostFacts, e: &Expect) -> Vec<Finding> {
             }
         }
     }
+    // A hold means a restore has not finished: whatever apply started
+    // would be refused by the unit's condition, or race the restore.
+    for (unit, id) in &facts.holds {
+        error(format!(
+            "{unit} is held stopped by restore {id}, which has not finished: run `rampart backup restore --resume {id}` or `--rollback {id}` (or, for a restore given up on, delete {}/{unit})",
+            super::HOLD_DIR
+        ));
+    }
     let mut warnings = Vec::new();
     for b in e.binaries {
         // rampart uploads itself whenever the host's copy differs: its
@@ -226,6 +234,20 @@ mod tests {
             source: Source::Artifact,
             version: VersionRule::Etcd,
         }]
+    }
+
+    #[test]
+    fn units_held_by_an_unfinished_restore_are_refused() {
+        let mut f = healthy();
+        f.holds
+            .insert("etcd.service".into(), "20261130T150000Z".into());
+        f.holds
+            .insert("rampart-backup.service".into(), "20261130T150000Z".into());
+        let found = check(&f, &expect(&etcd_bin(), &[]));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0]
+            .message
+            .starts_with("etcd.service is held stopped by restore 20261130T150000Z, which has not finished: run `rampart backup restore --resume 20261130T150000Z`"));
     }
 
     #[test]

@@ -98,6 +98,12 @@ pub fn facts(req: &FactsRequest) -> String {
             p = at(&crate::plan::kernel::proc_path(key)),
         );
     }
+    // Units an unfinished restore holds stopped (see crate::restore::script).
+    let _ = writeln!(
+        s,
+        "for f in {}/*; do if [ -f \"$f\" ]; then printf 'hold\\t%s\\t%s\\n' \"${{f##*/}}\" \"$(cut -f1 \"$f\")\"; fi; done",
+        at(crate::plan::HOLD_DIR)
+    );
     let _ = writeln!(
         s,
         "if [ -f {r} ]; then printf 'record\\t%s\\n' \"$(base64 -w0 < {r})\"; fi",

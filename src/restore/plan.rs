@@ -169,7 +169,12 @@ pub struct RestorePlan {
     pub token: String,
     pub snapshot: SnapshotMeta,
     pub members: Vec<MemberPlan>,
-    /// Hosts whose kube-apiserver was running: stopped first, started last.
+    /// Hosts with a kube-apiserver unit: their control plane is held stopped
+    /// for the whole restore, whether it ran or not (nothing may start it).
+    #[serde(default)]
+    pub control_planes: Vec<String>,
+    /// Hosts whose kube-apiserver was running: started last, with their
+    /// controller-manager and scheduler.
     pub apiservers: Vec<String>,
     /// The steps, in order, as printed.
     pub steps: Vec<String>,
@@ -286,6 +291,7 @@ pub fn plan_restore(
         .filter(|h| facts.get(&h.name).is_some_and(|f| f.apiserver_active))
         .map(|h| h.name.clone())
         .collect();
+    let control_planes = control_planes(inv, facts, &apiservers);
     let mut plan = RestorePlan {
         id: id.to_string(),
         cluster: inv.cluster.name.clone(),
@@ -293,6 +299,7 @@ pub fn plan_restore(
         initial_cluster,
         snapshot,
         members: planned,
+        control_planes,
         apiservers,
         steps: vec![],
         resumed: false,
@@ -353,14 +360,7 @@ fn restore_steps(p: &RestorePlan) -> Vec<String> {
     };
     let all: Vec<&str> = p.members.iter().map(|m| m.name.as_str()).collect();
     let all = all.join(", ");
-    let mut s = Vec::new();
-    if !p.apiservers.is_empty() {
-        s.push(format!(
-            "stop kube-apiserver on {}",
-            p.apiservers.join(", ")
-        ));
-    }
-    s.push(format!("stop etcd on {all}"));
+    let mut s = stop_steps(&p.control_planes, &all);
     if let Some(on) = pending(Step::MovedAside) {
         s.push(format!(
             "move {DATA_DIR} aside to {} on {on} (never deleted)",
@@ -378,12 +378,63 @@ fn restore_steps(p: &RestorePlan) -> Vec<String> {
         "check revision ≥ {} and the live keys against the snapshot",
         p.snapshot.revision
     ));
-    if !p.apiservers.is_empty() {
+    s.extend(start_steps(&p.control_planes, &p.apiservers, &all));
+    s
+}
+
+/// Hosts whose control plane a restore or rollback holds: every host with a
+/// kube-apiserver unit, and those whose apiserver runs.
+fn control_planes(
+    inv: &Inventory,
+    facts: &BTreeMap<String, HostFacts>,
+    apiservers: &[String],
+) -> Vec<String> {
+    inv.hosts
+        .iter()
+        .filter(|h| {
+            apiservers.contains(&h.name) || facts.get(&h.name).is_some_and(|f| f.apiserver_unit)
+        })
+        .map(|h| h.name.clone())
+        .collect()
+}
+
+/// How a restore and a rollback begin, as printed.
+fn stop_steps(control_planes: &[String], members: &str) -> Vec<String> {
+    let mut s = Vec::new();
+    if !control_planes.is_empty() {
         s.push(format!(
-            "start kube-apiserver on {}",
-            p.apiservers.join(", ")
+            "hold and stop kube-scheduler, kube-controller-manager and kube-apiserver on {}",
+            control_planes.join(", ")
         ));
     }
+    s.push(format!(
+        "hold and stop the backup job and etcd on {members} (followers first, the leader last)"
+    ));
+    s.push("check on every host that nothing held has run since it stopped".into());
+    s
+}
+
+/// How they end, as printed.
+fn start_steps(control_planes: &[String], apiservers: &[String], members: &str) -> Vec<String> {
+    let mut s = Vec::new();
+    if !apiservers.is_empty() {
+        s.push(format!(
+            "start kube-apiserver (a new process behind /readyz), kube-controller-manager and kube-scheduler on {}, one host at a time",
+            apiservers.join(", ")
+        ));
+    }
+    let idle: Vec<&str> = control_planes
+        .iter()
+        .filter(|h| !apiservers.contains(h))
+        .map(String::as_str)
+        .collect();
+    if !idle.is_empty() {
+        s.push(format!(
+            "release the control plane on {} (it was not running; `rampart apply` starts it)",
+            idle.join(", ")
+        ));
+    }
+    s.push(format!("release the backup job on {members}"));
     s
 }
 
@@ -407,8 +458,10 @@ pub struct RollbackPlan {
     /// This rollback's UTC stamp (names the set-aside dirs).
     pub stamp: String,
     pub members: Vec<RollbackMember>,
-    /// Stopped first (when running) and started last: those of the restore's
-    /// plan, else those running now.
+    /// As [`RestorePlan::control_planes`].
+    #[serde(default)]
+    pub control_planes: Vec<String>,
+    /// Started last: those of the restore's plan, else those running now.
     pub apiservers: Vec<String>,
     pub steps: Vec<String>,
 }
@@ -459,25 +512,29 @@ pub fn plan_rollback(
             apiservers.push(h.name.clone());
         }
     }
-    let all = names.join(", ");
-    let mut steps = Vec::new();
-    if !apiservers.is_empty() {
-        steps.push(format!("stop kube-apiserver on {}", apiservers.join(", ")));
+    let mut control_planes = control_planes(inv, facts, &apiservers);
+    for h in saved
+        .map(|p| p.control_planes.as_slice())
+        .unwrap_or_default()
+    {
+        if !control_planes.contains(h) {
+            control_planes.push(h.clone());
+        }
     }
-    steps.push(format!("stop etcd on {all}"));
+    let all = names.join(", ");
+    let mut steps = stop_steps(&control_planes, &all);
     steps.push(format!(
         "move {DATA_DIR} aside to {} (never deleted) and put {} back, on {all}",
         rolled_back_dir(stamp),
         pre_restore_dir(id)
     ));
     steps.push(format!("start etcd on {all} together; wait for health"));
-    if !apiservers.is_empty() {
-        steps.push(format!("start kube-apiserver on {}", apiservers.join(", ")));
-    }
+    steps.extend(start_steps(&control_planes, &apiservers, &all));
     Ok(RollbackPlan {
         id: id.to_string(),
         stamp: stamp.to_string(),
         members,
+        control_planes,
         apiservers,
         steps,
     })

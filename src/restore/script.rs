@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use super::journal::Step;
 use super::plan::{MemberPlan, Tool};
 use super::{journal_path, pre_restore_dir, rolled_back_dir, upload_path, DATA_DIR, RESTORE_DIR};
+use crate::plan::HOLD_DIR;
 use crate::remote::script::{at, quote, staged_path, PRELUDE};
 
 const PKI: &str = "/etc/kubernetes/pki/etcd";
@@ -70,27 +71,82 @@ pub fn note(id: &str, step: Step) -> String {
     s
 }
 
-/// `systemctl stop` of one unit, then the journal line.
-pub fn stop(id: &str, unit: &str, step: Step) -> String {
+/// Holds `units` stopped, then the journal line. Each unit's hold file goes
+/// first (its `ConditionPathExists=!` then refuses every start: a
+/// dependency, `Restart=`, an admin), then `systemctl stop` (a unit that is
+/// not installed here is skipped), then the hold file records the restore and
+/// the unit's last invocation id, which [`fence`] and [`start`] check.
+pub fn hold_and_stop(id: &str, units: &[&str], step: Step) -> String {
     let mut s = header(id);
-    let _ = writeln!(
-        s,
-        "systemctl stop {}\nnote {step}",
-        quote(&format!("{unit}.service"))
-    );
+    let _ = writeln!(s, "H={}\n(umask 077; mkdir -p \"$H\")", at(HOLD_DIR));
+    for u in units {
+        let _ = writeln!(s, "printf '%s\\t\\n' {id} > \"$H\"/{}", quote(u));
+    }
+    s.push_str("sync \"$H\"\n");
+    for u in units {
+        let q = quote(u);
+        let _ = writeln!(
+            s,
+            "if [ \"$(systemctl show -p LoadState --value {q})\" != not-found ]; then systemctl stop {q}; fi\nprintf '%s\\t%s\\n' {id} \"$(systemctl show -p InvocationID --value {q})\" > \"$H\"/{q}"
+        );
+    }
+    let _ = writeln!(s, "sync \"$H\"\nnote {step}");
     s
 }
 
-/// `systemctl start --no-block` (members wait for each other's quorum, so
-/// they are started together and the health gate waits), then the journal line.
+/// Before any data moves: every unit this restore holds on the host still
+/// has its hold, is stopped, and has not run since it was stopped (the same
+/// invocation id as when it stopped). Fails naming each unit that is not.
+pub fn fence(id: &str, units: &[&str]) -> String {
+    let mut s = header(id);
+    let _ = writeln!(s, "H={}\nbad=0", at(HOLD_DIR));
+    for u in units {
+        let q = quote(u);
+        let _ = writeln!(
+            s,
+            "f=\"$H\"/{q}\nif [ ! -f \"$f\" ]; then echo \"{u} is not held (its hold file is gone)\" >&2; bad=1\nelse\n  was=$(cut -f2 \"$f\"); st=$(systemctl show -p ActiveState --value {q}); now=$(systemctl show -p InvocationID --value {q})\n  case \"$st\" in inactive|failed) ;; *) echo \"{u} is $st, although restore {id} stopped it\" >&2; bad=1;; esac\n  [ \"$now\" = \"$was\" ] || {{ echo \"{u} ran again after restore {id} stopped it (invocation $was, now $now)\" >&2; bad=1; }}\nfi"
+        );
+    }
+    s.push_str("if [ $bad = 1 ]; then echo 'nothing was moved or restored; find what started it, then resume' >&2; exit 3; fi\n");
+    s
+}
+
+/// Releases `unit`'s hold and starts it, then the journal line. With
+/// `block`, the start waits for the unit to be up (Type=notify) and must have
+/// made a new process: the same invocation id as when the restore stopped
+/// it means it kept running from before, serving what it read before. Without
+/// it (`--no-block`: etcd members wait for each other's quorum, so they start
+/// together and the health gate waits) only the start is queued.
 pub fn start(id: &str, unit: &str, step: Step, block: bool) -> String {
     let mut s = header(id);
+    let q = quote(unit);
     let _ = writeln!(
         s,
-        "systemctl start {}{}\nnote {step}",
-        if block { "" } else { "--no-block " },
-        quote(&format!("{unit}.service"))
+        "H={}\nwas=$(cut -f2 \"$H\"/{q} 2>/dev/null || true)\nrm -f \"$H\"/{q}\nsync \"$H\" 2>/dev/null || true",
+        at(HOLD_DIR)
     );
+    if block {
+        let _ = writeln!(
+            s,
+            "systemctl start {q}\nnow=$(systemctl show -p InvocationID --value {q})\nif [ -n \"$was\" ] && [ \"$now\" = \"$was\" ]; then echo \"{unit} was not started anew: it kept running from before restore {id} (invocation $was)\" >&2; exit 3; fi"
+        );
+    } else {
+        let _ = writeln!(s, "systemctl start --no-block {q}");
+    }
+    let _ = writeln!(s, "note {step}");
+    s
+}
+
+/// Releases the holds of `units` without starting them (the backup job runs
+/// when its timer fires; a control plane that was not running stays so),
+/// then the journal line.
+pub fn release(id: &str, units: &[&str], step: Step) -> String {
+    let mut s = header(id);
+    let _ = writeln!(s, "H={}", at(HOLD_DIR));
+    for u in units {
+        let _ = writeln!(s, "rm -f \"$H\"/{}", quote(u));
+    }
+    let _ = writeln!(s, "sync \"$H\" 2>/dev/null || true\nnote {step}");
     s
 }
 
@@ -241,8 +297,27 @@ mod tests {
         let ic = "cp1=https://10.0.0.11:2380,cp2=https://10.0.0.12:2380";
         let all = [
             ("facts", facts("/usr/bin", id)),
-            ("stop", stop(id, "etcd", Step::StoppedEtcd)),
-            ("start", start(id, "etcd", Step::StartedEtcd, false)),
+            (
+                "stop",
+                hold_and_stop(
+                    id,
+                    &["rampart-backup.service", "etcd.service"],
+                    Step::StoppedEtcd,
+                ),
+            ),
+            (
+                "fence",
+                fence(id, &["kube-apiserver.service", "etcd.service"]),
+            ),
+            ("start", start(id, "etcd.service", Step::StartedEtcd, false)),
+            (
+                "start_apiserver",
+                start(id, "kube-apiserver.service", Step::StartedApiserver, true),
+            ),
+            (
+                "release",
+                release(id, &["rampart-backup.service"], Step::Done),
+            ),
             ("move_aside", move_aside(id)),
             (
                 "restore_34",

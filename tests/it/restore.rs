@@ -43,15 +43,21 @@ hosts:
   - {name: w1, address: 192.0.2.21, roles: [worker]}
 "#;
 
-/// Remembers active units in `$ROOT/../units`, logs every call.
+/// Remembers active units in `$ROOT/../units` and each start's invocation
+/// id in `$ROOT/../invocation.<unit>`, logs every call. `show -p P --value U`
+/// answers ActiveState and InvocationID; any other property is `loaded`.
 const SYSTEMCTL: &str = r#"#!/bin/sh
 s="$ROOT/../units"; echo "$*" >> "$ROOT/../systemctl.log"; touch "$s"
 [ "$2" = --no-block ] && set -- "$1" "$3"
 case "$1" in
-  show) echo loaded;;
+  show) case "$3" in
+      ActiveState) if grep -qx "$5" "$s"; then echo active; else echo inactive; fi;;
+      InvocationID) cat "$ROOT/../invocation.$5" 2>/dev/null || echo;;
+      *) echo loaded;;
+    esac;;
   is-active) if grep -qx "$4$2" "$s"; then echo active; else echo inactive; exit 3; fi;;
   stop) grep -vx "$2" "$s" > "$s.n"; mv "$s.n" "$s";;
-  start) echo "$2" >> "$s";;
+  start) grep -qx "$2" "$s" || { echo "$2" >> "$s"; date +%s%N > "$ROOT/../invocation.$2"; };;
 esac
 exit 0
 "#;
@@ -313,7 +319,8 @@ async fn restore_scripts_restore_a_real_snapshot_journal_it_and_roll_back() {
     for t in &session.targets {
         let m = plan.members.iter().find(|m| m.name == t.host.name).unwrap();
         for text in [
-            script::stop(ID, "etcd", Step::StoppedEtcd),
+            script::hold_and_stop(ID, &MEMBER_UNITS, Step::StoppedEtcd),
+            script::fence(ID, &MEMBER_UNITS),
             script::move_aside(ID),
             stage(&[Staged {
                 path: upload_path(ID),
@@ -431,6 +438,98 @@ async fn restore_scripts_restore_a_real_snapshot_journal_it_and_roll_back() {
     assert!(log.contains("stop etcd.service"), "{log}");
 }
 
+/// The members' units a restore holds.
+const MEMBER_UNITS: [&str; 2] = ["rampart-backup.service", "etcd.service"];
+
+/// A restore once swapped etcd's data while an apiserver that something had
+/// started again kept serving the old data. Now every host proves, before any
+/// data moves, that nothing held ran since it stopped, and every apiserver
+/// start must make a new process.
+#[tokio::test]
+async fn restore_refuses_to_swap_data_when_a_held_unit_ran_again() {
+    let hosts = Hosts::new();
+    let inv = inventory();
+    let host = inv.host("cp1").unwrap();
+    let remote = hosts.connect(host).await.unwrap();
+    let units = ["kube-apiserver.service", "etcd.service"];
+    std::fs::write(
+        hosts.root("cp1").join("../units"),
+        "etcd.service\nkube-apiserver.service\n",
+    )
+    .unwrap();
+    let run = |text: String| {
+        let remote = remote.clone();
+        async move { remote.run(&text, Input::None).await.unwrap() }
+    };
+    let out = run(script::hold_and_stop(ID, &units, Step::StoppedEtcd)).await;
+    assert!(out.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let held = std::fs::read_to_string(
+        hosts
+            .root("cp1")
+            .join("var/lib/rampart/hold/kube-apiserver.service"),
+    )
+    .unwrap();
+    assert!(held.starts_with(&format!("{ID}\t")), "{held}");
+    assert!(run(script::fence(ID, &units)).await.success());
+
+    // Something starts the apiserver behind the restore's back.
+    let out = run("systemctl start kube-apiserver.service".into()).await;
+    assert!(out.success());
+    let out = run(script::fence(ID, &units)).await;
+    assert_eq!(out.status, Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "kube-apiserver.service is active, although restore 20261130T150000Z stopped it"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("kube-apiserver.service ran again after restore"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was moved or restored"), "{err}");
+    // The data was not touched.
+    assert!(hosts.root("cp1").join("var/lib/etcd/member/old").is_file());
+
+    // The restore's own start of an apiserver that kept running is refused:
+    // it would serve what it read before the restore.
+    let out = run(script::hold_and_stop(ID, &units, Step::StoppedEtcd)).await;
+    assert!(out.success());
+    std::fs::write(
+        hosts.root("cp1").join("../units"),
+        "kube-apiserver.service\n",
+    )
+    .unwrap();
+    let out = run(script::start(
+        ID,
+        "kube-apiserver.service",
+        Step::StartedApiserver,
+        true,
+    ))
+    .await;
+    assert_eq!(out.status, Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("was not started anew"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A real start after a stop is a new invocation, and releases the hold.
+    run(script::hold_and_stop(ID, &units, Step::StoppedEtcd)).await;
+    let out = run(script::start(
+        ID,
+        "kube-apiserver.service",
+        Step::StartedApiserver,
+        true,
+    ))
+    .await;
+    assert!(out.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!hosts
+        .root("cp1")
+        .join("var/lib/rampart/hold/kube-apiserver.service")
+        .exists());
+}
+
 #[test]
 fn restore_plan_refuses_members_without_etcd_or_its_unit_or_too_old() {
     use rampart::restore::{plan_restore, HostFacts, SnapshotMeta};
@@ -499,5 +598,9 @@ fn restore_plan_refuses_members_without_etcd_or_its_unit_or_too_old() {
     let tools: Vec<Tool> = plan.members.iter().map(|m| m.tool).collect();
     assert_eq!(tools, [Tool::Etcdutl, Tool::Etcdutl, Tool::Etcdctl]);
     assert_eq!(plan.apiservers, ["cp3"]);
-    assert_eq!(plan.steps.first().unwrap(), "stop kube-apiserver on cp3");
+    assert_eq!(plan.control_planes, ["cp3"]);
+    assert_eq!(
+        plan.steps.first().unwrap(),
+        "hold and stop kube-scheduler, kube-controller-manager and kube-apiserver on cp3"
+    );
 }
