@@ -248,13 +248,15 @@ pub async fn prepare(
         .filter(|n| n.source == desired::Source::Artifact)
         .map(|n| n.name)
         .collect();
-    let mut artifacts = desired::artifacts(inv, &names)?;
+    let mut cache = crate::digest::DigestCache::open_default();
+    let mut artifacts = desired::artifacts(inv, &names, &mut cache)?;
     if names.contains(&Service::Backups.binary()) {
         artifacts.insert(
             Service::Backups.binary().to_string(),
-            desired::self_artifact()?,
+            desired::self_artifact(&mut cache)?,
         );
     }
+    cache.save();
 
     reporter.phase("connect", "connect", hosts.len());
     let remotes = connect_all(&hosts, connector, o.concurrency, reporter, cancel).await?;
@@ -452,12 +454,8 @@ async fn plan_one(
 ) -> Result<(HostFacts, HostPlan, Vec<Finding>), StepError> {
     reporter.step(&host.name, "facts");
     let mut req = FactsRequest {
-        files: desired
-            .files
-            .iter()
-            .chain(&desired.binaries)
-            .map(|w| w.path.clone())
-            .collect(),
+        files: desired.files.iter().map(|w| w.path.clone()).collect(),
+        cached: desired.binaries.iter().map(|w| w.path.clone()).collect(),
         dirs: desired.dirs.iter().map(|d| d.path.clone()).collect(),
         services: desired.services.iter().map(|s| s.unit()).collect(),
         binaries: needed
@@ -492,7 +490,7 @@ async fn plan_one(
         let retired: Vec<String> = record
             .files
             .iter()
-            .filter(|p| !req.files.contains(p))
+            .filter(|p| !req.files.contains(p) && !req.cached.contains(p))
             .cloned()
             .collect();
         if !retired.is_empty() {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::digest::sha256_file;
+use crate::digest::DigestCache;
 
 use crate::inventory::Inventory;
 use crate::render::{Contents, Dir, HostBundle, Service, SystemUser};
@@ -263,24 +263,28 @@ pub enum ArtifactError {
 /// This very binary, for hosts that run the backup job (which is rampart
 /// itself): uploaded like an artifact, so a host's copy always matches the
 /// admin's, sha256 and all.
-pub fn self_artifact() -> Result<(PathBuf, u64, String), ArtifactError> {
+pub fn self_artifact(cache: &mut DigestCache) -> Result<(PathBuf, u64, String), ArtifactError> {
     let path = std::env::current_exe().map_err(|source| ArtifactError::Read {
         path: PathBuf::from("/proc/self/exe"),
         source,
     })?;
-    let (sha, size) = sha256_file(&path).map_err(|source| ArtifactError::Read {
-        path: path.clone(),
-        source,
-    })?;
+    let (sha, size) = cache
+        .sha256_file(&path)
+        .map_err(|source| ArtifactError::Read {
+            path: path.clone(),
+            source,
+        })?;
     Ok((path, size, sha))
 }
 
-/// Hashes the artifacts the hosts need (each once, whatever the host count)
-/// and checks them against `binaries.sha256`. Binaries absent from the
+/// Hashes the artifacts the hosts need (each once, whatever the host count;
+/// from `cache` when a file is unchanged since it was last hashed) and checks
+/// them against `binaries.sha256`. Binaries absent from the
 /// artifacts dir are not uploaded (the host must have them).
 pub fn artifacts(
     inv: &Inventory,
     names: &[&str],
+    cache: &mut DigestCache,
 ) -> Result<BTreeMap<String, (PathBuf, u64, String)>, ArtifactError> {
     let mut out = BTreeMap::new();
     let Some(dir) = &inv.binaries.artifacts else {
@@ -291,10 +295,12 @@ pub fn artifacts(
         if !path.is_file() {
             continue;
         }
-        let (sha, size) = sha256_file(&path).map_err(|source| ArtifactError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let (sha, size) = cache
+            .sha256_file(&path)
+            .map_err(|source| ArtifactError::Read {
+                path: path.clone(),
+                source,
+            })?;
         if let Some(expected) = inv.binaries.sha256.get(name) {
             if !expected.eq_ignore_ascii_case(&sha) {
                 return Err(ArtifactError::Mismatch {

@@ -43,7 +43,14 @@ pub struct FactsRequest {
     pub disk: String,
     /// Kernel settings (dotted keys) whose value in effect is wanted.
     pub sysctls: Vec<String>,
+    /// Large files (binaries) whose mode, owner and sha256 are wanted; their
+    /// sha256 comes from the host's digest cache while the file is unchanged.
+    pub cached: Vec<String>,
 }
+
+/// The host's digest cache of the binaries rampart installed: lines of
+/// `sha256\t<size> <mtime> <ctime> <inode>\t<path>` (times in ns).
+pub const DIGESTS: &str = "/var/lib/rampart/digests";
 
 /// One round trip that tells the planner everything it needs: hashes (not
 /// contents) of the files rampart manages, service states, binaries, ports,
@@ -132,6 +139,23 @@ pub fn facts(req: &FactsRequest) -> String {
             "stat -c 'stat\t%a\t%U\t%G\t%F\t%n' -- {files} 2>/dev/null"
         );
         let _ = writeln!(s, "sha256sum -- {files} 2>/dev/null | sed 's/^/sha\t/'");
+    }
+    if !req.cached.is_empty() {
+        let files = rel(&req.cached);
+        let _ = writeln!(
+            s,
+            "stat -c 'stat\t%a\t%U\t%G\t%F\t%n' -- {files} 2>/dev/null"
+        );
+        // A binary is hashed again only when its size, mtime, ctime or inode
+        // moved since the cached line was written (any write, rename over it
+        // or chmod moves the ctime, and nobody can set that back); one changed
+        // in the last 2 s is not cached (a write in the same tick would not
+        // show). The cache is rewritten only after a miss.
+        let _ = writeln!(
+            s,
+            "C={c}; now=$(date +%s); new=; miss=0\nfor p in {files}; do\n  st=$(stat -c '%s %.9Y %.9Z %i' -- \"$p\" 2>/dev/null) || continue\n  sha=$(awk -F '\\t' -v k=\"$st\" -v p=\"$p\" '$2 == k && $3 == p {{ print $1; exit }}' \"$C\" 2>/dev/null)\n  keep=1\n  if [ -z \"$sha\" ]; then\n    miss=1; sha=$(sha256sum -- \"$p\" | cut -d' ' -f1)\n    set -- $st; c=${{3%.*}}; [ $((now - c)) -gt 2 ] || keep=0\n  fi\n  printf 'sha\\t%s  %s\\n' \"$sha\" \"$p\"\n  [ $keep = 0 ] || new=\"$new$sha\t$st\t$p\n\"\ndone\nif [ $miss = 1 ] && [ -d \"${{C%/*}}\" ]; then (umask 077; printf '%s' \"$new\" > \"$C.new\" && mv -f \"$C.new\" \"$C\") 2>/dev/null || true; fi",
+            c = at(DIGESTS)
+        );
     }
     s.push_str("echo end\n");
     s
@@ -369,6 +393,95 @@ pub fn poll(cmd: &str, seconds: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs the facts script under a scratch root; returns the sha lines.
+    fn facts_shas(root: &std::path::Path, cached: &[&str]) -> Vec<String> {
+        let req = FactsRequest {
+            cached: cached.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(facts(&req))
+            .env("ROOT", root)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("sha\t"))
+            .map(String::from)
+            .collect()
+    }
+
+    /// A no-op apply once re-hashed every binary on every host; now the
+    /// host's digest cache answers while a binary is unchanged, and any
+    /// change to it (same size and mtime included) is seen.
+    #[test]
+    fn binaries_are_hashed_once_until_they_change() {
+        let root = tempfile::tempdir().unwrap();
+        let bin = root.path().join("usr/local/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(root.path().join("var/lib/rampart")).unwrap();
+        let kubelet = bin.join("kubelet");
+        std::fs::write(&kubelet, b"v1").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        let set_old = |p: &std::path::Path| {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap()
+        };
+        set_old(&kubelet);
+        let want = |b: &[u8]| {
+            vec![format!(
+                "sha\t{}  usr/local/bin/kubelet",
+                crate::digest::sha256_hex(b)
+            )]
+        };
+        let cache = root.path().join("var/lib/rampart/digests");
+        // ctime is fresh: hashed, reported, not cached yet.
+        assert_eq!(
+            facts_shas(root.path(), &["/usr/local/bin/kubelet"]),
+            want(b"v1")
+        );
+        assert!(std::fs::read_to_string(&cache)
+            .unwrap_or_default()
+            .is_empty());
+        std::thread::sleep(std::time::Duration::from_millis(3100));
+        assert_eq!(
+            facts_shas(root.path(), &["/usr/local/bin/kubelet"]),
+            want(b"v1")
+        );
+        let line = std::fs::read_to_string(&cache).unwrap();
+        assert!(line.ends_with("\tusr/local/bin/kubelet\n"), "{line:?}");
+        // The cache answers: a lie planted in it is believed while the stamps match...
+        std::fs::write(
+            &cache,
+            line.replacen(&crate::digest::sha256_hex(b"v1"), &"0".repeat(64), 1),
+        )
+        .unwrap();
+        assert_eq!(
+            facts_shas(root.path(), &["/usr/local/bin/kubelet"]),
+            vec![format!("sha\t{}  usr/local/bin/kubelet", "0".repeat(64))]
+        );
+        // ...and never once the file changed, even with its size and mtime kept.
+        std::fs::write(&kubelet, b"v2").unwrap();
+        set_old(&kubelet);
+        assert_eq!(
+            facts_shas(root.path(), &["/usr/local/bin/kubelet"]),
+            want(b"v2")
+        );
+        // A missing binary has no sha line.
+        std::fs::remove_file(&kubelet).unwrap();
+        assert!(facts_shas(root.path(), &["/usr/local/bin/kubelet"]).is_empty());
+    }
 
     #[test]
     fn staged_path_is_hidden_beside_the_file() {
