@@ -230,6 +230,38 @@ pub struct Pulled {
     pub skipped: bool,
 }
 
+/// A backup that could not be pulled, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct PullFailure {
+    pub host: String,
+    pub file: String,
+    pub error: String,
+}
+
+/// Pulls each of `wanted` from one holder on its own: one that fails (a
+/// corrupt copy, a read error) is reported and the next is still pulled, so a
+/// bad copy on the target never keeps the other members' good ones behind.
+pub async fn pull_all(
+    remote: &dyn Remote,
+    m: &MemberBackups,
+    wanted: &[&Manifest],
+    to: &Path,
+) -> (Vec<Pulled>, Vec<PullFailure>) {
+    let mut pulled = Vec::new();
+    let mut failed = Vec::new();
+    for b in wanted {
+        match pull(remote, m, b, to).await {
+            Ok(p) => pulled.push(p),
+            Err(e) => failed.push(PullFailure {
+                host: m.host.clone(),
+                file: b.file.clone(),
+                error: e.to_string(),
+            }),
+        }
+    }
+    (pulled, failed)
+}
+
 /// Copies one backup and its manifest into `to/<host>/`, checking the
 /// sha256 before the copy gets its final name.
 pub async fn pull(

@@ -409,7 +409,11 @@ pub fn hosts_unlock(a: &InventoryArgs, name: &str) -> Result<ExitCode> {
     let rt = runtime()?;
     let state = rt.block_on(async {
         let remote = ssh::connect(host, &ConnectOptions::default()).await?;
-        anyhow::Ok(apply::unlock(&remote).await?)
+        anyhow::Ok(
+            apply::unlock(&remote)
+                .await
+                .with_context(|| name.to_string())?,
+        )
     })?;
     match state.as_str() {
         "free" => println!("{name}: not locked"),

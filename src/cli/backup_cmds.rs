@@ -271,7 +271,9 @@ pub fn now(a: &BackupHostsArgs, verbose: bool) -> Result<ExitCode> {
 
 pub fn pull(a: &BackupHostsArgs, to: &Path, latest: bool, verbose: bool) -> Result<ExitCode> {
     let to = to.to_path_buf();
-    let pulled = on_members(a, verbose, "pull backups", true, |r, h| {
+    // Every backup is tried: one corrupt copy on a host (the target holds
+    // every member's) must not leave that host's intact ones behind.
+    let per_host = on_members(a, verbose, "pull backups", true, |r, h| {
         let to = to.clone();
         Box::pin(async move {
             let m = actions::list(r, h).await?;
@@ -280,26 +282,19 @@ pub fn pull(a: &BackupHostsArgs, to: &Path, latest: bool, verbose: bool) -> Resu
             } else {
                 m.backups.iter().collect()
             };
-            let mut out = Vec::new();
-            for b in wanted {
-                match actions::pull(r, &m, b, &to).await {
-                    Ok(p) => out.push(p),
-                    Err(actions::PullError::Step(e)) => return Err(e),
-                    Err(e) => {
-                        return Err(StepError::Script {
-                            step: format!("pull {}", b.file),
-                            status: "-".into(),
-                            stderr: e.to_string(),
-                        })
-                    }
-                }
-            }
-            Ok(out)
+            Ok(actions::pull_all(r, &m, &wanted, &to).await)
         })
     })?;
+    let (pulled, failed): (Vec<_>, Vec<_>) = per_host.into_iter().unzip();
     let pulled: Vec<_> = pulled.into_iter().flatten().collect();
+    let failed: Vec<_> = failed.into_iter().flatten().collect();
     match a.inv.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&pulled)?),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "pulled": pulled, "failed": failed })
+            )?
+        ),
         Output::Table => {
             for p in &pulled {
                 let how = if p.skipped { "already here" } else { "copied" };
@@ -311,10 +306,21 @@ pub fn pull(a: &BackupHostsArgs, to: &Path, latest: bool, verbose: bool) -> Resu
                     p.sha256
                 );
             }
+            for f in &failed {
+                println!("{}: {} NOT pulled: {}", f.host, f.file, f.error);
+            }
             println!("{} backups in {}", pulled.len(), to.display());
         }
     }
-    Ok(ExitCode::SUCCESS)
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "error: {} backup(s) could not be pulled; the others were",
+            failed.len()
+        );
+        Ok(ExitCode::from(super::code::HOSTS_FAILED))
+    }
 }
 
 fn print_members(members: &[MemberBackups], output: Output) -> Result<()> {

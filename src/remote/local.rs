@@ -129,16 +129,21 @@ impl Remote for LocalRemote {
                     source,
                 })?;
             self.sent.fetch_add(script.len() as u64, Ordering::Relaxed);
+            // spawn + wait, not `output()`: tokio's `output()` pipes stdout
+            // whatever was set, and the file would stay empty.
+            let spawn_err = |source| RemoteError::Spawn {
+                host: self.name.clone(),
+                source,
+            };
             let out = self
                 .command(script)
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(file))
-                .output()
+                .spawn()
+                .map_err(spawn_err)?
+                .wait_with_output()
                 .await
-                .map_err(|source| RemoteError::Spawn {
-                    host: self.name.clone(),
-                    source,
-                })?;
+                .map_err(spawn_err)?;
             Ok(Output {
                 status: out.status.code().map(|c| c as u32),
                 stdout: Vec::new(),

@@ -122,31 +122,37 @@ pub trait Remote: Send + Sync {
 }
 
 /// Transport failures (not script failures) talking to a host.
+///
+/// Messages do not name the host: they are shown after it (`cp2: connection
+/// lost: …` in a phase's report), and naming it twice read
+/// `cp2: cp2: connection lost`. The `host` fields are for code.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
-    #[error("{host}: connection lost: {reason}")]
+    #[error("connection lost: {reason}")]
     Disconnected { host: String, reason: String },
-    #[error("{host}: cannot write {path}")]
+    #[error("cannot write {path}")]
     Output {
         host: String,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{host}: cannot read {path}")]
+    #[error("cannot read {path}")]
     Input {
         host: String,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{host}: cannot start `sh` locally")]
+    #[error("cannot start `sh` locally")]
     Spawn {
         host: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("{host}: sudo refused to run without a password; give {user} passwordless sudo or connect as root")]
+    #[error(
+        "sudo refused to run without a password; give {user} passwordless sudo or connect as root"
+    )]
     SudoPassword { host: String, user: String },
 }
 
@@ -157,6 +163,25 @@ mod tests {
     /// kubectl prints one line per refused object; the first is the cause
     /// (a fresh cluster's apply-manifests once reported only an unrelated
     /// RoleBinding, the last line).
+    #[test]
+    fn transport_errors_leave_the_host_name_to_the_report() {
+        let e = crate::phases::PhaseError {
+            phase: "install-files",
+            failures: vec![(
+                "bravo".into(),
+                RemoteError::Disconnected {
+                    host: "bravo".into(),
+                    reason: "broken pipe".into(),
+                }
+                .into(),
+            )],
+        };
+        assert_eq!(
+            e.to_string(),
+            "phase install-files failed on 1 host:\n  - bravo: connection lost: broken pipe"
+        );
+    }
+
     #[test]
     fn failed_scripts_report_the_first_cause() {
         let out = Output {

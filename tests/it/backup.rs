@@ -876,3 +876,82 @@ fn restore_interrupted_while_verifying_leaves_no_plaintext() {
         text(&out.stderr)
     );
 }
+
+/// `backup pull` once stopped at the first corrupt copy on a host, leaving
+/// that host's intact copies (the target holds every member's) unpulled.
+#[tokio::test]
+async fn pull_takes_every_intact_copy_past_a_corrupt_one() {
+    use rampart::actions::backup::{self as actions, Holder};
+    use rampart::backup::Manifest;
+    use rampart::remote::local::LocalRemote;
+
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("target");
+    std::fs::create_dir(&dir).unwrap();
+    for (member, body, honest) in [
+        ("cp1", b"one".as_slice(), true),
+        ("cp2", b"two", false),
+        ("cp3", b"three", true),
+    ] {
+        let file = format!("lab-{member}-20261202T000000Z.db.age");
+        std::fs::write(dir.join(&file), body).unwrap();
+        let m = Manifest {
+            file: file.clone(),
+            // cp2's copy no longer matches what its manifest says.
+            sha256: hex::encode(Sha256::digest(if honest { body } else { b"tw0" })),
+            ciphertext_size: body.len() as u64,
+            snapshot_size: 1,
+            revision: 1,
+            total_keys: 1,
+            snapshot_hash: 1,
+            etcd_version: "3.4.23".into(),
+            cluster: "lab".into(),
+            member: member.into(),
+            created: "2026-12-02T00:00:00Z".into(),
+            recipients: vec![],
+            rampart_version: "0".into(),
+        };
+        std::fs::write(
+            dir.join(format!("lab-{member}-20261202T000000Z.manifest.json")),
+            serde_json::to_vec(&m).unwrap(),
+        )
+        .unwrap();
+    }
+    let inv = parse(
+        "cluster: {name: lab, kubernetesVersion: \"1.34\"}\nhosts:\n  - {name: vault, address: 192.0.2.9, roles: [etcd, control-plane]}\n",
+        Path::new("."),
+    )
+    .unwrap()
+    .inventory;
+    let holder = Holder {
+        host: inv.hosts[0].clone(),
+        dir: dir.display().to_string(),
+        target: true,
+    };
+    let remote = LocalRemote::new("vault", work.path().join("root"));
+    let listed = actions::list(&remote, &holder).await.unwrap();
+    assert_eq!(listed.backups.len(), 3);
+    let wanted: Vec<&Manifest> = listed.backups.iter().collect();
+    let to = work.path().join("pulled");
+    let (pulled, failed) = actions::pull_all(&remote, &listed, &wanted, &to).await;
+    let mut names: Vec<String> = pulled
+        .iter()
+        .map(|p| p.file.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "lab-cp1-20261202T000000Z.db.age",
+            "lab-cp3-20261202T000000Z.db.age"
+        ]
+    );
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].file, "lab-cp2-20261202T000000Z.db.age");
+    assert!(failed[0].error.contains("sha256"), "{}", failed[0].error);
+    // Nothing of the corrupt copy is kept.
+    assert!(!to.join("vault/lab-cp2-20261202T000000Z.db.age").exists());
+    assert!(walk(&to.join("vault"))
+        .iter()
+        .all(|p| !p.to_string_lossy().contains("cp2")));
+}
