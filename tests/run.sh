@@ -15,6 +15,11 @@
 #
 # RAMPART_NO_LAB=1: no lab, the suite runs as is and the lab tests skip
 # (with CI set they fail instead: CI must run them).
+#
+# RAMPART_K8S_BIN=DIR: upstream Kubernetes binaries (kube-apiserver, …,
+# kubectl); the main lab comes up in kubelet mode (TH_KUBELET=1) and the
+# `lab_kubernetes*` tests run a real cluster on it. Without it they skip
+# with a line saying so (CI has no Kubernetes binaries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,12 +32,14 @@ b_inner=${b_net%.*}.$(( ${b_net##*.} + 1 ))   # as testhosts.sh derives TH_INNER
 no_lab=${RAMPART_NO_LAB:-}
 [ "$no_lab" != 0 ] || no_lab=
 # Settings of testhosts.sh from the caller's environment must not reach the labs.
-unset TH_PREFIX TH_NET TH_BASTION TH_INNER_NET TH_STATE TH_CLIENT_DIR
+unset TH_PREFIX TH_NET TH_BASTION TH_INNER_NET TH_STATE TH_CLIENT_DIR TH_KUBELET
+k8s_bin=${RAMPART_K8S_BIN:-}
+if [ -n "$k8s_bin" ]; then kubelet_mode=1; else kubelet_mode=0; fi
 
 # The state and client dirs testhosts.sh uses for a prefix (its defaults).
 state_of()  { if [ "$1" = rl ]; then echo /var/tmp/rampart-lab; else echo "/var/tmp/rampart-lab-$1"; fi; }
 client_of() { if [ "$1" = rl ]; then echo /var/lib/rampart-lab/ssh; else echo "/var/lib/rampart-lab/ssh-$1"; fi; }
-main_lab()    { TH_PREFIX=$main_prefix TH_NET=$main_net TH_BASTION=0 bash "$th" "$@"; }
+main_lab()    { TH_PREFIX=$main_prefix TH_NET=$main_net TH_BASTION=0 TH_KUBELET=$kubelet_mode bash "$th" "$@"; }
 bastion_lab() { TH_PREFIX=$b_prefix TH_NET=$b_net TH_BASTION=1 bash "$th" "$@"; }
 now() { date +%s; }
 
@@ -51,6 +58,10 @@ leftovers() {
         done
     done
     left+=$(pgrep -af -- "$(readlink -f "$th") _run" | sed 's/^/supervisor /' || true)$'\n'
+    # kernel values a lab changed, not put back
+    for f in /var/tmp/rampart-lab-sysctl.orig /var/tmp/rampart-lab-sysctl.orig.lock; do
+        if [ -e "$f" ]; then left+="file $f"$'\n'; fi
+    done
     left+=$(ip route show type unreachable | grep -E "^(${main_net//./\\.}|${b_net//./\\.}|${b_inner//./\\.})\.0/24" | sed 's/^/route /' || true)$'\n'
     left=$(grep -v '^$' <<< "$left" || true)
     if [ -n "$left" ]; then
@@ -140,13 +151,13 @@ else
 
     echo "::: tests in netns $main_prefix-lab (all but lab_bastion*)"
     t0=$(now)
-    main_lab exec env -u RAMPART_LAB_BASTION RAMPART_LAB="$main_json" \
+    main_lab exec env -u RAMPART_LAB_BASTION RAMPART_LAB="$main_json" RAMPART_K8S_BIN="$k8s_bin" \
         cargo test --offline --all-targets -- --skip lab_bastion 2>&1 | tee "$log" || status=$?
     t_test=$(( $(now) - t0 ))
 
     echo "::: tests in netns $b_prefix-lab (lab_bastion*)"
     t0=$(now)
-    bastion_lab exec env -u RAMPART_LAB RAMPART_LAB_BASTION="$b_json" \
+    bastion_lab exec env -u RAMPART_LAB -u RAMPART_K8S_BIN RAMPART_LAB_BASTION="$b_json" \
         cargo test --offline --test it lab_bastion 2>&1 | tee -a "$log" || status=$?
     t_btest=$(( $(now) - t0 ))
 

@@ -216,6 +216,8 @@ pub struct Binaries {
 pub struct Runtime {
     /// A valid image reference (see `validate::runtime`).
     pub sandbox_image: String,
+    /// containerd's `restrict_oom_score_adj`.
+    pub restrict_oom_score_adj: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -117,6 +117,9 @@ pub struct RawBinaries {
 pub struct RawRuntime {
     /// The pod sandbox ("pause") image containerd starts for every pod.
     pub sandbox_image: Option<String>,
+    /// Never give a container a lower OOM score than containerd's own: for
+    /// nodes that cannot lower OOM scores (unprivileged containers).
+    pub restrict_oom_score_adj: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

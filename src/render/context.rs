@@ -212,6 +212,7 @@ pub struct ContainerdConfig<'a> {
     pub cluster: &'a str,
     /// A TOML basic string, quotes included (see [`quoted`]).
     pub sandbox_image: String,
+    pub restrict_oom_score_adj: bool,
 }
 
 impl<'a> ContainerdConfig<'a> {
@@ -220,6 +221,7 @@ impl<'a> ContainerdConfig<'a> {
             host: &host.name,
             cluster: &inv.cluster.name,
             sandbox_image: quoted(&inv.runtime.sandbox_image),
+            restrict_oom_score_adj: inv.runtime.restrict_oom_score_adj,
         }
     }
 }

@@ -111,10 +111,11 @@ TH_KUBELET=${TH_KUBELET:-0}
 # sudo: the non-root user `deploy` (become: sudo); age: rampart encrypts backups with it.
 # containerd, runc and the CNI plugins: the node runtime rampart configures
 # (installed, not enabled: hosts start bare).
-TH_PACKAGES="systemd,systemd-sysv,dbus,libpam-systemd,openssh-server,sudo,etcd-server,etcd-client,age,iproute2,ca-certificates,procps,curl,openssl,less,containerd,runc,containernetworking-plugins,iptables,conntrack${TH_EXTRA_PACKAGES:+,$TH_EXTRA_PACKAGES}"
+TH_PACKAGES="systemd,systemd-sysv,dbus,libpam-systemd,openssh-server,sudo,etcd-server,etcd-client,age,iproute2,ca-certificates,procps,curl,openssl,less,containerd,runc,containernetworking-plugins,iptables,conntrack,busybox-static${TH_EXTRA_PACKAGES:+,$TH_EXTRA_PACKAGES}"
 # Bump when the image customisation below changes (invalidates the cache).
 # 4: rampart lab (sudo, age, user deploy)
-# 5: containerd, runc, CNI plugins, iptables, conntrack (disabled); kubelet mode
+# 5: containerd, runc, CNI plugins, iptables, conntrack (disabled); kubelet
+#    mode; busybox-static (the lab tests build their container images from it)
 TH_IMAGE_REV=5
 # Non-root login user in every host: lab key authorized, passwordless sudo.
 DEPLOY_USER=deploy
@@ -302,9 +303,12 @@ undo_journal() {
             # directories created on our behalf (by nspawn under /run): remove
             # what is left of them if it is only empty directories
             if [ -d "$arg" ]; then find "$arg" -depth -type d -empty -delete 2>/dev/null || true; fi ;;
+        sysctl-restore)
+            # kernel values changed for the hosts: set back once no lab runs
+            # (another lab's hosts would still need them)
+            restore_sysctls ;;
         sysctl)
-            # a kernel limit raised for the hosts: set back once no lab runs
-            # (another lab's hosts would still need it)
+            # (journals of an older testhosts.sh: one value each)
             local key=${arg%% *} old=${arg#* }
             if ! ls /run/netns 2>/dev/null | grep -q -- '-lab$'; then
                 sysctl -qw "$key=$old" || log "warning: could not restore $key=$old"
@@ -443,6 +447,42 @@ ensure_base() {
     fi
 }
 
+# ---------------------------------------------------------------- kernel values
+# Kernel values a lab changes are the machine's, shared by every lab running
+# on it. The first lab to change a key records its original value in
+# SYSCTL_ORIG; every lab journals "sysctl-restore", and the last lab to go
+# down puts every recorded value back (whichever lab changed it).
+SYSCTL_ORIG=/var/tmp/rampart-lab-sysctl.orig
+# set_sysctl KEY VALUE min|exact: raise KEY to at least VALUE, or set it to VALUE.
+set_sysctl() {
+    local key=$1 want=$2 mode=$3 cur
+    cur=$(sysctl -n "$key")
+    case $mode in
+        min) [ "$cur" -lt "$want" ] || return 0 ;;
+        *) [ "$cur" != "$want" ] || return 0 ;;
+    esac
+    (
+        flock 8
+        grep -q "^$key " "$SYSCTL_ORIG" 2>/dev/null || echo "$key $cur" >> "$SYSCTL_ORIG"
+    ) 8> "$SYSCTL_ORIG.lock"
+    sysctl -qw "$key=$want"
+}
+# Puts back what SYSCTL_ORIG recorded, once no lab runs any more.
+restore_sysctls() {
+    if ls /run/netns 2>/dev/null | grep -q -- '-lab$'; then return 0; fi
+    (
+        flock 8
+        local key old
+        if [ -f "$SYSCTL_ORIG" ]; then
+            while read -r key old; do
+                sysctl -qw "$key=$old" || log "warning: could not restore $key=$old"
+            done < "$SYSCTL_ORIG"
+            rm -f "$SYSCTL_ORIG"
+        fi
+    ) 8> "$SYSCTL_ORIG.lock"
+    rm -f "$SYSCTL_ORIG.lock"
+}
+
 # ---------------------------------------------------------------- lab network
 lab_up() {
     local j=$TH_STATE/created
@@ -450,15 +490,9 @@ lab_up() {
     # instances, all counted against root: Debian's default of 128 runs out
     # at about 16 hosts (user@0.service fails, boots stall). Raise it while
     # labs run; undone by `down`.
-    local key cur want
-    for key in fs.inotify.max_user_instances:4096 fs.inotify.max_user_watches:1048576; do
-        want=${key#*:}; key=${key%%:*}
-        cur=$(sysctl -n "$key")
-        if [ "$cur" -lt "$want" ]; then
-            journal "$j" "sysctl $key $cur"
-            sysctl -qw "$key=$want"
-        fi
-    done
+    journal "$j" "sysctl-restore"
+    set_sysctl fs.inotify.max_user_instances 4096 min
+    set_sysctl fs.inotify.max_user_watches 1048576 min
     # TH_NET must not overlap anything routed on this machine
     if [ -n "$(ip route show match "$TH_NET.1")" ] && ip route show match "$TH_NET.1" | grep -qv '^default'; then
         die "TH_NET $TH_NET.0/24 overlaps a route of this machine: $(ip route show match "$TH_NET.1" | grep -v '^default' | head -n1) - pick another TH_NET"
@@ -512,12 +546,7 @@ lab_up() {
         local kv
         for kv in vm.overcommit_memory=1 vm.panic_on_oom=0 kernel.panic=10 kernel.panic_on_oops=1 \
                   kernel.keys.root_maxkeys=1000000 kernel.keys.root_maxbytes=25000000; do
-            key=${kv%%=*}; want=${kv#*=}
-            cur=$(sysctl -n "$key")
-            if [ "$cur" != "$want" ]; then
-                journal "$j" "sysctl $key $cur"
-                sysctl -qw "$key=$want"
-            fi
+            set_sysctl "${kv%%=*}" "${kv#*=}" exact
         done
     fi
 }
@@ -645,9 +674,11 @@ EOF
 nspawn_extra() {
     [ "$TH_KUBELET" = 1 ] || return 0
     # /dev/kmsg: the kubelet's OOM watcher reads it (CAP_SYSLOG to be allowed
-    # to); CAP_SYS_RESOURCE: the kubelet and containerd set their own
-    # oom_score_adj below 0; @keyring: runc gives every container a session
-    # keyring, which nspawn's default system call filter refuses.
+    # to); CAP_SYS_RESOURCE: the kubelet, containerd and runc set OOM scores
+    # below 0 (granted only where this machine has it; where it does not,
+    # inventories set runtime.restrictOomScoreAdj); @keyring: runc gives every
+    # container a session keyring, which nspawn's default system call filter
+    # refuses.
     echo "--bind=$1/containerd:/var/lib/containerd --bind-ro=/dev/kmsg --capability=CAP_SYSLOG,CAP_SYS_RESOURCE --system-call-filter=@keyring"
 }
 
@@ -801,6 +832,7 @@ EOF
         echo "TH_KNOWN_HOSTS=$TH_CLIENT_DIR/known_hosts"
         echo "TH_SUDO_USER=$DEPLOY_USER"
         echo "TH_BASTION=$TH_BASTION"
+        echo "TH_KUBELET=$TH_KUBELET"
         if [ "$TH_BASTION" = 1 ]; then
             echo "TH_BASTION_HOST=$(host_name 1)"
             echo "TH_BASTION_IP=$(host_ip 1)"
@@ -827,9 +859,9 @@ EOF
     local cluster_net=$TH_NET
     [ "$TH_BASTION" != 1 ] || cluster_net=$TH_INNER_NET
     {
-        printf '{"lab_netns":"%s","operator_ip":"%s","net":"%s.0/24","cluster_net":"%s.0/24","ssh_key":"%s","ssh_config":"%s","known_hosts":"%s","sudo_user":"%s","bastion":%s,"hosts":[' \
+        printf '{"lab_netns":"%s","operator_ip":"%s","net":"%s.0/24","cluster_net":"%s.0/24","ssh_key":"%s","ssh_config":"%s","known_hosts":"%s","sudo_user":"%s","kubelet":%s,"bastion":%s,"hosts":[' \
             "$LAB" "$OPERATOR_IP" "$TH_NET" "$cluster_net" "$TH_CLIENT_DIR/id_ed25519" "$TH_STATE/ssh_config" \
-            "$TH_CLIENT_DIR/known_hosts" "$DEPLOY_USER" "$bastion_json"
+            "$TH_CLIENT_DIR/known_hosts" "$DEPLOY_USER" "$([ "$TH_KUBELET" = 1 ] && echo true || echo false)" "$bastion_json"
         for i in $(seq 1 "$n"); do
             [ "$i" = 1 ] || printf ','
             printf '{"name":"%s","ip":"%s","cluster_ip":"%s","user":"root","port":22,"behind_bastion":%s,"root":"%s","changes":"%s"}' \

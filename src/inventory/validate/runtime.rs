@@ -23,7 +23,10 @@ pub(super) fn runtime(raw: &RawRuntime, p: &mut Problems) -> Runtime {
         }
         None => DEFAULT_SANDBOX_IMAGE.to_string(),
     };
-    Runtime { sandbox_image }
+    Runtime {
+        sandbox_image,
+        restrict_oom_score_adj: raw.restrict_oom_score_adj.unwrap_or(false),
+    }
 }
 
 /// An image reference as containerd parses one (the distribution reference

@@ -21,6 +21,8 @@
 mod apply;
 mod backup;
 mod backup_target;
+mod kubernetes;
+mod oci;
 mod restore;
 mod smoke;
 
@@ -73,6 +75,10 @@ pub struct Lab {
     pub cluster_net: String,
     /// The network namespace the tests must run in, e.g. `rl-lab`.
     pub netns: String,
+    /// This side's address on the lab network (where a test can serve hosts).
+    pub operator_ip: String,
+    /// Brought up with `TH_KUBELET=1`: hosts can run kubelets and containers.
+    pub kubelet: bool,
     /// Holds the ssh client config ([`Lab::ssh_cmd`]) and written inventories.
     tmp: TempDir,
 }
@@ -80,6 +86,9 @@ pub struct Lab {
 #[derive(Deserialize)]
 struct HostsJson {
     lab_netns: String,
+    operator_ip: String,
+    #[serde(default)]
+    kubelet: bool,
     net: String,
     cluster_net: String,
     ssh_key: PathBuf,
@@ -197,6 +206,8 @@ impl Lab {
             net: j.net,
             cluster_net: j.cluster_net,
             netns: j.lab_netns,
+            operator_ip: j.operator_ip,
+            kubelet: j.kubelet,
             tmp,
         }
     }
@@ -260,12 +271,13 @@ impl Lab {
         let key = self.ssh_key.display();
         let mut y = format!(
             "# written by tests/it/lab for lab {netns}\n\
-             cluster:\n  name: {name}\n  kubernetesVersion: \"1.34\"\n  \
+             cluster:\n  name: {name}\n  kubernetesVersion: \"{version}\"\n  \
              apiEndpoint: {api}:6443\n  serviceCidr: 10.96.0.0/12\n  podCidr: 10.244.0.0/16\n  \
              nodeNetwork: {net}\n\
              ssh:\n  user: {user}\n",
             netns = self.netns,
             name = spec.cluster.as_deref().unwrap_or("lab"),
+            version = spec.kubernetes_version.as_deref().unwrap_or("1.34"),
             api = self.hosts[0].cluster_ip,
             net = self.cluster_net,
             user = if spec.sudo { &self.sudo_user } else { "root" },
@@ -329,6 +341,8 @@ pub struct InventorySpec {
     pub extra: String,
     /// The fourth host (the worker) is also the backup target.
     pub backup_target: bool,
+    /// `cluster.kubernetesVersion` (default `1.34`).
+    pub kubernetes_version: Option<String>,
 }
 
 /// Panics unless this process is in network namespace `/run/netns/<netns>`.
