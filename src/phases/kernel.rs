@@ -18,13 +18,19 @@ pub struct KernelSettings;
 fn with_changes<'a>(ctx: &'a Ctx<'a>) -> Vec<&'a Target> {
     ctx.targets
         .iter()
-        .filter(|t| !t.plan.sysctls.is_empty())
+        .filter(|t| !t.plan.sysctls.is_empty() || t.plan.load_modules)
         .collect()
 }
 
-/// Writes each settable value to `/proc/sys`, as `sysctl -w` would.
-pub fn script(changes: &[SysctlChange]) -> String {
+/// Loads the modules-load.d modules when `load_modules` (systemd's own
+/// loader: built-in modules are fine, and a host that may not load modules,
+/// such as a container, skips it by its ConditionCapability), then writes
+/// each settable value to `/proc/sys`, as `sysctl -w` would.
+pub fn script(load_modules: bool, changes: &[SysctlChange]) -> String {
     let mut s = String::from(PRELUDE);
+    if load_modules {
+        s.push_str("systemctl restart systemd-modules-load.service\n");
+    }
     for c in changes.iter().filter(|c| c.settable) {
         let _ = writeln!(
             s,
@@ -49,7 +55,8 @@ impl Phase for KernelSettings {
     fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
         Box::pin(for_each(ctx, self.name(), with_changes(ctx), move |t| {
             Box::pin(async move {
-                step(ctx, t, "sysctl", &script(&t.plan.sysctls), Input::None).await?;
+                let text = script(t.plan.load_modules, &t.plan.sysctls);
+                step(ctx, t, "sysctl", &text, Input::None).await?;
                 for c in &t.plan.sysctls {
                     ctx.reporter
                         .line(&t.host.name, &format!("kernel {} = {}", c.key, c.to));
@@ -80,7 +87,7 @@ mod tests {
                 settable: false,
             },
         ];
-        let text = script(&changes);
+        let text = script(false, &changes);
         assert!(
             text.ends_with("printf '%s\\n' 1 > \"$R\"/proc/sys/vm/overcommit_memory\n"),
             "{text}"

@@ -63,6 +63,8 @@ pub struct HostFacts {
     /// Free KiB where the etcd data lives.
     pub disk_free_kib: Option<u64>,
     pub listening: BTreeSet<u16>,
+    /// Active swap areas (None: not reported).
+    pub swaps: Option<u32>,
     /// Binary name → first line of its version output; None when absent.
     pub binaries: BTreeMap<String, Option<String>>,
     pub users: BTreeMap<String, bool>,
@@ -104,6 +106,7 @@ impl HostFacts {
                 ["time", t] => f.time = t.parse().ok(),
                 ["systemd", v] => f.systemd = v.parse().ok(),
                 ["disk", kib] => f.disk_free_kib = kib.parse().ok(),
+                ["swap", n] => f.swaps = n.trim().parse().ok(),
                 ["listen", ports] => {
                     f.listening.extend(
                         ports

@@ -6,7 +6,10 @@
 //! refuses to start while a value differs. So the plan compares each key with
 //! `/proc/sys`, the `kernel-settings` phase sets the ones that differ, and
 //! preflight refuses a host where one differs and cannot be set (a read-only
-//! `/proc/sys`, as in a container).
+//! `/proc/sys`, as in a container). Kernel modules (`/etc/modules-load.d/`)
+//! load at boot too; when rampart's list changes, the phase has
+//! systemd-modules-load load them first (`net.bridge.*` exists only once
+//! br_netfilter is loaded).
 
 use serde::Serialize;
 
@@ -15,6 +18,8 @@ use super::facts::HostFacts;
 
 /// The directory whose files are sysctl settings.
 pub const SYSCTL_DIR: &str = "/etc/sysctl.d/";
+/// The directory whose files list kernel modules to load at boot.
+pub const MODULES_DIR: &str = "/etc/modules-load.d/";
 
 /// One setting whose value in effect differs from the rendered one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -67,15 +72,18 @@ pub fn proc_path(key: &str) -> String {
     format!("/proc/sys/{}", key.replace('.', "/"))
 }
 
-/// The wanted settings whose value in effect differs.
-pub fn changes(desired: &Desired, facts: &HostFacts) -> Vec<SysctlChange> {
+/// The wanted settings whose value in effect differs. With `loading`
+/// (this apply loads the modules of a changed modules-load.d file first), a
+/// setting the host does not have yet (`net.bridge.*` before br_netfilter)
+/// counts as settable: loading its module creates it.
+pub fn changes(desired: &Desired, facts: &HostFacts, loading: bool) -> Vec<SysctlChange> {
     wanted(desired)
         .into_iter()
         .filter_map(|(key, to)| {
             let fact = facts.sysctls.get(&key);
             let from = fact.and_then(|f| f.value.as_deref()).map(normalise);
             (from.as_deref() != Some(to.as_str())).then(|| SysctlChange {
-                settable: fact.is_some_and(|f| f.writable),
+                settable: fact.is_some_and(|f| f.writable) || (loading && from.is_none()),
                 key,
                 from,
                 to,
@@ -132,7 +140,7 @@ mod tests {
             );
         }
         assert_eq!(
-            changes(&d, &facts),
+            changes(&d, &facts, false),
             vec![SysctlChange {
                 key: "vm.overcommit_memory".into(),
                 from: Some("0".into()),

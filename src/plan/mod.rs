@@ -131,6 +131,9 @@ pub struct HostPlan {
     /// for apply, a preflight finding.
     #[serde(skip)]
     pub sysctls_unsettable: Vec<kernel::SysctlChange>,
+    /// rampart's modules-load.d list changed: load its modules now.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub load_modules: bool,
     /// In start order.
     pub services: BTreeMap<Service, ServiceAction>,
     /// Every managed path after this apply (the new record).
@@ -358,7 +361,10 @@ pub fn plan_host(host: &str, desired: &Desired, facts: &HostFacts, skips: &Skips
         .filter(|u| facts.users.get(&u.name) != Some(&true))
         .cloned()
         .collect();
-    let (sysctls, sysctls_unsettable) = kernel::changes(desired, facts)
+    let load_modules = files
+        .iter()
+        .any(|c| c.path.starts_with(kernel::MODULES_DIR) && c.needs_upload());
+    let (sysctls, sysctls_unsettable) = kernel::changes(desired, facts, load_modules)
         .into_iter()
         .partition(|c| c.settable);
     HostPlan {
@@ -372,6 +378,7 @@ pub fn plan_host(host: &str, desired: &Desired, facts: &HostFacts, skips: &Skips
         enable,
         sysctls,
         sysctls_unsettable,
+        load_modules,
         services,
         apply_manifests,
         record,

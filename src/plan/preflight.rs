@@ -171,14 +171,7 @@ pub fn check(facts: &HostFacts, e: &Expect) -> Vec<Finding> {
     }
     // Only the kubelet needs rampart's kernel settings (protectKernelDefaults).
     let kubelet_skipped = e.not_starting.contains(&Service::Kubelet);
-    for c in e.sysctls {
-        let m = format!(
-            "kernel setting {} is {} here, the kubelet needs {}, and {} cannot be written (a container shares its kernel: set it on the machine that runs it)",
-            c.key,
-            c.from.as_deref().unwrap_or("absent"),
-            c.to,
-            super::kernel::proc_path(&c.key)
-        );
+    let mut node_problem = |m: String| {
         if kubelet_skipped {
             warnings.push(format!("{m} (the kubelet's start phase is skipped)"));
         } else {
@@ -187,6 +180,29 @@ pub fn check(facts: &HostFacts, e: &Expect) -> Vec<Finding> {
                 message: m,
             });
         }
+    };
+    if e.services.contains(&Service::Kubelet) {
+        if let Some(n @ 1..) = facts.swaps {
+            node_problem(format!(
+                "swap is on ({n} area{}): the kubelet (failSwapOn) refuses to start; turn it off with `swapoff -a` and remove it from /etc/fstab",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+    }
+    for c in e.sysctls {
+        let m = match &c.from {
+            Some(from) => format!(
+                "kernel setting {} is {from} here, the kubelet needs {}, and {} cannot be written (a container shares its kernel: set it on the machine that runs it)",
+                c.key,
+                c.to,
+                super::kernel::proc_path(&c.key)
+            ),
+            None => format!(
+                "kernel setting {} does not exist here (its module is not loaded: `modprobe br_netfilter` for net.bridge.*); the kubelet needs it at {}",
+                c.key, c.to
+            ),
+        };
+        node_problem(m);
     }
     if let Some(t) = facts.time {
         let skew = t - e.admin_time;
@@ -234,6 +250,30 @@ mod tests {
             source: Source::Artifact,
             version: VersionRule::Etcd,
         }]
+    }
+
+    #[test]
+    fn nodes_with_swap_on_are_refused_unless_the_kubelet_start_is_skipped() {
+        let mut f = healthy();
+        f.swaps = Some(1);
+        let node = Expect {
+            services: &[Service::Kubelet],
+            ..expect(&[], &[])
+        };
+        let found = check(&f, &node);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].level, Level::Error);
+        assert!(found[0].message.starts_with("swap is on (1 area)"));
+        let skipped = check(
+            &f,
+            &Expect {
+                not_starting: &[Service::Kubelet],
+                ..node
+            },
+        );
+        assert_eq!(skipped[0].level, Level::Warning);
+        // etcd-only hosts may swap.
+        assert!(check(&f, &expect(&etcd_bin(), &[])).is_empty());
     }
 
     #[test]

@@ -132,6 +132,9 @@ pub fn host(p: &HostPlan) -> String {
         let names: Vec<&str> = p.enable.iter().map(|s| s.name()).collect();
         let _ = writeln!(s, "  systemctl enable {}", names.join(" "));
     }
+    if p.load_modules {
+        s.push_str("  load the kernel modules of /etc/modules-load.d (changed)\n");
+    }
     for c in &p.sysctls {
         let _ = writeln!(
             s,

@@ -72,6 +72,8 @@ pub fn facts(req: &FactsRequest) -> String {
     s.push_str(
         "printf 'listen\\t%s\\n' $(ss -Hltn 2>/dev/null | awk '{n=split($4,a,\":\"); print a[n]}' | sort -un)\n",
     );
+    // Active swap areas: /proc/swaps lists them under a header line.
+    s.push_str("printf 'swap\\t%s\\n' \"$(awk 'NR > 1' /proc/swaps 2>/dev/null | wc -l)\"\n");
     for (name, path, flag) in &req.binaries {
         let _ = writeln!(
             s,

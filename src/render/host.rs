@@ -356,6 +356,12 @@ fn node(
         Contents::Plain(shared.kubelet_sysctl.clone().into_bytes()),
         &[Kubelet],
     );
+    b.file(
+        "/etc/modules-load.d/90-rampart-kubelet.conf",
+        0o644,
+        Contents::Plain(shared.kubelet_modules.clone().into_bytes()),
+        &[Kubelet],
+    );
     let path = "/etc/kubernetes/kubelet.conf";
     let conf = kubeconfig(
         &inv.cluster.name,

@@ -32,6 +32,7 @@ pub struct Shared {
     pub addon_tenants: Option<String>,
     pub kubelet_config: String,
     pub kubelet_sysctl: String,
+    pub kubelet_modules: String,
     pub kube_proxy_config: String,
     pub proxy_conf: Secret,
 }
@@ -103,6 +104,7 @@ impl Shared {
             },
             kubelet_config: render(templates::KUBELET_CONFIG, &KubeletConfig::new(inv))?,
             kubelet_sysctl: render(templates::KUBELET_SYSCTL, &NoVars {})?,
+            kubelet_modules: render(templates::KUBELET_MODULES, &NoVars {})?,
             kube_proxy_config: render(
                 templates::KUBE_PROXY_CONFIG,
                 &KubeProxyConfig {

@@ -20,6 +20,7 @@ pub const KUBE_PROXY_UNIT: &str = "systemd/kube-proxy.service";
 pub const CONTAINERD_CONFIG: &str = "containerd/config.toml";
 pub const KUBELET_CONFIG: &str = "kubernetes/kubelet-config.yaml";
 pub const KUBELET_SYSCTL: &str = "kubernetes/kubelet-sysctl.conf";
+pub const KUBELET_MODULES: &str = "kubernetes/kubelet-modules.conf";
 pub const KUBE_PROXY_CONFIG: &str = "kubernetes/kube-proxy-config.conf";
 pub const AUDIT_POLICY: &str = "kubernetes/audit-policy.yaml";
 pub const ADMISSION_CONFIG: &str = "kubernetes/admission-config.yaml";
@@ -36,7 +37,7 @@ macro_rules! embedded {
     };
 }
 
-const SOURCES: [(&str, &str); 18] = embedded![
+const SOURCES: [(&str, &str); 19] = embedded![
     ETCD_UNIT => "systemd/etcd.service",
     APISERVER_UNIT => "systemd/kube-apiserver.service",
     CONTROLLER_MANAGER_UNIT => "systemd/kube-controller-manager.service",
@@ -46,6 +47,7 @@ const SOURCES: [(&str, &str); 18] = embedded![
     CONTAINERD_CONFIG => "containerd/config.toml",
     KUBELET_CONFIG => "kubernetes/kubelet-config.yaml",
     KUBELET_SYSCTL => "kubernetes/kubelet-sysctl.conf",
+    KUBELET_MODULES => "kubernetes/kubelet-modules.conf",
     KUBE_PROXY_CONFIG => "kubernetes/kube-proxy-config.conf",
     AUDIT_POLICY => "kubernetes/audit-policy.yaml",
     ADMISSION_CONFIG => "kubernetes/admission-config.yaml",

@@ -221,7 +221,10 @@ fn lab_restore_refuses_bad_backups_restores_resumes_rolls_back_and_moves() {
     }
     let names: Vec<&str> = lab.hosts[..3].iter().map(|h| h.name.as_str()).collect();
     assert!(
-        plan.contains(&format!("stop etcd on {}", names.join(", "))),
+        plan.contains(&format!(
+            "hold and stop the backup job and etcd on {}",
+            names.join(", ")
+        )),
         "{plan}"
     );
     assert!(plan.contains("revision "), "{plan}");
