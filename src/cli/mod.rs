@@ -1,9 +1,20 @@
 //! Command implementations: each turns parsed arguments into library calls and
 //! prints the result as a table or JSON. Library errors bubble up as `anyhow`.
 
+// `print!`/`println!` here write through `out::write`: std's panic when
+// stdout is closed (`rampart check … | head`, `| true`), these end quietly.
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::cli::out::write(format_args!($($arg)*), false) };
+}
+macro_rules! println {
+    () => { $crate::cli::out::write(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::cli::out::write(format_args!($($arg)*), true) };
+}
+
 mod apply_cmds;
 pub mod args;
 mod backup_cmds;
+mod out;
 mod pki_cmds;
 mod report;
 mod restore_cmds;

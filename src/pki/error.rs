@@ -5,6 +5,8 @@ use std::path::PathBuf;
 /// A PKI failure. Messages name the certificate or file and end with a hint.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
+    #[error("cannot issue {name} for {days} days: its end would be past the year 9999; lower security.caValidityDays/leafValidityDays")]
+    Validity { name: String, days: u32 },
     #[error("cannot generate a key for {name}")]
     KeyGen {
         name: String,

@@ -62,7 +62,7 @@ fn is_rsa(alg: KeyAlgorithm) -> bool {
 /// A new self-signed CA for `spec`.
 pub fn self_signed_ca(spec: &CertSpec, policy: &Policy) -> Result<Issued, PkiError> {
     let key = generate_key(policy.key_algorithm, &spec.name)?;
-    let mut params = base_params(spec, policy.now, policy.ca_validity_days);
+    let mut params = base_params(spec, policy.now, policy.ca_validity_days)?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -116,7 +116,7 @@ impl Signer {
     /// Issues a leaf for `spec` with a fresh key.
     pub fn sign(&self, spec: &CertSpec, policy: &Policy) -> Result<Issued, PkiError> {
         let key = generate_key(policy.key_algorithm, &spec.name)?;
-        let mut params = base_params(spec, policy.now, policy.leaf_validity_days);
+        let mut params = base_params(spec, policy.now, policy.leaf_validity_days)?;
         params.not_after = params.not_after.min(self.not_after);
         params.is_ca = IsCa::ExplicitNoCa;
         params.use_authority_key_identifier_extension = true;
@@ -153,13 +153,25 @@ impl Signer {
     }
 }
 
-fn base_params(spec: &CertSpec, now: OffsetDateTime, days: u32) -> CertificateParams {
+fn base_params(
+    spec: &CertSpec,
+    now: OffsetDateTime,
+    days: u32,
+) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
     params.not_before = now - BACKDATE;
-    params.not_after = now + Duration::days(i64::from(days));
+    // Validation bounds `days`; a lifetime past the representable dates is
+    // still an error here, never a panic.
+    params.not_after = now
+        .checked_add(Duration::days(i64::from(days)))
+        .filter(|t| t.year() <= 9999)
+        .ok_or_else(|| PkiError::Validity {
+            name: spec.name.clone(),
+            days,
+        })?;
     params.serial_number = Some(random_serial());
     params.distinguished_name = subject(&spec.common_name, &spec.organizations);
-    params
+    Ok(params)
 }
 
 /// rcgen keeps one value per attribute type, so a second organisation rides on the

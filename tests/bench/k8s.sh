@@ -71,13 +71,14 @@ now() { date +%s.%N; }
 # One restore of the newest backup of host 1, end to end (verify, plan,
 # stop, swap, start, every gate); prints its seconds.
 restore_once() {
-    local inv=$1 dir f t0
-    "$BIN" backup now -i "$inv" > /dev/null
+    local inv=$1 dir f t0 log=$WORK/restore.log
+    "$BIN" backup now -i "$inv" > "$log" 2>&1 || { cat "$log" >&2; return 1; }
     dir=$WORK/pulled-$RANDOM
-    "$BIN" backup pull -i "$inv" --latest --to "$dir" > /dev/null
+    "$BIN" backup pull -i "$inv" --latest --to "$dir" > "$log" 2>&1 || { cat "$log" >&2; return 1; }
     f=$(ls "$dir/$(jq -r '.hosts[0].name' "$LAB_JSON")"/*.db.age)
     t0=$(now)
-    "$BIN" backup restore "$f" --identity "$WORK/backup.txt" -i "$inv" --yes > /dev/null 2>&1
+    "$BIN" backup restore "$f" --identity "$WORK/backup.txt" -i "$inv" --yes > "$log" 2>&1 ||
+        { cat "$log" >&2; return 1; }
     awk -v a="$t0" -v b="$(now)" 'BEGIN{printf "%.1f\n", b - a}'
 }
 
@@ -113,9 +114,13 @@ inside() {
     export RAMPART_STATE_DIR=$WORK/state-a
     "$BIN" init -i "$WORK/a.yaml" > /dev/null
     "$BIN" apply -i "$WORK/a.yaml" --skip-phases "$skip" > /dev/null 2>&1
+    # Some data, as a cluster has (no apiserver writes any here).
+    on 0 'for i in $(seq 1 200); do ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 \
+        --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt \
+        --key=/etc/kubernetes/pki/etcd/healthcheck-client.key put /bench/key-$i value-$i >/dev/null; done'
     "${hf[@]}" "$WORK/a-noop.json" --runs "$runs" --warmup 1 "$BIN apply -i $WORK/a.yaml --skip-phases $skip"
     : > "$WORK/a-restore.txt"
-    for i in $(seq 1 "$runs"); do restore_once "$WORK/a.yaml" >> "$WORK/a-restore.txt"; done
+    for i in $(seq 1 "$runs"); do restore_once "$WORK/a.yaml" >> "$WORK/a-restore.txt" || exit 1; done
     reset_hosts
 
     echo "::: B. with Kubernetes binaries ($K8S_BIN)"
@@ -151,7 +156,7 @@ inside() {
     done
     "$BIN" apply -i "$WORK/b.yaml" > /dev/null 2>&1
     : > "$WORK/b-restore.txt"
-    for i in $(seq 1 "$runs"); do restore_once "$WORK/b.yaml" >> "$WORK/b-restore.txt"; done
+    for i in $(seq 1 "$runs"); do restore_once "$WORK/b.yaml" >> "$WORK/b-restore.txt" || exit 1; done
     reset_hosts
 
     med() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }

@@ -3,6 +3,7 @@
 mod apply;
 mod backup;
 mod cis;
+mod cli;
 mod etcd;
 mod inventory;
 mod lab;

@@ -59,12 +59,22 @@ pub(super) fn security(s: &RawSecurity, p: &mut Problems) -> Security {
     }
 }
 
+/// 100 years: the longest lifetime rampart issues. Far beyond any sane CA,
+/// and far from where a date stops being representable (X.509 ends in 9999).
+pub const MAX_VALIDITY_DAYS: u32 = 36_500;
+
 fn lifetimes(ca: u32, leaf: u32, p: &mut Problems) {
     for (field, days) in [("caValidityDays", ca), ("leafValidityDays", leaf)] {
         if days == 0 {
             p.error(
                 format!("security.{field}"),
                 "a certificate must be valid for at least one day",
+            );
+        }
+        if days > MAX_VALIDITY_DAYS {
+            p.error(
+                format!("security.{field}"),
+                format!("{days} days is more than rampart issues certificates for ({MAX_VALIDITY_DAYS} days, 100 years)"),
             );
         }
     }
