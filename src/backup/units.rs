@@ -35,7 +35,8 @@ pub fn units(inv: &Inventory, host: &Host) -> Result<Option<(String, String)>, R
     let ctx = Ctx {
         host: &host.name,
         cluster: &inv.cluster.name,
-        bin: format!("{}/rampart", inv.binaries.dir.trim_end_matches('/')),
+        // Where apply installs rampart, whatever binaries.dir says.
+        bin: super::RAMPART_PATH.to_string(),
         config: super::CONFIG_PATH,
         dir: cfg.dir.display().to_string(),
         schedule: &b.schedule,

@@ -8,6 +8,7 @@
 //! - `host`: which files, dirs and services each host gets, by role.
 //! - `encryption`: the EncryptionConfiguration, built with serde (kubeconfigs come from `pki`).
 //! - `tls`: how each component spells the cipher-suite list.
+//! - `systemd`: the one escaping layer for values in unit files.
 
 mod backups;
 mod bundle;
@@ -15,6 +16,7 @@ mod context;
 mod encryption;
 mod host;
 mod shared;
+pub mod systemd;
 pub(crate) mod templates;
 mod tls;
 

@@ -73,6 +73,9 @@ fn tera() -> Result<&'static Tera, RenderError> {
     TERA.get_or_init(|| {
         let mut tera = Tera::default();
         tera.autoescape_on(vec![]);
+        // Every value in a unit goes through one of these (see `systemd`).
+        tera.register_filter("exec", super::systemd::exec_filter);
+        tera.register_filter("setting", super::systemd::setting_filter);
         tera.add_raw_templates(SOURCES)
             .map_err(|e| error_chain(&e))?;
         Ok(tera)
@@ -115,5 +118,32 @@ mod tests {
     #[test]
     fn every_template_parses() {
         tera().expect("templates parse");
+    }
+
+    /// A unit template that forgets the escaping layer for one value is a
+    /// way into a root-run unit: every `{{ … }}` of one names its filter.
+    #[test]
+    fn every_value_in_a_unit_goes_through_the_systemd_escaping_layer() {
+        let re = regex::Regex::new(r"\{\{(.*?)\}\}").unwrap();
+        for (name, text) in SOURCES {
+            if !name.starts_with("systemd/") {
+                continue;
+            }
+            for (i, line) in text.lines().enumerate() {
+                for m in re.captures_iter(line) {
+                    let expr = m[1].trim();
+                    let filter = if line.starts_with("ExecStart=") || line.starts_with("  --") {
+                        "| exec"
+                    } else {
+                        "| setting"
+                    };
+                    assert!(
+                        expr.ends_with(filter),
+                        "{name}:{}: `{expr}` must end in `{filter}`",
+                        i + 1
+                    );
+                }
+            }
+        }
     }
 }

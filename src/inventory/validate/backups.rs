@@ -77,10 +77,13 @@ pub(super) fn backups(b: &RawBackups, raw_hosts: &[RawHost], p: &mut Problems) -
         .schedule
         .clone()
         .unwrap_or_else(|| "*-*-* 00/6:00:00".into());
-    if schedule.trim().is_empty() || schedule.contains('\n') {
+    if !super::calendar::is_calendar_spec(&schedule) {
         p.error(
             "backups.schedule",
-            "must be one systemd OnCalendar expression (e.g. `*-*-* 00/6:00:00` or `daily`); check it with systemd-analyze calendar",
+            format!(
+                "`{}` is not one systemd calendar expression (`[WEEKDAYS] [YEAR-MONTH-DAY] [HH:MM[:SS]] [TIMEZONE]`, e.g. `*-*-* 00/6:00:00`, or `daily`); check it with systemd-analyze calendar",
+                super::cut(&schedule)
+            ),
         );
     }
     let randomized_delay = b.randomized_delay.clone().unwrap_or_else(|| "30min".into());

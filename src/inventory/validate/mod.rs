@@ -6,6 +6,7 @@
 //! the cross-section checks.
 
 mod backups;
+pub mod calendar;
 mod cluster;
 mod hosts;
 mod runtime;
@@ -180,12 +181,33 @@ pub(super) fn is_dns_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(|l| is_dns_label(&l.to_ascii_lowercase()))
 }
 
-/// An absolute path on a Linux host.
+/// A path on the hosts as rampart writes it into root-run units and
+/// scripts: absolute, normalised (single slashes, no `.` or `..` component,
+/// no trailing slash), of letters, digits and `._+-` only, at most 1024
+/// bytes. Nothing in it can end a line, split a word, start a quote, escape,
+/// or be a systemd specifier or a shell expansion.
+pub fn is_host_path(s: &str) -> bool {
+    s.len() <= 1024
+        && s.starts_with('/')
+        && (s == "/"
+            || s[1..].split('/').all(|c| {
+                !c.is_empty()
+                    && c != "."
+                    && c != ".."
+                    && c.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
+            }))
+}
+
+/// An absolute path on a Linux host: see [`is_host_path`].
 pub(super) fn check_host_path(s: &str, path: &str, p: &mut Problems) {
-    if !s.starts_with('/') {
+    if !is_host_path(s) {
         p.error(
             path,
-            format!("`{s}` must be an absolute path on the hosts (starting with /)"),
+            format!(
+                "`{}` is not a plain absolute path on the hosts: `/` and then names of letters, digits, `.`, `_`, `+` and `-` joined by single slashes, no `.` or `..` and no trailing `/` (it is written into root-run systemd units and scripts)",
+                cut(s)
+            ),
         );
     }
 }
@@ -202,6 +224,35 @@ mod tests {
         assert!(is_dns_name("K8s.Example.internal"));
         assert!(!is_dns_name("a..b"));
         assert!(!is_dns_name(""));
+    }
+
+    #[test]
+    fn host_paths_are_plain_absolute_paths() {
+        for ok in ["/", "/usr/local/bin", "/opt/k8s-1.34/bin", "/srv/backups/prod_1", "/a+b"] {
+            assert!(is_host_path(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "usr/bin",
+            "/usr/bin/",
+            "//usr",
+            "/usr//bin",
+            "/usr/./bin",
+            "/usr/../etc",
+            "/usr/bin\nExecStartPre=/bin/sh -c 'id'",
+            "/usr/bin\r",
+            "/usr/b\0in",
+            "/usr/local bin",
+            "/opt/\"quoted\"",
+            "/opt/bin\\",
+            "/opt/%h",
+            "/opt/$HOME",
+            "/opt/`id`",
+            "/opt/a;b",
+        ] {
+            assert!(!is_host_path(bad), "{bad:?}");
+        }
+        assert!(!is_host_path(&format!("/{}", "a".repeat(1024))));
     }
 
     #[test]
