@@ -107,7 +107,10 @@ mod tests {
             exec_word("/opt/x\nExecStartPre=/bin/sh -c 'id'"),
             "/opt/x\\nExecStartPre=/bin/sh\\s-c\\s\\'id\\'"
         );
-        assert_eq!(exec_word("50%\\$HOME\"a;b\0"), "50%%\\\\$$HOME\\\"a\\x3bb\\x00");
+        assert_eq!(
+            exec_word("50%\\$HOME\"a;b\0"),
+            "50%%\\\\$$HOME\\\"a\\x3bb\\x00"
+        );
     }
 
     #[test]

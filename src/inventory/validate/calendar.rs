@@ -238,7 +238,10 @@ mod tests {
         for bad in INVALID {
             if is_calendar_spec(bad) {
                 // Only a value systemd refuses for its numbers may pass the shape check.
-                assert!(!systemd_accepts(bad) || !bad.contains(['\n', '\r', '%', '"', '\\']), "{bad:?}");
+                assert!(
+                    !systemd_accepts(bad) || !bad.contains(['\n', '\r', '%', '"', '\\']),
+                    "{bad:?}"
+                );
             }
         }
     }

@@ -228,7 +228,13 @@ mod tests {
 
     #[test]
     fn host_paths_are_plain_absolute_paths() {
-        for ok in ["/", "/usr/local/bin", "/opt/k8s-1.34/bin", "/srv/backups/prod_1", "/a+b"] {
+        for ok in [
+            "/",
+            "/usr/local/bin",
+            "/opt/k8s-1.34/bin",
+            "/srv/backups/prod_1",
+            "/a+b",
+        ] {
             assert!(is_host_path(ok), "{ok}");
         }
         for bad in [
