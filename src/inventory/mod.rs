@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 pub use model::*;
 pub use position::PositionIndex;
 pub use schema::RawInventory;
+pub use validate::calendar::is_calendar_spec;
 pub use validate::{
-    validate, validate_with, Disk, LocalFiles, DEFAULT_CIPHER_SUITES, SUPPORTED_MINORS,
+    is_host_path, validate, validate_with, Disk, LocalFiles, DEFAULT_CIPHER_SUITES,
+    SUPPORTED_MINORS,
 };
 
 /// How bad a [`Problem`] is: errors stop the run, warnings are printed and the run goes on.

@@ -7,10 +7,14 @@
 //!   end is written as a C escape (`\s`, `\"`, `\\`, `\n`, `\xNN`), `%` as
 //!   `%%` (a specifier) and `$` as `$$` (an environment variable), so the
 //!   argument systemd passes is exactly the value;
-//! - `setting`: a value of any other setting (`Description=`,
-//!   `OnCalendar=`, `ReadWritePaths=`): `%` as `%%`; a control character or a
-//!   trailing backslash (which would end or continue the line) is a render
-//!   error, as those settings take no escapes.
+//! - `setting`: a value of a free-text setting (`Description=`, a comment):
+//!   `%` as `%%`; a control character or a trailing backslash (which would
+//!   end or continue the line) is a render error, as those settings take no
+//!   escapes;
+//! - `path` (`ReadWritePaths=`, a list split at spaces) and `calendar`
+//!   (`OnCalendar=`): the value must be what the setting takes, a plain
+//!   absolute path or a calendar expression as validation defines them, or
+//!   rendering fails.
 //!
 //! Validation keeps such characters out of every value that reaches a unit
 //! (paths, names, schedules); this layer makes it impossible by construction
@@ -21,8 +25,15 @@ use std::fmt::Write as _;
 
 use tera::{Result, Value};
 
-/// `value` as (part of) one command-line word; see the module docs.
-pub fn exec_word(value: &str) -> String {
+/// `value` as (part of) one command-line word; see the module docs. A NUL
+/// cannot be part of any program argument: such a value is refused.
+pub fn exec_word(value: &str) -> std::result::Result<String, Unwritable> {
+    if value.contains('\0') {
+        return Err(Unwritable(format!(
+            "{:?} holds a NUL, which no program argument can",
+            cut(value)
+        )));
+    }
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         match c {
@@ -45,7 +56,7 @@ pub fn exec_word(value: &str) -> String {
             c => out.push(c),
         }
     }
-    out
+    Ok(out)
 }
 
 /// Why a value cannot be a setting's value.
@@ -86,7 +97,37 @@ fn text(value: &Value, filter: &str) -> Result<String> {
 
 /// The `exec` tera filter.
 pub fn exec_filter(value: &Value, _: &HashMap<String, Value>) -> Result<Value> {
-    Ok(Value::String(exec_word(&text(value, "exec")?)))
+    exec_word(&text(value, "exec")?)
+        .map(Value::String)
+        .map_err(|Unwritable(why)| tera::Error::msg(why))
+}
+
+/// The `path` tera filter: a plain absolute path (see
+/// [`crate::inventory::is_host_path`]) or a render error.
+pub fn path_filter(value: &Value, _: &HashMap<String, Value>) -> Result<Value> {
+    let s = text(value, "path")?;
+    if crate::inventory::is_host_path(&s) {
+        Ok(Value::String(s))
+    } else {
+        Err(tera::Error::msg(format!(
+            "{:?} is not a plain absolute path",
+            cut(&s)
+        )))
+    }
+}
+
+/// The `calendar` tera filter: one calendar expression (see
+/// [`crate::inventory::is_calendar_spec`]) or a render error.
+pub fn calendar_filter(value: &Value, _: &HashMap<String, Value>) -> Result<Value> {
+    let s = text(value, "calendar")?;
+    if crate::inventory::is_calendar_spec(&s) {
+        Ok(Value::String(s))
+    } else {
+        Err(tera::Error::msg(format!(
+            "{:?} is not a calendar expression",
+            cut(&s)
+        )))
+    }
 }
 
 /// The `setting` tera filter.
@@ -102,15 +143,17 @@ mod tests {
 
     #[test]
     fn command_line_words_keep_their_bytes() {
-        assert_eq!(exec_word("/usr/local/bin/etcd"), "/usr/local/bin/etcd");
+        let word = |v: &str| exec_word(v).unwrap();
+        assert_eq!(word("/usr/local/bin/etcd"), "/usr/local/bin/etcd");
         assert_eq!(
-            exec_word("/opt/x\nExecStartPre=/bin/sh -c 'id'"),
+            word("/opt/x\nExecStartPre=/bin/sh -c 'id'"),
             "/opt/x\\nExecStartPre=/bin/sh\\s-c\\s\\'id\\'"
         );
         assert_eq!(
-            exec_word("50%\\$HOME\"a;b\0"),
-            "50%%\\\\$$HOME\\\"a\\x3bb\\x00"
+            word("50%\\$HOME\"a;b\x1b"),
+            "50%%\\\\$$HOME\\\"a\\x3bb\\x1b"
         );
+        assert!(exec_word("a\0b").is_err());
     }
 
     #[test]

@@ -76,6 +76,8 @@ fn tera() -> Result<&'static Tera, RenderError> {
         // Every value in a unit goes through one of these (see `systemd`).
         tera.register_filter("exec", super::systemd::exec_filter);
         tera.register_filter("setting", super::systemd::setting_filter);
+        tera.register_filter("path", super::systemd::path_filter);
+        tera.register_filter("calendar", super::systemd::calendar_filter);
         tera.add_raw_templates(SOURCES)
             .map_err(|e| error_chain(&e))?;
         Ok(tera)
@@ -134,6 +136,10 @@ mod tests {
                     let expr = m[1].trim();
                     let filter = if line.starts_with("ExecStart=") || line.starts_with("  --") {
                         "| exec"
+                    } else if line.starts_with("ReadWritePaths=") {
+                        "| path"
+                    } else if line.starts_with("OnCalendar=") {
+                        "| calendar"
                     } else {
                         "| setting"
                     };

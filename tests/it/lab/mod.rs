@@ -21,6 +21,7 @@
 mod apply;
 mod backup;
 mod backup_target;
+mod hostile;
 mod kubernetes;
 mod oci;
 mod restore;
