@@ -236,6 +236,7 @@ pub async fn prepare(
     let skips = Skips {
         not_starting: not_starting(&o.skip),
         manifests: o.skip.iter().any(|s| s == "apply-manifests"),
+        kernel: o.skip.iter().any(|s| s == "kernel-settings"),
     };
     let all_services: Vec<Service> = bundle
         .hosts

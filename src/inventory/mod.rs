@@ -21,14 +21,14 @@ pub use validate::{
 };
 
 /// How bad a [`Problem`] is: errors stop the run, warnings are printed and the run goes on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
     Warning,
     Error,
 }
 
 /// One thing wrong with the inventory, located by its YAML path (`hosts[2].address`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Problem {
     pub severity: Severity,
     pub path: String,

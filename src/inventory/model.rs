@@ -54,23 +54,33 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// The first usable address of the service CIDR: the `kubernetes` Service's ClusterIP.
+    /// The service CIDR's network address plus one: the `kubernetes`
+    /// Service's ClusterIP, as the apiserver allocates it (IPv4 and IPv6 alike).
     pub fn kubernetes_service_ip(&self) -> IpAddr {
-        self.service_cidr
-            .hosts()
-            .next()
-            .unwrap_or_else(|| self.service_cidr.network())
+        nth_address(self.service_cidr, 1)
     }
-    /// The tenth address of the service CIDR, kubeadm's convention for cluster DNS.
+    /// The network address plus ten, kubeadm's convention for cluster DNS.
     pub fn dns_service_ip(&self) -> IpAddr {
-        self.service_cidr
-            .hosts()
-            .nth(9)
-            .unwrap_or_else(|| self.service_cidr.network())
+        nth_address(self.service_cidr, 10)
     }
     /// `https://host:port` for kubeconfigs.
     pub fn server_url(&self) -> String {
         self.api_endpoint.url()
+    }
+}
+
+/// The network address of `net` plus `n`, or the network address itself
+/// when `net` is too small (validation requires room for both).
+///
+/// Not `IpNet::hosts()`: for IPv6 it starts at the network address itself
+/// (IPv6 has no broadcast to leave out), so the first "host" of
+/// `fd00:96::/108` is `fd00:96::`, not `fd00:96::1` as Kubernetes has it.
+fn nth_address(net: IpNet, n: u8) -> IpAddr {
+    let fits = |bits: u8| u32::from(net.max_prefix_len() - net.prefix_len()) > u32::from(bits);
+    match net.network() {
+        IpAddr::V4(a) if fits(4) => IpAddr::V4((u32::from(a) + u32::from(n)).into()),
+        IpAddr::V6(a) if fits(4) => IpAddr::V6((u128::from(a) + u128::from(n)).into()),
+        other => other,
     }
 }
 
@@ -378,4 +388,46 @@ pub struct BackupTarget {
     /// rendering (see `remote::ssh::fill_target_host_keys`).
     pub host_keys: Vec<String>,
     pub retention: Retention,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(service: &str) -> Cluster {
+        Cluster {
+            name: "t".into(),
+            version: KubeVersion {
+                major: 1,
+                minor: 34,
+                patch: None,
+            },
+            api_endpoint: Endpoint {
+                host: "10.0.0.1".into(),
+                port: 6443,
+            },
+            service_cidr: service.parse().unwrap(),
+            pod_cidr: "10.244.0.0/16".parse().unwrap(),
+            domain: "cluster.local".into(),
+            node_network: None,
+        }
+    }
+
+    /// With `serviceCidr: fd00:96::/108` the apiserver certificate once
+    /// carried `fd00:96::` and kubelets `clusterDNS: fd00:96::9`.
+    #[test]
+    fn service_addresses_are_network_plus_one_and_plus_ten_in_both_families() {
+        let v6 = cluster("fd00:96::/108");
+        assert_eq!(
+            v6.kubernetes_service_ip(),
+            "fd00:96::1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(v6.dns_service_ip(), "fd00:96::a".parse::<IpAddr>().unwrap());
+        let v4 = cluster("10.96.0.0/12");
+        assert_eq!(
+            v4.kubernetes_service_ip(),
+            "10.96.0.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(v4.dns_service_ip(), "10.96.0.10".parse::<IpAddr>().unwrap());
+    }
 }

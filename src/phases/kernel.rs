@@ -32,11 +32,15 @@ pub fn script(load_modules: bool, changes: &[SysctlChange]) -> String {
         s.push_str("systemctl restart systemd-modules-load.service\n");
     }
     for c in changes.iter().filter(|c| c.settable) {
+        let path = at(&proc_path(&c.key));
         let _ = writeln!(
             s,
-            "printf '%s\\n' {} > {}",
+            "[ -e {path} ] || {{ echo {} >&2; exit 3; }}\nprintf '%s\\n' {} > {path}",
+            quote(&format!(
+                "kernel setting {} does not exist here: is its module loaded? (`modprobe br_netfilter` for net.bridge.*)",
+                c.key
+            )),
             quote(&c.to),
-            at(&proc_path(&c.key))
         );
     }
     s

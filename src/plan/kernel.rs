@@ -73,9 +73,9 @@ pub fn proc_path(key: &str) -> String {
 }
 
 /// The wanted settings whose value in effect differs. With `loading`
-/// (this apply loads the modules of a changed modules-load.d file first), a
-/// setting the host does not have yet (`net.bridge.*` before br_netfilter)
-/// counts as settable: loading its module creates it.
+/// (this apply loads the modules of a changed modules-load.d file first),
+/// `net.bridge.*`, which exists only once br_netfilter is loaded, counts as
+/// settable while absent: loading the module creates it.
 pub fn changes(desired: &Desired, facts: &HostFacts, loading: bool) -> Vec<SysctlChange> {
     wanted(desired)
         .into_iter()
@@ -83,7 +83,8 @@ pub fn changes(desired: &Desired, facts: &HostFacts, loading: bool) -> Vec<Sysct
             let fact = facts.sysctls.get(&key);
             let from = fact.and_then(|f| f.value.as_deref()).map(normalise);
             (from.as_deref() != Some(to.as_str())).then(|| SysctlChange {
-                settable: fact.is_some_and(|f| f.writable) || (loading && from.is_none()),
+                settable: fact.is_some_and(|f| f.writable)
+                    || (loading && from.is_none() && key.starts_with("net.bridge.")),
                 key,
                 from,
                 to,

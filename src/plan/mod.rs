@@ -46,6 +46,8 @@ pub struct Skips {
     pub not_starting: Vec<Service>,
     /// The apply-manifests phase is skipped.
     pub manifests: bool,
+    /// The kernel-settings phase is skipped: the plan sets no kernel value.
+    pub kernel: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -361,12 +363,17 @@ pub fn plan_host(host: &str, desired: &Desired, facts: &HostFacts, skips: &Skips
         .filter(|u| facts.users.get(&u.name) != Some(&true))
         .cloned()
         .collect();
-    let load_modules = files
-        .iter()
-        .any(|c| c.path.starts_with(kernel::MODULES_DIR) && c.needs_upload());
-    let (sysctls, sysctls_unsettable) = kernel::changes(desired, facts, load_modules)
-        .into_iter()
-        .partition(|c| c.settable);
+    let load_modules = !skips.kernel
+        && files
+            .iter()
+            .any(|c| c.path.starts_with(kernel::MODULES_DIR) && c.needs_upload());
+    let (mut sysctls, sysctls_unsettable): (Vec<_>, Vec<_>) =
+        kernel::changes(desired, facts, load_modules)
+            .into_iter()
+            .partition(|c| c.settable);
+    if skips.kernel {
+        sysctls.clear();
+    }
     HostPlan {
         host: host.to_string(),
         files,

@@ -27,8 +27,10 @@ hosts:
   - {name: w1, address: 192.0.2.21, roles: [worker]}
 "#;
 
-/// Starts of services are skipped: there is no systemd, etcd or apiserver here.
-const SKIP: [&str; 4] = [
+/// Starts of services are skipped: there is no systemd, etcd or apiserver
+/// here; nor kernel settings: there is no /proc/sys under the scratch root.
+const SKIP: [&str; 5] = [
+    "kernel-settings",
     "start-etcd",
     "start-control-plane",
     "apply-manifests",

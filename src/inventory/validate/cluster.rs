@@ -11,6 +11,8 @@ use crate::inventory::schema::*;
 /// The per-node pod range kube-controller-manager carves out of an IPv4 pod CIDR
 /// (its default `--node-cidr-mask-size`).
 const NODE_CIDR_PREFIX_V4: u8 = 24;
+/// The same for an IPv6 pod CIDR.
+const NODE_CIDR_PREFIX_V6: u8 = 64;
 
 pub(super) fn cluster(raw: &RawInventory, p: &mut Problems) -> Option<Cluster> {
     let c = &raw.cluster;
@@ -125,10 +127,10 @@ pub(super) fn cluster(raw: &RawInventory, p: &mut Problems) -> Option<Cluster> {
 pub(super) fn parse_version(s: &str) -> Option<KubeVersion> {
     let s = s.strip_prefix('v').unwrap_or(s);
     let mut parts = s.split('.');
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
+    let major = digits(parts.next()?)?;
+    let minor = digits(parts.next()?)?;
     let patch = match parts.next() {
-        Some(x) => Some(x.parse().ok()?),
+        Some(x) => Some(digits(x)?),
         None => None,
     };
     if parts.next().is_some() {
@@ -141,7 +143,46 @@ pub(super) fn parse_version(s: &str) -> Option<KubeVersion> {
     })
 }
 
+/// A number written with digits only: `+34`, ` 34` and `0x22` are not
+/// versions or ports, whatever `str::parse` accepts.
+pub(super) fn digits<T: std::str::FromStr>(s: &str) -> Option<T> {
+    if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// What a range that no cluster network may overlap is for.
+fn special_range(net: IpNet) -> Option<&'static str> {
+    const SPECIAL: [(&str, &str); 11] = [
+        ("0.0.0.0/8", "\"this network\" (unspecified)"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("224.0.0.0/4", "multicast"),
+        ("240.0.0.0/4", "reserved"),
+        ("::/128", "unspecified"),
+        ("::1/128", "loopback"),
+        ("::ffff:0:0/96", "IPv4-mapped"),
+        ("fe80::/10", "link-local"),
+        ("ff00::/8", "multicast"),
+        ("2001:db8::/32", "documentation"),
+    ];
+    SPECIAL.iter().find_map(|(range, what)| {
+        let r: IpNet = range.parse().expect("static range");
+        (r.contains(&net.network()) || net.contains(&r.network())).then_some(*what)
+    })
+}
+
 fn cidr(s: &str, path: &str, p: &mut Problems) -> Option<IpNet> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        if let Some(what) = special_range(net) {
+            p.error(
+                path,
+                format!("{net} is in the {what} range, which packets to and from pods and services cannot use; pick a private range (e.g. 10.96.0.0/12, fd00::/108)"),
+            );
+            return None;
+        }
+    }
     match s.parse::<IpNet>() {
         Ok(net) if net != net.trunc() => {
             p.error(
@@ -184,23 +225,38 @@ fn service_cidr_size(net: IpNet, p: &mut Problems) {
     }
 }
 
-/// Every node gets a /24 of an IPv4 pod CIDR; make sure there are enough of them.
+/// Every node gets a /24 of an IPv4 pod CIDR (a /64 of an IPv6 one); make
+/// sure there are enough of them, and that the controller-manager accepts
+/// the split (its node mask may be at most 16 bits longer than the CIDR's).
 fn pod_cidr_room(net: IpNet, nodes: usize, p: &mut Problems) {
-    let IpNet::V4(v4) = net else { return };
-    let prefix = v4.prefix_len();
-    let room = if prefix > NODE_CIDR_PREFIX_V4 {
-        0
-    } else {
-        1usize << (NODE_CIDR_PREFIX_V4 - prefix)
+    let node_prefix = match net {
+        IpNet::V4(_) => NODE_CIDR_PREFIX_V4,
+        IpNet::V6(_) => NODE_CIDR_PREFIX_V6,
     };
-    if room < nodes.max(1) {
-        // The longest prefix that still holds one /24 per node.
-        let bits = usize::BITS - (nodes.max(1) - 1).leading_zeros();
-        let needed = NODE_CIDR_PREFIX_V4.saturating_sub(bits as u8);
+    let prefix = net.prefix_len();
+    if prefix < node_prefix && node_prefix - prefix > 16 {
         p.error(
             "cluster.podCidr",
             format!(
-                "{net} has room for {room} node(s) at /{NODE_CIDR_PREFIX_V4} each, but {nodes} host(s) run a kubelet; use a /{needed} or larger"
+                "{net} is too large: kube-controller-manager splits it into /{node_prefix} per node and refuses more than 16 bits between the two; use a /{} or smaller",
+                node_prefix - 16
+            ),
+        );
+        return;
+    }
+    let room = if prefix > node_prefix {
+        0
+    } else {
+        1usize << (node_prefix - prefix)
+    };
+    if room < nodes.max(1) {
+        // The longest prefix that still holds one node range per node.
+        let bits = usize::BITS - (nodes.max(1) - 1).leading_zeros();
+        let needed = node_prefix.saturating_sub(bits as u8);
+        p.error(
+            "cluster.podCidr",
+            format!(
+                "{net} has room for {room} node(s) at /{node_prefix} each, but {nodes} host(s) run a kubelet; use a /{needed} or larger"
             ),
         );
     }
@@ -238,8 +294,8 @@ fn endpoint(s: &str, p: &mut Problems) -> Option<Endpoint> {
         }
         None => host,
     };
-    let port = match port.parse::<u16>() {
-        Ok(n) if n != 0 => Some(n),
+    let port = match digits::<u16>(port) {
+        Some(n) if n != 0 => Some(n),
         _ => {
             p.error(
                 AT,
@@ -248,12 +304,26 @@ fn endpoint(s: &str, p: &mut Problems) -> Option<Endpoint> {
             None
         }
     };
-    let host_ok = host.parse::<IpAddr>().is_ok() || is_dns_name(host);
+    let ip = host.parse::<IpAddr>().ok();
+    let host_ok = ip.is_some() || is_dns_name(host);
     if !host_ok {
         p.error(
             AT,
             format!("`{host}` is neither an IP address nor a DNS name"),
         );
+    }
+    let unusable = ip.filter(|ip| {
+        ip.is_unspecified()
+            || ip.is_loopback()
+            || ip.is_multicast()
+            || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
+    });
+    if let Some(ip) = unusable {
+        p.error(
+            AT,
+            format!("{ip} cannot be where nodes and admins reach the API: give the VIP, load balancer or a control plane's own address"),
+        );
+        return None;
     }
     Some(Endpoint {
         host: host.to_string(),
@@ -285,6 +355,16 @@ pub(super) fn networks(c: &Cluster, hosts: &[Host], p: &mut Problems) {
                 p.error(
                     format!("hosts[{i}].address"),
                     format!("{} is outside cluster.nodeNetwork ({n})", h.address),
+                );
+            } else if matches!(n, IpNet::V4(v4) if v4.prefix_len() < 31
+                && (h.address == IpAddr::V4(v4.network()) || h.address == IpAddr::V4(v4.broadcast())))
+            {
+                p.error(
+                    format!("hosts[{i}].address"),
+                    format!(
+                        "{} is the network or broadcast address of cluster.nodeNetwork ({n}), not a host's",
+                        h.address
+                    ),
                 );
             }
         }

@@ -113,12 +113,22 @@ fn address(s: &str, at: &str, p: &mut Problems) -> Option<IpAddr> {
         );
         return None;
     };
-    if a.is_unspecified() || a.is_multicast() {
+    let broadcast = matches!(a, IpAddr::V4(v4) if v4.is_broadcast());
+    if a.is_unspecified() || a.is_multicast() || broadcast {
         p.error(
             at,
             format!("{a} cannot be a node address: give the host's own unicast IP"),
         );
         return None;
+    }
+    if let IpAddr::V6(v6) = a {
+        if let Some(v4) = v6.to_ipv4_mapped() {
+            p.error(
+                at,
+                format!("{a} is an IPv4 address written as IPv6: write it as {v4}"),
+            );
+            return None;
+        }
     }
     if a.is_loopback() {
         p.warning(

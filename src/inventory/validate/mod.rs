@@ -52,7 +52,7 @@ impl LocalFiles for Disk {
 }
 
 #[derive(Default)]
-pub(super) struct Problems(pub Vec<Problem>);
+pub(super) struct Problems(pub Vec<Problem>, std::collections::HashSet<Problem>);
 
 impl Problems {
     pub fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
@@ -68,8 +68,10 @@ impl Problems {
             line: None,
             message: message.into(),
         };
-        // Defaults are merged into every host; a bad default is reported once.
-        if !self.0.contains(&problem) {
+        // Defaults are merged into every host; a bad default is reported
+        // once. (A set, not a scan of the list: an inventory with 100,000
+        // problems must not cost 10^10 comparisons.)
+        if self.1.insert(problem.clone()) {
             self.0.push(problem);
         }
     }
