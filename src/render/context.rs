@@ -173,6 +173,9 @@ pub struct NodeUnit<'a> {
     pub cluster: &'a str,
     pub bin: String,
     pub address: IpAddr,
+    /// `hosts[].labels` as `--node-labels` takes them (`k=v,k2=v2`; label
+    /// syntax has no `,` or `=` in keys or values), empty when none.
+    pub labels: String,
 }
 
 impl<'a> NodeUnit<'a> {
@@ -182,6 +185,12 @@ impl<'a> NodeUnit<'a> {
             cluster: &inv.cluster.name,
             bin: kube_bin(inv, binary),
             address: host.address,
+            labels: host
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
         }
     }
 }

@@ -524,3 +524,38 @@ fn push_keys_go_to_their_own_member_only_and_the_target_holds_no_secret() {
         "{err}"
     );
 }
+
+/// `hosts[].labels` were validated but never rendered, though the docs said
+/// the kubelet sets them.
+#[test]
+fn node_labels_reach_the_kubelet() {
+    let (_, bundle) = rendered(&SINGLE_NODE.replace(
+        "    roles: [etcd, control-plane, worker]\n",
+        "    roles: [etcd, control-plane, worker]\n    labels: {topology.kubernetes.io/zone: a, team: infra}\n",
+    ));
+    let unit = String::from_utf8(
+        bundle.hosts["node1"]
+            .file("/etc/systemd/system/kubelet.service")
+            .unwrap()
+            .contents
+            .bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    let exec = crate::hostile::parse_unit(&unit)
+        .into_iter()
+        .find(|(_, k, _)| k == "ExecStart")
+        .unwrap()
+        .2;
+    let argv = crate::hostile::split_command(&exec);
+    assert!(
+        argv.contains(&"--node-labels=team=infra,topology.kubernetes.io/zone=a".to_string()),
+        "{argv:?}"
+    );
+    // Without labels there is no flag at all.
+    let (_, bundle) = rendered(SINGLE_NODE);
+    let unit = bundle.hosts["node1"]
+        .file("/etc/systemd/system/kubelet.service")
+        .unwrap();
+    assert!(!String::from_utf8_lossy(unit.contents.bytes()).contains("--node-labels"));
+}

@@ -42,7 +42,7 @@ pub(super) fn binaries(b: &RawBinaries, base: &Path, p: &mut Problems) -> Binari
             "checksums are only used when uploading from binaries.artifacts, which is not set",
         );
     }
-    if b.artifacts.as_deref() == Some("") {
+    if b.artifacts.as_deref().is_some_and(|a| a.trim().is_empty()) {
         p.error(
             "binaries.artifacts",
             "empty path: give the local folder holding the binaries, or remove the field",
@@ -117,6 +117,40 @@ pub(super) fn backups(b: &RawBackups, raw_hosts: &[RawHost], p: &mut Problems) -
     }
 }
 
+/// Accounts a Debian system already has (base-passwd, systemd, OpenSSH,
+/// etcd): never the receiving account, which must be rampart's own.
+const SYSTEM_ACCOUNTS: &[&str] = &[
+    "root",
+    "daemon",
+    "bin",
+    "sys",
+    "sync",
+    "games",
+    "man",
+    "lp",
+    "mail",
+    "news",
+    "uucp",
+    "proxy",
+    "www-data",
+    "backup",
+    "list",
+    "irc",
+    "gnats",
+    "nobody",
+    "_apt",
+    "messagebus",
+    "sshd",
+    "etcd",
+    "polkitd",
+    "tss",
+    "uuidd",
+    "_chrony",
+    "ntp",
+    "postfix",
+    "statd",
+];
+
 /// The receiving account: a new system user, so never root or an existing
 /// service account a typo could hand the push keys to.
 fn check_account(user: &str, at: &str, p: &mut Problems) {
@@ -132,7 +166,7 @@ fn check_account(user: &str, at: &str, p: &mut Problems) {
                 "`{user}` is not a user name (lower case letters, digits, `_` and `-`, at most 32)"
             ),
         );
-    } else if matches!(user, "root" | "etcd" | "daemon" | "nobody" | "sshd") {
+    } else if SYSTEM_ACCOUNTS.contains(&user) || user.starts_with("systemd-") {
         p.error(
             at,
             format!("`{user}` is a system account: give a dedicated one (default rampart-backup)"),

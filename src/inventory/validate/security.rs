@@ -146,6 +146,27 @@ fn tls(t: RawTls, p: &mut Problems) -> Tls {
             );
         }
     }
+    // What Go's TLS 1.2 (etcd, the kubelet, and every component's TLS 1.2
+    // clients) needs from the list, whatever minVersion says.
+    let tls12: Vec<&String> = cipher_suites
+        .iter()
+        .filter(|c| DEFAULT_CIPHER_SUITES.contains(&c.as_str()))
+        .collect();
+    if !cipher_suites.is_empty() && tls12.is_empty() {
+        p.error(
+            "security.tls.cipherSuites",
+            "only TLS 1.3 suites: etcd's and the kubelet's lists would be empty, which lets Go pick any TLS 1.2 suite; add TLS 1.2 suites (or remove the field for the defaults)",
+        );
+    } else if !tls12.is_empty()
+        && !tls12
+            .iter()
+            .any(|c| c.ends_with("_WITH_AES_128_GCM_SHA256"))
+    {
+        p.error(
+            "security.tls.cipherSuites",
+            "no ECDHE AES-128-GCM suite: HTTP/2 requires TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 or TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, and etcd refuses to start without it (`http2: TLSConfig.CipherSuites is missing an HTTP/2-required AES_128_GCM_SHA256 cipher`)",
+        );
+    }
     Tls {
         min_version,
         cipher_suites,

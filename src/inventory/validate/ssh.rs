@@ -43,6 +43,15 @@ pub(super) fn check_block(
     if let Some(f) = &s.identity_file {
         check_identity_file(f, &format!("{at}.identityFile"), base, files, p);
     }
+    if s.known_hosts_file
+        .as_deref()
+        .is_some_and(|f| f.trim().is_empty())
+    {
+        p.error(
+            format!("{at}.knownHostsFile"),
+            "empty path: give the known_hosts file, or remove the field (default ~/.ssh/known_hosts)",
+        );
+    }
     if let Some(key) = &s.host_key {
         if at == "ssh" {
             p.error(
@@ -59,10 +68,18 @@ pub(super) fn check_block(
 }
 
 fn check_user(user: &str, at: &str, p: &mut Problems) {
-    if user.is_empty() || user.contains(|c: char| c.is_whitespace() || c == '@' || c == ':') {
+    let plain = user.len() <= 32
+        && !user.starts_with('-')
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !plain {
         p.error(
             at,
-            format!("`{user}` is not a user name (no spaces, '@' or ':'; e.g. root or admin)"),
+            format!(
+                "`{}` is not a user name (letters, digits, `.`, `_` and `-`, at most 32; e.g. root or admin)",
+                super::cut(user)
+            ),
         );
     }
 }

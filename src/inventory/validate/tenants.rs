@@ -93,6 +93,19 @@ fn member(m: &RawMember, at: &str, p: &mut Problems) -> Option<Member> {
             p.error(at, "the user or group name is empty");
             return None;
         }
+        // Names go into certificates, RoleBindings and kubeconfigs: no
+        // control characters, and no blanks around them (" system:masters"
+        // would slip past the check below and read the same in a listing).
+        if name.trim() != name || name.chars().any(char::is_control) || name.len() > 253 {
+            p.error(
+                at,
+                format!(
+                    "`{}` is not a usable name: no control characters, no spaces at either end, at most 253 bytes",
+                    super::cut(name)
+                ),
+            );
+            return None;
+        }
         if name.starts_with("system:") {
             p.error(
                 at,
