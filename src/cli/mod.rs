@@ -138,7 +138,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 /// Loads the inventory and prints its warnings to stderr.
 pub(crate) fn load_inventory(path: &Path) -> Result<Loaded> {
     let loaded = inventory::load(path)?;
-    for w in &loaded.warnings {
+    let shown = inventory::MAX_PROBLEMS_SHOWN;
+    if loaded.warnings.len() > shown {
+        eprintln!("{} warnings; the first {shown}:", loaded.warnings.len());
+    }
+    for w in loaded.warnings.iter().take(shown) {
         eprintln!("{w}");
     }
     Ok(loaded)

@@ -3,6 +3,7 @@
 //! Loading never touches the network. Every semantic problem is collected and
 //! reported together, each with its YAML path and line, before anything else runs.
 
+pub mod limits;
 mod model;
 mod position;
 mod schema;
@@ -61,6 +62,13 @@ pub enum InventoryError {
     /// Bad YAML, an unknown field or a value of the wrong type: serde stops at the first.
     #[error("{}: {message}", path.display())]
     Syntax { path: PathBuf, message: String },
+    /// Over a bound on size, nesting or aliases: nothing else was read.
+    #[error("{}", path.display())]
+    Limits {
+        path: PathBuf,
+        #[source]
+        source: limits::LimitError,
+    },
     #[error("{}: {} problem(s) found\n{}", path.display(), problems.len(), render_problems(problems))]
     Invalid {
         path: PathBuf,
@@ -68,12 +76,23 @@ pub enum InventoryError {
     },
 }
 
+/// Problems printed at most: a generated inventory can have 100,000, and
+/// the first ones say what is wrong.
+pub const MAX_PROBLEMS_SHOWN: usize = 100;
+
 fn render_problems(problems: &[Problem]) -> String {
-    problems
+    let mut lines: Vec<String> = problems
         .iter()
+        .take(MAX_PROBLEMS_SHOWN)
         .map(|p| format!("  {p}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+        .collect();
+    if problems.len() > MAX_PROBLEMS_SHOWN {
+        lines.push(format!(
+            "  … and {} more",
+            problems.len() - MAX_PROBLEMS_SHOWN
+        ));
+    }
+    lines.join("\n")
 }
 
 /// A valid inventory together with the warnings found while validating it.
@@ -104,6 +123,10 @@ pub fn parse_with(
     path: &Path,
     files: &dyn LocalFiles,
 ) -> Result<Loaded, InventoryError> {
+    limits::check(text).map_err(|source| InventoryError::Limits {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let raw: RawInventory = {
         let de = serde_yaml::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| InventoryError::Syntax {

@@ -176,6 +176,9 @@ pub struct NodeUnit<'a> {
     /// `hosts[].labels` as `--node-labels` takes them (`k=v,k2=v2`; label
     /// syntax has no `,` or `=` in keys or values), empty when none.
     pub labels: String,
+    /// `--register-with-taints`: a control plane that is not also a worker
+    /// keeps workloads off (kubeadm's taint), empty otherwise.
+    pub taints: &'static str,
 }
 
 impl<'a> NodeUnit<'a> {
@@ -191,6 +194,11 @@ impl<'a> NodeUnit<'a> {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(","),
+            taints: if host.roles.control_plane && !host.roles.worker {
+                "node-role.kubernetes.io/control-plane:NoSchedule"
+            } else {
+                ""
+            },
         }
     }
 }
