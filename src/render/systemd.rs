@@ -11,7 +11,8 @@
 //!   `%` as `%%`; a control character or a trailing backslash (which would
 //!   end or continue the line) is a render error, as those settings take no
 //!   escapes;
-//! - `path` (`ReadWritePaths=`, a list split at spaces) and `calendar`
+//! - `path` (a command's executable, which systemd refuses with any special
+//!   character; `ReadWritePaths=`, a list split at spaces) and `calendar`
 //!   (`OnCalendar=`): the value must be what the setting takes, a plain
 //!   absolute path or a calendar expression as validation defines them, or
 //!   rendering fails.

@@ -134,15 +134,21 @@ mod tests {
             for (i, line) in text.lines().enumerate() {
                 for m in re.captures_iter(line) {
                     let expr = m[1].trim();
-                    let filter = if line.starts_with("ExecStart=") || line.starts_with("  --") {
-                        "| exec"
-                    } else if line.starts_with("ReadWritePaths=") {
-                        "| path"
-                    } else if line.starts_with("OnCalendar=") {
-                        "| calendar"
-                    } else {
-                        "| setting"
-                    };
+                    // The executable must be a plain absolute path (systemd
+                    // refuses a unit whose program name has special characters);
+                    // its arguments are escaped.
+                    let filter =
+                        if line.starts_with("ExecStart=") && m.get(0).unwrap().start() == 10 {
+                            "| path"
+                        } else if line.starts_with("ExecStart=") || line.starts_with("  --") {
+                            "| exec"
+                        } else if line.starts_with("ReadWritePaths=") {
+                            "| path"
+                        } else if line.starts_with("OnCalendar=") {
+                            "| calendar"
+                        } else {
+                            "| setting"
+                        };
                     assert!(
                         expr.ends_with(filter),
                         "{name}:{}: `{expr}` must end in `{filter}`",
