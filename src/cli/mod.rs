@@ -69,10 +69,13 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     if let Some(e) = err.downcast_ref::<Exit>() {
         return e.code;
     }
-    if err
-        .chain()
-        .any(|e| e.downcast_ref::<InventoryError>().is_some())
-    {
+    // A file that cannot be read is not an invalid inventory: it is an I/O
+    // failure like any other (exit 1), and says which file and why.
+    let invalid = err.chain().any(|e| {
+        e.downcast_ref::<InventoryError>()
+            .is_some_and(|e| !matches!(e, InventoryError::Read { .. }))
+    });
+    if invalid {
         return code::INVALID_INVENTORY;
     }
     code::FAILURE

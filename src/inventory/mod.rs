@@ -7,6 +7,7 @@ pub mod limits;
 mod model;
 mod position;
 mod schema;
+mod schema_errors;
 mod validate;
 
 use std::fmt;
@@ -127,14 +128,41 @@ pub fn parse_with(
         path: path.to_path_buf(),
         source,
     })?;
+    let positions = PositionIndex::new(text);
+    // A key given twice is kept once by YAML, silently: refused, every one.
+    if !positions.duplicates.is_empty() {
+        return Err(InventoryError::Invalid {
+            path: path.to_path_buf(),
+            problems: positions
+                .duplicates
+                .iter()
+                .map(|(at, line)| Problem {
+                    severity: Severity::Error,
+                    path: at.clone(),
+                    line: Some(*line),
+                    message: "this key is given twice in one mapping; YAML would keep only one of them silently".into(),
+                })
+                .collect(),
+        });
+    }
     let raw: RawInventory = {
         let de = serde_yaml::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| InventoryError::Syntax {
-            path: path.to_path_buf(),
-            message: syntax_message(&e),
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let mut message = syntax_message(&e);
+            // serde stops at the first problem; the others are found too.
+            for more in schema_errors::more(text, &e.path().to_string()) {
+                let line = positions
+                    .line_of(&more.path)
+                    .map(|l| format!(" (line {l})"))
+                    .unwrap_or_default();
+                message.push_str(&format!("\n{}{line}: {}", more.path, more.message));
+            }
+            InventoryError::Syntax {
+                path: path.to_path_buf(),
+                message,
+            }
         })?
     };
-    let positions = PositionIndex::new(text);
     let base = path.parent().unwrap_or(Path::new("."));
     let (inventory, mut problems) = validate_with(&raw, base, files);
     for p in &mut problems {

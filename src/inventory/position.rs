@@ -14,6 +14,9 @@ use yaml_rust2::scanner::Marker;
 #[derive(Debug, Default)]
 pub struct PositionIndex {
     lines: HashMap<String, usize>,
+    /// Keys given twice in one mapping (path, line of the second): YAML
+    /// keeps one silently, so an inventory with them is refused.
+    pub duplicates: Vec<(String, usize)>,
 }
 
 impl PositionIndex {
@@ -25,6 +28,7 @@ impl PositionIndex {
         let _ = Parser::new_from_str(text).load(&mut walker, false);
         PositionIndex {
             lines: walker.lines,
+            duplicates: walker.duplicates,
         }
     }
 
@@ -58,6 +62,7 @@ enum Frame {
 struct Walker {
     stack: Vec<Frame>,
     lines: HashMap<String, usize>,
+    duplicates: Vec<(String, usize)>,
 }
 
 impl Walker {
@@ -86,6 +91,10 @@ impl Walker {
                     } else {
                         format!("{path}.{key}")
                     };
+                    // Paths are absolute: one seen before is this mapping's key again.
+                    if key_text.is_some() && self.lines.contains_key(&key_path) {
+                        self.duplicates.push((key_path.clone(), line));
+                    }
                     self.lines.entry(key_path.clone()).or_insert(line);
                     *pending_value = Some(key_path);
                     None
@@ -185,6 +194,21 @@ binaries:
         assert_eq!(idx.line_of("a.c[1].d"), Some(1));
         assert_eq!(idx.line_of("e"), Some(2));
         assert_eq!(idx.line_of("e[0][0]"), Some(3));
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_at_every_level() {
+        let idx = PositionIndex::new(
+            "a: 1\nb:\n  x: 1\n  x: 2\na: 3\nl:\n  - {k: 1, k: 2}\n  - {k: 1}\n",
+        );
+        assert_eq!(
+            idx.duplicates,
+            [
+                ("b.x".to_string(), 4),
+                ("a".to_string(), 5),
+                ("l[0].k".to_string(), 7)
+            ]
+        );
     }
 
     #[test]

@@ -31,3 +31,21 @@ fn a_closed_stdout_ends_quietly() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
     }
 }
+
+/// A missing inventory file once exited 3, "invalid inventory"; it is an
+/// I/O failure (1), and the message names the file.
+#[test]
+fn a_missing_inventory_file_is_an_io_failure() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["check", "-i", "/nonexistent/inventory.yaml"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read inventory /nonexistent/inventory.yaml")
+            && err.contains("No such file"),
+        "{err}"
+    );
+}
