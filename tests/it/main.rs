@@ -5,6 +5,7 @@ mod backup;
 mod cis;
 mod cli;
 mod etcd;
+mod fuzz;
 mod hostile;
 mod inventory;
 mod lab;
