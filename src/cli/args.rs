@@ -24,7 +24,7 @@ pub enum Command {
     /// Validate an inventory and print what it describes (no state, no network).
     Check(InventoryArgs),
     /// Create or update the cluster state dir: CAs, certificates, keys, kubeconfigs.
-    Init(StateArgs),
+    Init(InitArgs),
     /// Render every host's hardened files into a directory (`<out>/<host>/<path>` + manifest.json).
     Render(RenderArgs),
     /// Certificates of the cluster.
@@ -240,6 +240,19 @@ pub struct StateArgs {
     /// age identity file that unlocks the state dir (else: RAMPART_PASSPHRASE or a prompt).
     #[arg(long, env = "RAMPART_IDENTITY")]
     pub identity: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Issue a new service-account key or encryption-at-rest key when it is
+    /// missing from the state dir although the cluster exists. Only when the
+    /// old one is lost for good: with a new encryption key the Secrets stored
+    /// in etcd cannot be read, with a new service-account key every token in
+    /// use stops working.
+    #[arg(long)]
+    pub replace_lost: bool,
 }
 
 #[derive(Debug, Args)]

@@ -9,13 +9,20 @@ use rampart::inventory::Inventory;
 use rampart::pki::{self, Action, StateDir};
 use time::OffsetDateTime;
 
-use super::args::{InventoryArgs, Output, RenderArgs, StateArgs, StateArgsNoUnlock};
+use super::args::{InitArgs, InventoryArgs, Output, RenderArgs, StateArgs, StateArgsNoUnlock};
 use super::{load_inventory, state_dir, unlock};
 
-pub fn init(a: &StateArgs) -> Result<ExitCode> {
+pub fn init(args: &InitArgs) -> Result<ExitCode> {
+    let a = &args.state;
     let (inv, dir) = open(&a.inv, a.state_dir.as_ref())?;
     let unlock = unlock::resolve(a, &dir)?;
-    let (_, report) = pki::init(&inv, &dir, &unlock, OffsetDateTime::now_utc())?;
+    let (_, report) = pki::init_with(
+        &inv,
+        &dir,
+        &unlock,
+        OffsetDateTime::now_utc(),
+        args.replace_lost,
+    )?;
     match a.inv.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => {
@@ -104,15 +111,7 @@ pub fn user_kubeconfig(name: &str, a: &StateArgs, out: Option<&Path>) -> Result<
     let conf = pki::user_kubeconfig(&inv, &dir, &unlock, name, OffsetDateTime::now_utc())?;
     match out {
         Some(path) => {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            f.write_all(conf.expose())?;
+            pki::store::write_private(path, conf.expose())?;
             eprintln!("{}: kubeconfig for {name} (0600)", path.display());
         }
         None => std::io::stdout().write_all(conf.expose())?,

@@ -17,7 +17,7 @@ use crate::secret::Secret;
 use super::catalogue::{catalogue, CertSpec};
 use super::inspect::CertFacts;
 use super::issue::{self, Policy, Signer};
-use super::material::{encryption_key, push_keys, service_account, super_admin_conf};
+use super::material::{encryption_key, push_keys, service_account, super_admin_conf, Missing};
 use super::store::{Pending, StateDir, StateKey, Unlock};
 use super::{par_map, Issued, Pki, PkiError};
 
@@ -63,6 +63,21 @@ pub fn init(
     dir: &StateDir,
     unlock: &Unlock,
     now: OffsetDateTime,
+) -> Result<(Pki, InitReport), PkiError> {
+    init_with(inv, dir, unlock, now, false)
+}
+
+/// [`init`]; with `replace_lost`, material whose loss breaks a running
+/// cluster (the service-account key, the encryption key) is issued anew
+/// when it is missing although the cluster's CAs exist. Without it, that is
+/// an error: regenerating them silently once made every stored Secret
+/// unreadable and every token invalid at the next apply.
+pub fn init_with(
+    inv: &Inventory,
+    dir: &StateDir,
+    unlock: &Unlock,
+    now: OffsetDateTime,
+    replace_lost: bool,
 ) -> Result<(Pki, InitReport), PkiError> {
     let key = dir.unlock_or_create(unlock)?;
     let policy = Policy {
@@ -149,9 +164,24 @@ pub fn init(
         .collect();
     report.entries.sort_by_key(|(n, _)| order[n.as_str()]);
 
-    let (sa_key, sa_pub, sa_action) = service_account(dir, &key, &policy, &mut pending)?;
+    // The cluster exists once its CAs do: its SA and encryption keys are in use.
+    let existing = report
+        .entries
+        .iter()
+        .any(|(n, a)| *a == Action::Reused && cas.contains_key(n));
+    fn missing<'a>(refuse: bool, policy: &'a Policy, pending: &'a mut Vec<Pending>) -> Missing<'a> {
+        if refuse {
+            Missing::Refuse("although the cluster's CAs exist (it was set up before)")
+        } else {
+            Missing::Issue(policy, pending)
+        }
+    }
+    let refuse = existing && !replace_lost;
+    let (sa_key, sa_pub, sa_action) =
+        service_account(dir, &key, missing(refuse, &policy, &mut pending))?;
     report.entries.push(("sa".into(), sa_action));
-    let (encryption_key, enc_action) = encryption_key(dir, &key, &mut pending)?;
+    let (encryption_key, enc_action) =
+        encryption_key(dir, &key, missing(refuse, &policy, &mut pending))?;
     report.entries.push(("encryption-key".into(), enc_action));
     let (push_keys, push_report) = push_keys(inv, dir, &key, Some(&mut pending))?;
     report.entries.extend(push_report);
@@ -204,24 +234,17 @@ pub fn load(inv: &Inventory, dir: &StateDir, unlock: &Unlock) -> Result<Pki, Pki
         };
         certs.insert(spec.name.clone(), issued);
     }
-    let missing = |name: &str| PkiError::NotInitialised {
-        name: name.into(),
-        reason: "missing from the state dir".into(),
-    };
-    let sa_key = dir
-        .read_sealed(&dir.sa_key_path(), &key)?
-        .ok_or_else(|| missing("sa"))?;
-    let sa_pub = dir
-        .read_public(&dir.sa_pub_path())?
-        .ok_or_else(|| missing("sa"))?;
-    let encryption_key = dir
-        .read_sealed(&dir.encryption_key_path(), &key)?
-        .ok_or_else(|| missing("encryption-key"))?;
+    // The same checks as init, pairs included: a sealed file swapped for
+    // another (front-proxy-ca.key.age over sa.key.age) is refused here too,
+    // never shipped to a host.
+    const REFUSE: Missing = Missing::Refuse("(`rampart init` has not created it)");
+    let (sa_key, sa_pub, _) = service_account(dir, &key, REFUSE)?;
+    let (encryption_key, _) = encryption_key(dir, &key, REFUSE)?;
     let (push_keys, _) = push_keys(inv, dir, &key, None)?;
     Ok(Pki {
         certs,
         service_account_key: sa_key,
-        service_account_pub: String::from_utf8_lossy(&sa_pub).into_owned(),
+        service_account_pub: sa_pub,
         encryption_key,
         push_keys,
     })

@@ -18,11 +18,19 @@ use super::store::{Pending, StateDir, StateKey};
 use super::{names, Pki, PkiError, PushKey};
 
 /// Reuses the service-account key pair; rotating it would invalidate every token.
+/// What `init` may do about material that is not in the state dir.
+pub(super) enum Missing<'a> {
+    /// Issue it and queue its files (a new cluster, or `--replace-lost`).
+    Issue(&'a Policy, &'a mut Vec<Pending>),
+    /// Refuse: the cluster exists and runs with the lost material (`init`
+    /// without `--replace-lost`), or nothing may be written (`load`).
+    Refuse(&'static str),
+}
+
 pub(super) fn service_account(
     dir: &StateDir,
     key: &StateKey,
-    policy: &Policy,
-    pending: &mut Vec<Pending>,
+    missing: Missing<'_>,
 ) -> Result<(Secret, String, Action), PkiError> {
     let (kp, pubp) = (dir.sa_key_path(), dir.sa_pub_path());
     match (dir.read_sealed(&kp, key)?, dir.read_public(&pubp)?) {
@@ -39,6 +47,13 @@ pub(super) fn service_account(
             Ok((private, public, Action::Reused))
         }
         (None, None) => {
+            let Missing::Issue(policy, pending) = missing else {
+                return Err(lost(
+                    missing,
+                    "sa",
+                    "every service-account token in use stops working",
+                ));
+            };
             let (private, public) = issue::service_account_key(policy.key_algorithm)?;
             pending.push(Pending {
                 bytes: key.seal(private.expose(), &kp)?,
@@ -61,7 +76,7 @@ pub(super) fn service_account(
 pub(super) fn encryption_key(
     dir: &StateDir,
     key: &StateKey,
-    pending: &mut Vec<Pending>,
+    missing: Missing<'_>,
 ) -> Result<(Secret, Action), PkiError> {
     let path = dir.encryption_key_path();
     match dir.read_sealed(&path, key)? {
@@ -71,6 +86,13 @@ pub(super) fn encryption_key(
             reason: format!("{} bytes, expected 32", k.expose().len()),
         }),
         None => {
+            let Missing::Issue(_, pending) = missing else {
+                return Err(lost(
+                    missing,
+                    "encryption-key",
+                    "every Secret stored in etcd becomes unreadable",
+                ));
+            };
             let k = issue::encryption_key();
             pending.push(Pending {
                 bytes: key.seal(k.expose(), &path)?,
@@ -78,6 +100,20 @@ pub(super) fn encryption_key(
             });
             Ok((k, Action::Issued))
         }
+    }
+}
+
+/// The error for lost material `name`, saying what a new one would break.
+fn lost(missing: Missing<'_>, name: &str, breaks: &str) -> PkiError {
+    let why = match missing {
+        Missing::Refuse(why) => why,
+        Missing::Issue(..) => "",
+    };
+    PkiError::NotInitialised {
+        name: name.into(),
+        reason: format!(
+            "missing from the state dir {why}; a new one would mean {breaks}: restore it from your backup of the state dir, or, if it is lost for good, run `rampart init --replace-lost`"
+        ),
     }
 }
 

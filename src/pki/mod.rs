@@ -30,7 +30,7 @@ use crate::secret::Secret;
 
 pub use catalogue::{catalogue, CertSpec, Usage};
 pub use error::PkiError;
-pub use init::{init, load, Action, InitReport};
+pub use init::{init, init_with, load, Action, InitReport};
 pub use kubeconfig::kubeconfig;
 pub use list::{list, CertInfo, Status, EXPIRY_WARNING};
 pub use material::super_admin_kubeconfig;

@@ -128,10 +128,30 @@ impl StateDir {
     }
 
     /// Unlocks the state key, creating the dir and a fresh key on first use.
+    /// A missing state key next to sealed files is not a first use: a new key
+    /// would open none of them, so it is an error, and nothing is written.
     pub fn unlock_or_create(&self, unlock: &Unlock) -> Result<StateKey, PkiError> {
+        self.recover()?;
         let path = self.state_key_path();
         if path.exists() {
             return self.unlock(unlock);
+        }
+        let sealed = fs::read_dir(self.root.join("pki"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".age"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if sealed > 0 {
+            return Err(PkiError::Corrupt {
+                path,
+                reason: format!(
+                    "it is missing, but {sealed} sealed file(s) in {} need it: restore it from your backup of the state dir (a new state key would open none of them)",
+                    self.root.join("pki").display()
+                ),
+            });
         }
         for d in [self.root.clone(), self.root.join("pki")] {
             make_private_dir(&d)?;
@@ -150,6 +170,7 @@ impl StateDir {
 
     /// Unlocks an existing state key.
     pub fn unlock(&self, unlock: &Unlock) -> Result<StateKey, PkiError> {
+        self.recover()?;
         let path = self.state_key_path();
         let sealed = read_opt(&path)?.ok_or_else(|| PkiError::NotInitialised {
             name: "state key".into(),
@@ -189,9 +210,13 @@ impl StateDir {
         read_opt(path)
     }
 
-    /// Writes every file atomically: all temp files first, then one flush to disk,
-    /// then the renames, then one fsync per directory. A crash leaves each file
-    /// either old or new, never torn.
+    /// Writes every file as one transaction: all temp files first, then one
+    /// flush to disk, then the list of renames to come (`.commit`), then the
+    /// renames, then one fsync per directory, then the list goes. A crash
+    /// before the list leaves the old state (the temp files are ignored); a
+    /// crash after it is finished by the next [`StateDir::recover`]. Either
+    /// way no file is torn and no set is half there (a CA's certificate
+    /// without its key).
     pub fn write_all(&self, files: Vec<Pending>) -> Result<(), PkiError> {
         if files.is_empty() {
             return Ok(());
@@ -205,26 +230,116 @@ impl StateDir {
         if batch {
             sync_filesystem(&self.root)?;
         }
+        // Relative to the root: the next run may name the dir another way.
+        let list: String = files
+            .iter()
+            .map(|f| {
+                let rel = f.path.strip_prefix(&self.root).unwrap_or(&f.path);
+                format!("{}\n", rel.display())
+            })
+            .collect();
+        let commit = self.commit_path();
+        let commit_file = Pending {
+            path: commit.clone(),
+            bytes: list.into_bytes(),
+        };
+        let tmp = write_temp(&commit_file, true)?;
+        fs::rename(&tmp, &commit).map_err(|source| io_err("write", &commit, source))?;
+        sync_dir(&self.root)?;
         for (tmp, f) in tmps.iter().zip(&files) {
             fs::rename(tmp, &f.path).map_err(|source| io_err("write", &f.path, source))?;
         }
-        let mut dirs: Vec<&Path> = files.iter().filter_map(|f| f.path.parent()).collect();
+        self.finish(files.iter().map(|f| f.path.as_path()))
+    }
+
+    /// Where [`StateDir::write_all`] lists the renames it is making.
+    fn commit_path(&self) -> PathBuf {
+        self.root.join(".commit")
+    }
+
+    /// fsyncs the directories of `paths`, then drops the commit list.
+    fn finish<'a>(&self, paths: impl Iterator<Item = &'a Path>) -> Result<(), PkiError> {
+        let mut dirs: Vec<&Path> = paths.filter_map(|p| p.parent()).collect();
         dirs.sort();
         dirs.dedup();
         for d in dirs {
-            File::open(d)
-                .and_then(|f| f.sync_all())
-                .map_err(|source| io_err("sync", d, source))?;
+            sync_dir(d)?;
         }
-        Ok(())
+        let commit = self.commit_path();
+        match fs::remove_file(&commit) {
+            Ok(()) => sync_dir(&self.root),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(io_err("remove", &commit, source)),
+        }
     }
+
+    /// Finishes a write that a crash interrupted after its commit list was
+    /// written: every listed file whose complete temp copy is still there is
+    /// renamed into place. Every command that opens the state dir runs this
+    /// first, so a killed `init` is completed by whatever runs next.
+    pub fn recover(&self) -> Result<(), PkiError> {
+        let commit = self.commit_path();
+        let Some(list) = read_opt(&commit)? else {
+            return Ok(());
+        };
+        let paths: Vec<PathBuf> = String::from_utf8_lossy(&list)
+            .lines()
+            .map(Path::new)
+            // Only plain relative paths: the list is ours, but is read from
+            // disk, and renames must never reach outside the state dir.
+            .filter(|p| {
+                !p.as_os_str().is_empty()
+                    && p.components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)))
+            })
+            .map(|p| self.root.join(p))
+            .collect();
+        for path in &paths {
+            let tmp = temp_path(path);
+            if tmp.exists() {
+                fs::rename(&tmp, path).map_err(|source| io_err("write", path, source))?;
+            }
+        }
+        self.finish(paths.iter().map(PathBuf::as_path))
+    }
+}
+
+fn sync_dir(d: &Path) -> Result<(), PkiError> {
+    File::open(d)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| io_err("sync", d, source))
+}
+
+/// The temp file a new version of `path` is written to: hidden, beside it.
+fn temp_path(path: &Path) -> PathBuf {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    dir.join(format!(".{file_name}.tmp"))
+}
+
+/// Writes one private file (a kubeconfig with a key) atomically and 0600,
+/// whatever was at `path` before: a new file renamed over it, never the old
+/// one rewritten in place (which would keep its mode, 0644 say, and its owner).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
+    let f = Pending {
+        path: path.to_path_buf(),
+        bytes: bytes.to_vec(),
+    };
+    let tmp = write_temp(&f, true)?;
+    fs::rename(&tmp, path).map_err(|source| {
+        let _ = fs::remove_file(&tmp);
+        io_err("write", path, source)
+    })?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    sync_dir(dir)
 }
 
 /// Writes `f` to a 0600 temp file beside it (fsynced when `sync`); returns its path.
 fn write_temp(f: &Pending, sync: bool) -> Result<PathBuf, PkiError> {
-    let dir = f.path.parent().unwrap_or(Path::new("."));
-    let file_name = f.path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{file_name}.tmp"));
+    let tmp = temp_path(&f.path);
     let write = || -> std::io::Result<()> {
         let _ = fs::remove_file(&tmp);
         let mut out = OpenOptions::new()

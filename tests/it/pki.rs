@@ -552,3 +552,158 @@ fn a_backup_target_adds_one_sealed_push_key_per_member_and_keeps_them() {
     assert_eq!(loaded.push_keys["cp1"].private, cp1.private);
     assert_eq!(loaded.push_keys.len(), 3, "etcd members only");
 }
+
+/// `users kubeconfig … --out FILE` onto an existing 0644 file once kept
+/// 0644 (the file was rewritten in place) while saying "(0600)".
+#[test]
+fn private_files_are_0600_whatever_was_there_before() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("alice.conf");
+    std::fs::write(&out, "old").unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
+    pki::store::write_private(&out, b"apiVersion: v1\n").unwrap();
+    let meta = std::fs::metadata(&out).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read(&out).unwrap(), b"apiVersion: v1\n");
+    // No temp file is left beside it.
+    let names: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["alice.conf"]);
+}
+
+/// S2: a sealed file swapped for another (`front-proxy-ca.key.age` over
+/// `sa.key.age`, no key needed) once made `render` ship the front-proxy CA
+/// key as `/etc/kubernetes/pki/sa.key`. Every pair is checked on load too.
+#[test]
+fn load_refuses_a_service_account_key_that_is_not_sa_pubs_half() {
+    let f = fixture();
+    let inv = inventory(HA);
+    pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
+    fs::copy(f.dir.key_path("front-proxy-ca"), f.dir.sa_key_path()).unwrap();
+    let err = pki::load(&inv, &f.dir, &f.unlock).unwrap_err().to_string();
+    assert!(
+        err.contains("sa.pub is not the public half of sa.key"),
+        "{err}"
+    );
+}
+
+/// S3: with the CAs present, a deleted encryption key or SA pair was
+/// silently issued anew by `init`: every stored Secret unreadable and
+/// every token invalid after the next apply. Now only on request.
+#[test]
+fn lost_cluster_keys_are_never_regenerated_silently() {
+    let f = fixture();
+    let inv = inventory(HA);
+    pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
+    for (paths, name) in [
+        (vec![f.dir.encryption_key_path()], "encryption-key"),
+        (vec![f.dir.sa_key_path(), f.dir.sa_pub_path()], "sa"),
+    ] {
+        let kept: Vec<Vec<u8>> = paths.iter().map(|p| fs::read(p).unwrap()).collect();
+        for p in &paths {
+            fs::remove_file(p).unwrap();
+        }
+        let err = pki::init(&inv, &f.dir, &f.unlock, now())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(name) && err.contains("--replace-lost"),
+            "{err}"
+        );
+        for p in &paths {
+            assert!(!p.exists(), "{} was written", p.display());
+        }
+        // On request it is issued, and says so.
+        let (_, report) = pki::init_with(&inv, &f.dir, &f.unlock, now(), true).unwrap();
+        assert_eq!(report.action(name), Some(&Action::Issued));
+        for (p, old) in paths.iter().zip(kept) {
+            fs::write(p, old).unwrap();
+        }
+    }
+    // A new cluster still gets them without asking.
+    let fresh = fixture();
+    let (_, report) = pki::init(&inv, &fresh.dir, &fresh.unlock, now()).unwrap();
+    assert_eq!(report.action("encryption-key"), Some(&Action::Issued));
+}
+
+/// S4: a missing `state-key.age` once made `init` write a new state key,
+/// which then failed on `ca.key.age` forever after.
+#[test]
+fn a_lost_state_key_is_an_error_and_never_replaced() {
+    let f = fixture();
+    let inv = inventory(HA);
+    pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
+    fs::remove_file(f.dir.state_key_path()).unwrap();
+    let err = pki::init(&inv, &f.dir, &f.unlock, now())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("restore it from your backup"), "{err}");
+    assert!(!f.dir.state_key_path().exists());
+}
+
+/// A fresh `init` killed at any moment (12 of 82 rename points once left a
+/// CA "half there" for good): the next run completes it or starts over, and
+/// the result loads.
+#[test]
+fn init_killed_at_any_moment_is_completed_by_the_next_run() {
+    use std::process::{Command, Stdio};
+    let inv_yaml = HA;
+    let mut outcomes = Vec::new();
+    // Kill points spread over the time an uninterrupted run takes.
+    let took = {
+        let f = fixture();
+        let inv_path = f.tmp.path().join("inventory.yaml");
+        fs::write(&inv_path, inv_yaml).unwrap();
+        let t = std::time::Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+            .args(["init", "-i"])
+            .arg(&inv_path)
+            .arg("--state-dir")
+            .arg(f.dir.root())
+            .arg("--identity")
+            .arg(&f.identity)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        t.elapsed()
+    };
+    let runs = 24u32;
+    for i in 0..runs {
+        let f = fixture();
+        let inv_path = f.tmp.path().join("inventory.yaml");
+        fs::write(&inv_path, inv_yaml).unwrap();
+        let run = || {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_rampart"));
+            cmd.args(["init", "-i"])
+                .arg(&inv_path)
+                .arg("--state-dir")
+                .arg(f.dir.root())
+                .arg("--identity")
+                .arg(&f.identity)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            cmd
+        };
+        let mut child = run().spawn().unwrap();
+        std::thread::sleep(took * i / runs);
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGKILL);
+        }
+        let killed = child.wait().unwrap();
+        let again = run().output().unwrap();
+        assert!(
+            again.status.success(),
+            "kill {i} ({killed}): the next init failed: {}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        let inv = inventory(inv_yaml);
+        pki::load(&inv, &f.dir, &f.unlock).unwrap_or_else(|e| panic!("kill {i}: {e}"));
+        assert!(!f.dir.root().join(".commit").exists());
+        outcomes.push(killed.code().is_none());
+    }
+    assert!(outcomes.iter().any(|k| *k), "no run was actually killed");
+}
