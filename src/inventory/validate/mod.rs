@@ -51,8 +51,17 @@ impl LocalFiles for Disk {
     }
 }
 
+/// Problems kept at most: beyond that they are counted, not stored (a 4 MiB
+/// inventory can hold 700,000 of them, and the first ones say what is wrong).
+pub const MAX_PROBLEMS_KEPT: usize = 1000;
+
 #[derive(Default)]
-pub(super) struct Problems(pub Vec<Problem>, std::collections::HashSet<Problem>);
+pub(super) struct Problems(
+    pub Vec<Problem>,
+    std::collections::HashSet<Problem>,
+    /// Problems beyond [`MAX_PROBLEMS_KEPT`], not kept: (errors, warnings).
+    pub (usize, usize),
+);
 
 impl Problems {
     pub fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
@@ -71,7 +80,12 @@ impl Problems {
         // Defaults are merged into every host; a bad default is reported
         // once. (A set, not a scan of the list: an inventory with 100,000
         // problems must not cost 10^10 comparisons.)
-        if self.1.insert(problem.clone()) {
+        if self.0.len() >= MAX_PROBLEMS_KEPT {
+            match problem.severity {
+                Severity::Error => self.2 .0 += 1,
+                Severity::Warning => self.2 .1 += 1,
+            }
+        } else if self.1.insert(problem.clone()) {
             self.0.push(problem);
         }
     }
@@ -110,6 +124,24 @@ pub fn validate_with(
         cluster::endpoint_placement(c, &hosts, &mut p);
     }
     exempt_tenants(&security, &tenants, &mut p);
+    // What was not kept is still counted, and an error among it still
+    // makes the inventory invalid.
+    let (errors, warnings) = std::mem::take(&mut p.2);
+    if errors + warnings > 0 {
+        p.0.push(Problem {
+            severity: if errors > 0 {
+                Severity::Error
+            } else {
+                Severity::Warning
+            },
+            path: String::new(),
+            line: None,
+            message: format!(
+                "… and {} more problems ({errors} errors), not listed: the first {MAX_PROBLEMS_KEPT} are",
+                errors + warnings
+            ),
+        });
+    }
     let inventory = cluster.map(|cluster| Inventory {
         cluster,
         hosts,
