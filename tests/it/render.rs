@@ -559,3 +559,52 @@ fn node_labels_reach_the_kubelet() {
         .unwrap();
     assert!(!String::from_utf8_lossy(unit.contents.bytes()).contains("--node-labels"));
 }
+
+/// IPv6-only clusters render like IPv4 ones: with `serviceCidr:
+/// fd00:96::/108` the apiserver certificate once carried `fd00:96::` and
+/// kubelets `clusterDNS: fd00:96::9` (IPv6 has no broadcast to skip, so the
+/// first "host" of the range was the network address itself).
+#[test]
+fn ipv6_only_clusters_get_network_plus_one_and_plus_ten() {
+    let yaml = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus/everything.yaml"),
+    )
+    .unwrap();
+    let (inv, bundle) = rendered(&yaml);
+    let apiserver = rampart::pki::catalogue(&inv)
+        .into_iter()
+        .find(|s| s.name == names::APISERVER)
+        .unwrap();
+    let ip = |s: &str| inventory::San::Ip(s.parse().unwrap());
+    assert!(
+        apiserver.sans.contains(&ip("fd00:96::1")),
+        "{:?}",
+        apiserver.sans
+    );
+    assert!(!apiserver.sans.contains(&ip("fd00:96::")));
+    let kubelet = String::from_utf8(
+        bundle.hosts["w1"]
+            .file("/var/lib/kubelet/config.yaml")
+            .unwrap()
+            .contents
+            .bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        kubelet.contains("clusterDNS:\n  - fd00:96::a\n"),
+        "{kubelet}"
+    );
+    let etcd = String::from_utf8_lossy(
+        bundle.hosts["cp1"]
+            .file("/etc/systemd/system/etcd.service")
+            .unwrap()
+            .contents
+            .bytes(),
+    )
+    .into_owned();
+    assert!(
+        etcd.contains("--listen-client-urls=https://[fd00::11]:2379,https://[::1]:2379"),
+        "{etcd}"
+    );
+}

@@ -82,7 +82,7 @@ pub(super) fn backups(b: &RawBackups, raw_hosts: &[RawHost], p: &mut Problems) -
             "backups.schedule",
             format!(
                 "`{}` is not one systemd calendar expression (`[WEEKDAYS] [YEAR-MONTH-DAY] [HH:MM[:SS]] [TIMEZONE]`, e.g. `*-*-* 00/6:00:00`, or `daily`); check it with systemd-analyze calendar",
-                super::cut(&schedule)
+                schedule
             ),
         );
     }

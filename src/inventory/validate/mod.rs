@@ -75,7 +75,7 @@ impl Problems {
             severity,
             path: path.into(),
             line: None,
-            message: message.into(),
+            message: cut_quoted(&message.into()),
         };
         // Defaults are merged into every host; a bad default is reported
         // once. (A set, not a scan of the list: an inventory with 100,000
@@ -190,12 +190,29 @@ pub(super) fn resolve(f: &str, base: &Path) -> PathBuf {
     }
 }
 
-/// A value as an error line quotes it: control characters escaped, and cut
-/// short after 60 characters (an inventory value can be megabytes long).
-pub(super) fn cut(s: &str) -> String {
-    let mut out: String = s.chars().take(60).flat_map(char::escape_debug).collect();
-    if s.chars().nth(60).is_some() {
-        out.push('…');
+/// Every `quoted` value in a message cut to 60 characters, control
+/// characters escaped: a message quotes what the inventory said, and an
+/// inventory value can be megabytes long (or hold a terminal escape).
+fn cut_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(1024));
+    let mut parts = message.split('`');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, part) in parts.enumerate() {
+        out.push('`');
+        // Odd pieces are inside backticks.
+        if i % 2 == 0 {
+            let escaped: String = part.chars().flat_map(char::escape_debug).collect();
+            if escaped.chars().count() > 60 {
+                out.extend(escaped.chars().take(60));
+                out.push('…');
+            } else {
+                out.push_str(&escaped);
+            }
+        } else {
+            out.push_str(part);
+        }
     }
     out
 }
@@ -240,7 +257,7 @@ pub(super) fn check_host_path(s: &str, path: &str, p: &mut Problems) {
             path,
             format!(
                 "`{}` is not a plain absolute path on the hosts: `/` and then names of letters, digits, `.`, `_`, `+` and `-` joined by single slashes, no `.` or `..` and no trailing `/` (it is written into root-run systemd units and scripts)",
-                cut(s)
+                s
             ),
         );
     }
@@ -293,6 +310,17 @@ mod tests {
             assert!(!is_host_path(bad), "{bad:?}");
         }
         assert!(!is_host_path(&format!("/{}", "a".repeat(1024))));
+    }
+
+    #[test]
+    fn quoted_values_are_cut_short_and_escaped() {
+        let long = "x".repeat(1_000_000);
+        let msg = cut_quoted(&format!("`{long}` is not a path; use `/usr/bin`"));
+        assert_eq!(
+            msg,
+            format!("`{}…` is not a path; use `/usr/bin`", "x".repeat(60))
+        );
+        assert_eq!(cut_quoted("`a\u{1b}[31m` bad"), "`a\\u{1b}[31m` bad");
     }
 
     #[test]

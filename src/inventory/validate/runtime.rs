@@ -15,7 +15,7 @@ pub(super) fn runtime(raw: &RawRuntime, p: &mut Problems) -> Runtime {
                     "runtime.sandboxImage",
                     format!(
                         "`{}` is not an image reference (`registry/name:tag` or `name@sha256:<64 hex>`, lowercase name)",
-                        super::cut(image)
+                        image
                     ),
                 );
             }

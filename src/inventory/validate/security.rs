@@ -164,7 +164,7 @@ fn tls(t: RawTls, p: &mut Problems) -> Tls {
     {
         p.error(
             "security.tls.cipherSuites",
-            "no ECDHE AES-128-GCM suite: HTTP/2 requires TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 or TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, and etcd refuses to start without it (`http2: TLSConfig.CipherSuites is missing an HTTP/2-required AES_128_GCM_SHA256 cipher`)",
+            "no ECDHE AES-128-GCM suite: HTTP/2 requires TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 or TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, and etcd refuses to start without it (\"http2: TLSConfig.CipherSuites is missing an HTTP/2-required AES_128_GCM_SHA256 cipher\")",
         );
     }
     Tls {

@@ -78,7 +78,7 @@ fn check_user(user: &str, at: &str, p: &mut Problems) {
             at,
             format!(
                 "`{}` is not a user name (letters, digits, `.`, `_` and `-`, at most 32; e.g. root or admin)",
-                super::cut(user)
+                user
             ),
         );
     }

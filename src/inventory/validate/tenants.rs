@@ -101,7 +101,7 @@ fn member(m: &RawMember, at: &str, p: &mut Problems) -> Option<Member> {
                 at,
                 format!(
                     "`{}` is not a usable name: no control characters, no spaces at either end, at most 253 bytes",
-                    super::cut(name)
+                    name
                 ),
             );
             return None;
