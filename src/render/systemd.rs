@@ -106,28 +106,33 @@ pub fn exec_filter(value: &Value, _: &HashMap<String, Value>) -> Result<Value> {
 /// The `path` tera filter: a plain absolute path (see
 /// [`crate::inventory::is_host_path`]) or a render error.
 pub fn path_filter(value: &Value, _: &HashMap<String, Value>) -> Result<Value> {
-    let s = text(value, "path")?;
-    if crate::inventory::is_host_path(&s) {
-        Ok(Value::String(s))
-    } else {
-        Err(tera::Error::msg(format!(
-            "{:?} is not a plain absolute path",
-            cut(&s)
-        )))
-    }
+    only(
+        value,
+        "path",
+        crate::inventory::is_host_path,
+        "a plain absolute path",
+    )
 }
 
 /// The `calendar` tera filter: one calendar expression (see
 /// [`crate::inventory::is_calendar_spec`]) or a render error.
 pub fn calendar_filter(value: &Value, _: &HashMap<String, Value>) -> Result<Value> {
-    let s = text(value, "calendar")?;
-    if crate::inventory::is_calendar_spec(&s) {
+    only(
+        value,
+        "calendar",
+        crate::inventory::is_calendar_spec,
+        "a calendar expression",
+    )
+}
+
+/// `value` unchanged when `is` accepts it (nothing in it needs escaping),
+/// else a render error saying it is not `what`.
+fn only(value: &Value, filter: &str, is: fn(&str) -> bool, what: &str) -> Result<Value> {
+    let s = text(value, filter)?;
+    if is(&s) {
         Ok(Value::String(s))
     } else {
-        Err(tera::Error::msg(format!(
-            "{:?} is not a calendar expression",
-            cut(&s)
-        )))
+        Err(tera::Error::msg(format!("{:?} is not {what}", cut(&s))))
     }
 }
 

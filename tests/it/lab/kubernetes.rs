@@ -98,6 +98,16 @@ fn can_lower_oom_scores() -> bool {
     bounding & (1 << 24) != 0
 }
 
+/// How many nodes the API lists as Ready.
+fn ready_nodes(lab: &Lab) -> usize {
+    let nodes = lab.ssh_ok(0, &format!("{K} get nodes --no-headers"));
+    eprintln!("{nodes}");
+    nodes
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("Ready"))
+        .count()
+}
+
 /// A pod the `restricted` Pod Security level admits.
 fn restricted_pod(name: &str, image: &str) -> String {
     format!(
@@ -223,15 +233,7 @@ fn lab_kubernetes_apply_brings_up_a_hardened_cluster_that_restores_through_every
         );
         assert_eq!(found, "", "{}", lab.hosts[i].name);
     }
-    let nodes = lab.ssh_ok(0, &format!("{K} get nodes --no-headers"));
-    assert_eq!(
-        nodes
-            .lines()
-            .filter(|l| l.split_whitespace().nth(1) == Some("Ready"))
-            .count(),
-        4,
-        "{nodes}"
-    );
+    assert_eq!(ready_nodes(&lab), 4);
 
     // A restricted pod of a tenant runs from the registry's image.
     let pod = lab.hosts[0].root.join("root/web.yaml");
@@ -425,15 +427,7 @@ fn lab_kubernetes_apply_brings_up_a_hardened_cluster_that_restores_through_every
             h.name
         );
     }
-    let nodes = lab.ssh_ok(0, &format!("{K} get nodes --no-headers"));
-    assert_eq!(
-        nodes
-            .lines()
-            .filter(|l| l.split_whitespace().nth(1) == Some("Ready"))
-            .count(),
-        4,
-        "after the restore: {nodes}"
-    );
+    assert_eq!(ready_nodes(&lab), 4, "after the restore");
     drop(registry);
     reset(&lab);
 }

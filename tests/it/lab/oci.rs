@@ -46,7 +46,7 @@ impl Image {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
         }
         let layer = dir.path().join("layer.tar");
-        let out = Command::new("tar")
+        tar(Command::new("tar")
             .args([
                 "--sort=name",
                 "--owner=0",
@@ -58,14 +58,7 @@ impl Image {
             .arg(&root)
             .arg("-cf")
             .arg(&layer)
-            .arg(".")
-            .output()
-            .expect("tar runs");
-        assert!(
-            out.status.success(),
-            "tar: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .arg("."));
         let layer = std::fs::read(layer).unwrap();
         let config = serde_json::to_vec(&serde_json::json!({
             "architecture": "amd64",
@@ -128,19 +121,12 @@ impl Image {
             serde_json::to_vec(&index).unwrap(),
         )
         .unwrap();
-        let out = Command::new("tar")
+        tar(Command::new("tar")
             .arg("-C")
             .arg(dir.path())
             .arg("-cf")
             .arg(dest)
-            .args(["oci-layout", "index.json", "blobs"])
-            .output()
-            .expect("tar runs");
-        assert!(
-            out.status.success(),
-            "tar: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .args(["oci-layout", "index.json", "blobs"]));
     }
 
     /// `name` and `tag` of the reference, without the registry.
@@ -148,6 +134,16 @@ impl Image {
         let path = self.reference.split_once('/').map_or("", |(_, p)| p);
         path.rsplit_once(':').unwrap_or((path, "latest"))
     }
+}
+
+/// Runs a `tar` command, which must succeed.
+fn tar(cmd: &mut Command) {
+    let out = cmd.output().expect("tar runs");
+    assert!(
+        out.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A read-only registry (the distribution API's pull side) on `addr`,
