@@ -26,7 +26,7 @@ pub fn authorized_keys_line(
     dir: &str,
     retention: &RetentionPolicy,
     public_key: &str,
-) -> String {
+) -> Result<String, String> {
     for (what, v) in [
         ("rampart", rampart),
         ("cluster", cluster),
@@ -34,15 +34,16 @@ pub fn authorized_keys_line(
         ("dir", dir),
         ("public key", public_key),
     ] {
-        assert!(
-            !v.chars().any(char::is_control),
-            "the {what} {v:?} of an authorized_keys line holds a control character"
-        );
+        if v.chars().any(char::is_control) {
+            return Err(format!(
+                "the {what} {v:?} of an authorized_keys line holds a control character"
+            ));
+        }
     }
     let Some((kind, blob)) = key_fields(public_key) else {
-        panic!(
+        return Err(format!(
             "push key {public_key:?} is not an OpenSSH public key line (`type base64 [comment]`)"
-        );
+        ));
     };
     let mut words: Vec<String> = [
         rampart,
@@ -65,10 +66,10 @@ pub fn authorized_keys_line(
         words.extend(["--max-age-days".into(), n.to_string()]);
     }
     let command = words.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" ");
-    format!(
+    Ok(format!(
         "restrict,command=\"{}\" {kind} {blob} rampart-backup-push:{cluster}/{member}",
         command.replace('"', "\\\"")
-    )
+    ))
 }
 
 /// The type and blob of `type base64 [comment]`, by their shape alone: that
@@ -109,7 +110,8 @@ mod tests {
             "/var/backups/rampart",
             &keep(Some(14), Some(30)),
             &format!("{KEY} root@admin"),
-        );
+        )
+        .unwrap();
         assert_eq!(
             line,
             format!(
@@ -117,14 +119,14 @@ mod tests {
                  --dir /var/backups/rampart --keep 14 --max-age-days 30\" {KEY} rampart-backup-push:prod/cp1"
             )
         );
-        let line = authorized_keys_line("/r", "c", "m", "/d", &keep(None, None), KEY);
+        let line = authorized_keys_line("/r", "c", "m", "/d", &keep(None, None), KEY).unwrap();
         assert!(
             line.starts_with(
                 "restrict,command=\"/r agent receive --cluster c --member m --dir /d\" "
             ),
             "{line}"
         );
-        let line = authorized_keys_line("/r", "c", "m", "/d", &keep(None, Some(7)), KEY);
+        let line = authorized_keys_line("/r", "c", "m", "/d", &keep(None, Some(7)), KEY).unwrap();
         assert!(line.contains("--dir /d --max-age-days 7\" "), "{line}");
     }
 
@@ -158,7 +160,8 @@ mod tests {
             dir,
             &keep(Some(3), None),
             KEY,
-        );
+        )
+        .unwrap();
         let rest = line.strip_prefix("restrict,command=").unwrap();
         let (command, tail) = sshd_dequote(rest);
         assert_eq!(
@@ -186,16 +189,17 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "control character")]
     fn a_newline_cannot_start_a_second_line() {
-        authorized_keys_line(
+        let err = authorized_keys_line(
             "/r",
             "prod",
             &format!("cp1\n{KEY} evil"),
             "/d",
             &keep(None, None),
             KEY,
-        );
+        )
+        .unwrap_err();
+        assert!(err.contains("control character"), "{err}");
     }
 
     #[test]
@@ -217,9 +221,9 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "not an OpenSSH public key line")]
     fn options_in_front_of_the_key_are_refused() {
         let key = format!("no-restrict,command=\"sh\" {KEY}");
-        authorized_keys_line("/r", "c", "m", "/d", &keep(None, None), &key);
+        let err = authorized_keys_line("/r", "c", "m", "/d", &keep(None, None), &key).unwrap_err();
+        assert!(err.contains("not an OpenSSH public key line"), "{err}");
     }
 }

@@ -58,9 +58,9 @@ pub(super) fn member(
 /// The receiving side on the backup target. The home, `.ssh` and
 /// `authorized_keys` belong to root, so the account cannot change which keys
 /// may log in or what they may run; only the backup folder is its own.
-pub(super) fn target(b: &mut Builder, inv: &Inventory, pki: &Pki) {
+pub(super) fn target(b: &mut Builder, inv: &Inventory, pki: &Pki) -> Result<(), RenderError> {
     let Some(t) = inv.backups.as_ref().and_then(|b| b.target.as_ref()) else {
-        return;
+        return Ok(());
     };
     let home = home(&t.user);
     b.user(SystemUser {
@@ -71,21 +71,24 @@ pub(super) fn target(b: &mut Builder, inv: &Inventory, pki: &Pki) {
     b.dir(&format!("{home}/.ssh"), 0o755, "root");
     b.dir(&t.path, 0o700, &t.user);
     let retention = RetentionPolicy::from(&t.retention);
-    let lines: String = pki
-        .push_keys
-        .iter()
-        .map(|(member, key)| {
-            let line = crate::backup::authorized_keys_line(
-                RAMPART_PATH,
-                &inv.cluster.name,
-                member,
-                &t.path,
-                &retention,
-                &key.public,
-            );
-            format!("{line}\n")
-        })
-        .collect();
+    let mut lines = String::new();
+    for (member, key) in &pki.push_keys {
+        let line = crate::backup::authorized_keys_line(
+            RAMPART_PATH,
+            &inv.cluster.name,
+            member,
+            &t.path,
+            &retention,
+            &key.public,
+        )
+        .map_err(|reason| RenderError::Unwritable {
+            host: t.host.clone(),
+            what: "the backup target's authorized_keys",
+            reason,
+        })?;
+        lines.push_str(&line);
+        lines.push('\n');
+    }
     let text = format!(
         "# Rendered by rampart for cluster {}: one forced command per etcd member.\n# Edits are overwritten on the next apply.\n{lines}",
         inv.cluster.name
@@ -96,6 +99,7 @@ pub(super) fn target(b: &mut Builder, inv: &Inventory, pki: &Pki) {
         Contents::Plain(text.into_bytes()),
         &[],
     );
+    Ok(())
 }
 
 /// The receiving account's home: fixed, so the plan never depends on what

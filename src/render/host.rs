@@ -119,7 +119,7 @@ pub fn host_bundle(
         node(&mut b, inv, pki, shared, host)?;
     }
     if host.roles.backup_target {
-        super::backups::target(&mut b, inv, pki);
+        super::backups::target(&mut b, inv, pki)?;
     }
     let services: Vec<Service> = Service::ALL
         .into_iter()

@@ -35,6 +35,14 @@ pub enum RenderError {
         "built-in templates do not parse: {message}; this is a bug in rampart, please report it"
     )]
     TemplateParse { message: String },
+    /// A value that cannot be written where it goes (a rampart-made key
+    /// that is not one, a name with a control character).
+    #[error("cannot write {what} for {host}: {reason}")]
+    Unwritable {
+        host: String,
+        what: &'static str,
+        reason: String,
+    },
     #[error("cannot render template {template}: {message}")]
     Template {
         template: &'static str,

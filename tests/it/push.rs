@@ -51,7 +51,8 @@ impl Setup {
                 max_age_days: None,
             },
             &pubkey(&push_key),
-        );
+        )
+        .unwrap();
         let authorized = dir.path().join("authorized_keys");
         fs::write(&authorized, format!("{line}\n")).unwrap();
         let sshd = Sshd::start(dir.path(), "target", &authorized, "");
