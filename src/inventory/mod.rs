@@ -6,6 +6,7 @@
 pub mod limits;
 mod model;
 mod position;
+mod ranges;
 mod schema;
 mod schema_errors;
 mod validate;

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 
+pub use super::ranges::Ranges;
 pub use super::schema::{Become, EncryptionProvider, KeyAlgorithm};
 
 /// A whole, valid cluster description.
@@ -47,21 +48,25 @@ pub struct Cluster {
     pub version: KubeVersion,
     /// Where clients (kubelets, kube-proxy, admins) reach the apiservers.
     pub api_endpoint: Endpoint,
-    pub service_cidr: IpNet,
-    pub pod_cidr: IpNet,
+    /// Service ClusterIPs; the primary range's first address is the
+    /// `kubernetes` Service.
+    pub service_cidr: Ranges,
+    /// Pod addresses; every node gets a range of each family.
+    pub pod_cidr: Ranges,
     pub domain: String,
     pub node_network: Option<IpNet>,
 }
 
 impl Cluster {
     /// The service CIDR's network address plus one: the `kubernetes`
-    /// Service's ClusterIP, as the apiserver allocates it (IPv4 and IPv6 alike).
+    /// Service's ClusterIP, as the apiserver allocates it (IPv4 and IPv6 alike;
+    /// in the primary range of a dual-stack cluster, as kubeadm has it).
     pub fn kubernetes_service_ip(&self) -> IpAddr {
-        nth_address(self.service_cidr, 1)
+        nth_address(self.service_cidr.primary(), 1)
     }
     /// The network address plus ten, kubeadm's convention for cluster DNS.
     pub fn dns_service_ip(&self) -> IpAddr {
-        nth_address(self.service_cidr, 10)
+        nth_address(self.service_cidr.primary(), 10)
     }
     /// `https://host:port` for kubeconfigs.
     pub fn server_url(&self) -> String {
@@ -406,8 +411,8 @@ mod tests {
                 host: "10.0.0.1".into(),
                 port: 6443,
             },
-            service_cidr: service.parse().unwrap(),
-            pod_cidr: "10.244.0.0/16".parse().unwrap(),
+            service_cidr: Ranges::single(service.parse().unwrap()),
+            pod_cidr: Ranges::single("10.244.0.0/16".parse().unwrap()),
             domain: "cluster.local".into(),
             node_network: None,
         }

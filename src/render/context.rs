@@ -244,6 +244,12 @@ impl<'a> ContainerdConfig<'a> {
 }
 
 #[derive(Serialize)]
+pub struct KubeletSysctl {
+    /// IPv6 pod ranges: the node must forward IPv6 too.
+    pub ipv6: bool,
+}
+
+#[derive(Serialize)]
 pub struct KubeProxyConfig {
     pub pod_cidr: String,
 }

@@ -5,8 +5,8 @@ use crate::pki::{names, Issued, Pki};
 use crate::secret::Secret;
 
 use super::context::{
-    AdmissionConfig, EtcdClusterWide, KubeProxyConfig, KubeletConfig, NoVars, RbacAddon, TenantCtx,
-    TenantsAddon,
+    AdmissionConfig, EtcdClusterWide, KubeProxyConfig, KubeletConfig, KubeletSysctl, NoVars,
+    RbacAddon, TenantCtx, TenantsAddon,
 };
 use super::encryption::encryption_config;
 use super::templates::{self, render};
@@ -103,7 +103,12 @@ impl Shared {
                 )?)
             },
             kubelet_config: render(templates::KUBELET_CONFIG, &KubeletConfig::new(inv))?,
-            kubelet_sysctl: render(templates::KUBELET_SYSCTL, &NoVars {})?,
+            kubelet_sysctl: render(
+                templates::KUBELET_SYSCTL,
+                &KubeletSysctl {
+                    ipv6: inv.cluster.pod_cidr.has_ipv6(),
+                },
+            )?,
             kubelet_modules: render(templates::KUBELET_MODULES, &NoVars {})?,
             kube_proxy_config: render(
                 templates::KUBE_PROXY_CONFIG,

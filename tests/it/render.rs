@@ -155,6 +155,14 @@ pub fn rendered(yaml: &str) -> (Inventory, Bundle) {
     (inv, bundle)
 }
 
+/// The text of one rendered file of one host.
+fn file_text(bundle: &Bundle, host: &str, path: &str) -> String {
+    let file = bundle.hosts[host]
+        .file(path)
+        .unwrap_or_else(|| panic!("{host} has no {path}"));
+    String::from_utf8_lossy(file.contents.bytes()).into_owned()
+}
+
 fn is_pem(f: &render::File) -> bool {
     f.contents.bytes().starts_with(b"-----BEGIN")
 }
@@ -533,15 +541,7 @@ fn node_labels_reach_the_kubelet() {
         "    roles: [etcd, control-plane, worker]\n",
         "    roles: [etcd, control-plane, worker]\n    labels: {topology.kubernetes.io/zone: a, team: infra}\n",
     ));
-    let unit = String::from_utf8(
-        bundle.hosts["node1"]
-            .file("/etc/systemd/system/kubelet.service")
-            .unwrap()
-            .contents
-            .bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let unit = file_text(&bundle, "node1", "/etc/systemd/system/kubelet.service");
     let exec = crate::hostile::parse_unit(&unit)
         .into_iter()
         .find(|(_, k, _)| k == "ExecStart")
@@ -582,29 +582,88 @@ fn ipv6_only_clusters_get_network_plus_one_and_plus_ten() {
         apiserver.sans
     );
     assert!(!apiserver.sans.contains(&ip("fd00:96::")));
-    let kubelet = String::from_utf8(
-        bundle.hosts["w1"]
-            .file("/var/lib/kubelet/config.yaml")
-            .unwrap()
-            .contents
-            .bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let kubelet = file_text(&bundle, "w1", "/var/lib/kubelet/config.yaml");
     assert!(
         kubelet.contains("clusterDNS:\n  - fd00:96::a\n"),
         "{kubelet}"
     );
-    let etcd = String::from_utf8_lossy(
-        bundle.hosts["cp1"]
-            .file("/etc/systemd/system/etcd.service")
-            .unwrap()
-            .contents
-            .bytes(),
-    )
-    .into_owned();
+    let sysctl = file_text(&bundle, "w1", "/etc/sysctl.d/90-rampart-kubelet.conf");
+    assert!(
+        sysctl.contains("\nnet.ipv6.conf.all.forwarding = 1\n"),
+        "{sysctl}"
+    );
+    let etcd = file_text(&bundle, "cp1", "/etc/systemd/system/etcd.service");
     assert!(
         etcd.contains("--listen-client-urls=https://[fd00::11]:2379,https://[::1]:2379"),
         "{etcd}"
     );
+}
+
+/// Dual-stack: both ranges reach every flag and config that takes ranges, in
+/// the inventory's order; the `kubernetes` Service and cluster DNS come from
+/// the primary range; the node forwards IPv6 as well as IPv4.
+#[test]
+fn dual_stack_ranges_reach_every_flag_primary_first() {
+    let yaml = HA
+        .replace(
+            "serviceCidr: 10.96.0.0/12",
+            "serviceCidr: 10.96.0.0/12, fd00:96::/108",
+        )
+        .replace(
+            "podCidr: 10.244.0.0/16",
+            "podCidr: 10.244.0.0/16,fd00:10:244::/56",
+        );
+    let (inv, bundle) = rendered(&yaml);
+    let expected = [
+        (
+            "cp1",
+            "/etc/systemd/system/kube-apiserver.service",
+            "--service-cluster-ip-range=10.96.0.0/12,fd00:96::/108 ",
+        ),
+        (
+            "cp1",
+            "/etc/systemd/system/kube-controller-manager.service",
+            "--cluster-cidr=10.244.0.0/16,fd00:10:244::/56 ",
+        ),
+        (
+            "cp1",
+            "/etc/systemd/system/kube-controller-manager.service",
+            "--service-cluster-ip-range=10.96.0.0/12,fd00:96::/108 ",
+        ),
+        (
+            "w1",
+            "/var/lib/kube-proxy/config.conf",
+            "\nclusterCIDR: 10.244.0.0/16,fd00:10:244::/56\n",
+        ),
+        (
+            "w1",
+            "/var/lib/kubelet/config.yaml",
+            "clusterDNS:\n  - 10.96.0.10\n",
+        ),
+        (
+            "w1",
+            "/etc/sysctl.d/90-rampart-kubelet.conf",
+            "\nnet.ipv6.conf.all.forwarding = 1\n",
+        ),
+        (
+            "w1",
+            "/etc/sysctl.d/90-rampart-kubelet.conf",
+            "\nnet.ipv6.conf.default.disable_ipv6 = 0\n",
+        ),
+    ];
+    for (host, path, line) in expected {
+        let text = file_text(&bundle, host, path);
+        assert!(text.contains(line), "{host}:{path} lacks {line:?}:\n{text}");
+    }
+    let apiserver_cert = rampart::pki::catalogue(&inv)
+        .into_iter()
+        .find(|s| s.name == names::APISERVER)
+        .unwrap();
+    let ip = |s: &str| inventory::San::Ip(s.parse().unwrap());
+    assert!(apiserver_cert.sans.contains(&ip("10.96.0.1")));
+    assert!(!apiserver_cert.sans.contains(&ip("fd00:96::1")));
+    // Single-stack IPv4 leaves IPv6 forwarding as the host has it.
+    let (_, v4) = rendered(HA);
+    let sysctl = file_text(&v4, "w1", "/etc/sysctl.d/90-rampart-kubelet.conf");
+    assert!(!sysctl.contains("ipv6"), "{sysctl}");
 }

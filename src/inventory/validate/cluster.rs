@@ -40,24 +40,24 @@ pub(super) fn cluster(raw: &RawInventory, p: &mut Problems) -> Option<Cluster> {
         ),
         Some(_) => {}
     }
-    let service_cidr = cidr(
+    let service_cidr = ranges(
         c.service_cidr.as_deref().unwrap_or("10.96.0.0/12"),
         "cluster.serviceCidr",
         p,
     );
-    if let Some(net) = service_cidr {
+    for net in service_cidr.iter().flat_map(Ranges::iter) {
         service_cidr_size(net, p);
     }
-    let pod_cidr = cidr(
+    let pod_cidr = ranges(
         c.pod_cidr.as_deref().unwrap_or("10.244.0.0/16"),
         "cluster.podCidr",
         p,
     );
     if let (Some(svc), Some(pod)) = (service_cidr, pod_cidr) {
-        if svc.addr().is_ipv4() != pod.addr().is_ipv4() {
+        if !svc.same_families(&pod) {
             p.error(
                 "cluster.podCidr",
-                format!("{pod} and cluster.serviceCidr ({svc}) are of different IP families; dual-stack is not supported"),
+                format!("{pod} and cluster.serviceCidr ({svc}) must have the same IP families in the same order: one range of one family each, or both dual-stack with the same family first"),
             );
         }
     }
@@ -71,7 +71,9 @@ pub(super) fn cluster(raw: &RawInventory, p: &mut Problems) -> Option<Cluster> {
                     .any(|r| r == "control-plane" || r == "worker")
             })
             .count();
-        pod_cidr_room(pod, nodes, p);
+        for net in pod.iter() {
+            pod_cidr_room(net, nodes, p);
+        }
     }
     let node_network = c
         .node_network
@@ -171,6 +173,38 @@ fn special_range(net: IpNet) -> Option<&'static str> {
         let r: IpNet = range.parse().expect("static range");
         (r.contains(&net.network()) || net.contains(&r.network())).then_some(*what)
     })
+}
+
+/// One CIDR, or two of different families separated by a comma (dual-stack,
+/// primary first, as Kubernetes flags take them).
+fn ranges(s: &str, path: &str, p: &mut Problems) -> Option<Ranges> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    match parts[..] {
+        [one] => cidr(one, path, p).map(Ranges::single),
+        [a, b] => {
+            let (a, b) = (cidr(a, path, p), cidr(b, path, p));
+            let (a, b) = (a?, b?);
+            let pair = Ranges::dual(a, b);
+            if pair.is_none() {
+                let family = if a.addr().is_ipv4() { 4 } else { 6 };
+                p.error(
+                    path,
+                    format!("{a} and {b} are both IPv{family}: a dual-stack network has one IPv4 and one IPv6 range"),
+                );
+            }
+            pair
+        }
+        _ => {
+            p.error(
+                path,
+                format!(
+                    "`{s}` lists {} ranges: give one CIDR, or an IPv4 and an IPv6 one separated by a comma (dual-stack)",
+                    parts.len()
+                ),
+            );
+            None
+        }
+    }
 }
 
 fn cidr(s: &str, path: &str, p: &mut Problems) -> Option<IpNet> {
@@ -335,10 +369,12 @@ fn endpoint(s: &str, p: &mut Problems) -> Option<Endpoint> {
 /// The service, pod and node networks must not overlap, and hosts live outside
 /// the first two and inside the last.
 pub(super) fn networks(c: &Cluster, hosts: &[Host], p: &mut Problems) {
-    let mut nets = vec![
-        ("cluster.serviceCidr", c.service_cidr),
-        ("cluster.podCidr", c.pod_cidr),
-    ];
+    let mut nets: Vec<(&str, IpNet)> = c
+        .service_cidr
+        .iter()
+        .map(|n| ("cluster.serviceCidr", n))
+        .chain(c.pod_cidr.iter().map(|n| ("cluster.podCidr", n)))
+        .collect();
     if let Some(n) = c.node_network {
         nets.push(("cluster.nodeNetwork", n));
     }
@@ -367,6 +403,19 @@ pub(super) fn networks(c: &Cluster, hosts: &[Host], p: &mut Problems) {
                     ),
                 );
             }
+        }
+        let primary = c.service_cidr.primary();
+        if (h.roles.control_plane || h.roles.runs_kubelet())
+            && h.address.is_ipv4() != primary.addr().is_ipv4()
+        {
+            let (family, wanted) = if h.address.is_ipv4() { (4, 6) } else { (6, 4) };
+            p.error(
+                format!("hosts[{i}].address"),
+                format!(
+                    "{} is IPv{family}, but the cluster's primary family is IPv{wanted} (cluster.serviceCidr {primary}): the apiserver advertises and the kubelet registers this address, and Kubernetes wants it in the primary family",
+                    h.address
+                ),
+            );
         }
         for (name, net) in [("serviceCidr", c.service_cidr), ("podCidr", c.pod_cidr)] {
             if net.contains(&h.address) {

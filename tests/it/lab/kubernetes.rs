@@ -113,7 +113,7 @@ fn restricted_pod(name: &str, image: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Pod
-metadata: {{name: {name}, namespace: team-a}}
+metadata: {{name: {name}, namespace: team-a, labels: {{app: {name}}}}}
 spec:
   securityContext: {{runAsNonRoot: true, runAsUser: 65534, runAsGroup: 65534, seccompProfile: {{type: RuntimeDefault}}}}
   containers:
@@ -124,6 +124,75 @@ spec:
       resources: {{limits: {{cpu: 100m, memory: 32Mi}}, requests: {{cpu: 10m, memory: 16Mi}}}}
 "#
     )
+}
+
+/// The pod `web` has an address of each family, a `RequireDualStack` Service
+/// gets a ClusterIP of each, and both reach the pod: its addresses from its
+/// node (the bridge CNI does not route between nodes), the Service's from
+/// the pod itself (pods are Services' clients; a lab host has no default
+/// route, so its own packets to a ClusterIP never reach kube-proxy's rules).
+fn dual_stack_serves_both_families(lab: &Lab) {
+    let get = |what: &str, path: &str| {
+        lab.ssh_ok(0, &format!("{K} -n team-a get {what} -o jsonpath='{path}'"))
+    };
+    // An IPv4 address in the first range, then an IPv6 one in the second.
+    let pair = |what: &str, path: &str, v4: &str, v6: &str| -> Vec<String> {
+        let ips: Vec<String> = get(what, path)
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        assert!(
+            ips.len() == 2 && ips[0].starts_with(v4) && ips[1].starts_with(v6),
+            "{what}: {ips:?}"
+        );
+        ips
+    };
+    let pod_ips = pair(
+        "pod/web",
+        "{.status.podIPs[*].ip}",
+        "10.244.",
+        "fd00:10:244:",
+    );
+    std::fs::write(
+        lab.hosts[0].root.join("root/web-svc.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: team-a}\n\
+         spec:\n  ipFamilyPolicy: RequireDualStack\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    )
+    .unwrap();
+    lab.ssh_ok(0, &format!("{K} apply -f /root/web-svc.yaml"));
+    let service_ips = pair("service/web", "{.spec.clusterIPs[*]}", "10.", "fd00:96::");
+    let node_name = get("pod/web", "{.spec.nodeName}");
+    let node = lab.hosts.iter().position(|h| h.name == node_name).unwrap();
+    // busybox httpd answers 404 for `/` (no index): any HTTP status is an answer.
+    let from_node =
+        |url: &str| format!("curl -g -s -m 3 -o /dev/null -w 'HTTP/1.1 %{{http_code}}' {url}");
+    // No `wget -T`: Debian's static busybox 1.35 dies of SIGSEGV with it
+    // (exit 139); the host's `timeout` bounds the try instead.
+    let from_pod =
+        |url: &str| format!("timeout 5 {K} -n team-a exec web -- wget -O /dev/null {url}");
+    let tries = [
+        (node, from_node(&format!("http://{}:8080/", pod_ips[0]))),
+        (node, from_node(&format!("http://[{}]:8080/", pod_ips[1]))),
+        (0, from_pod(&format!("http://{}:80/", service_ips[0]))),
+        (0, from_pod(&format!("http://[{}]:80/", service_ips[1]))),
+    ];
+    for (host, command) in tries {
+        // kube-proxy programs a new Service within its sync period.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let out = lab.ssh(host, &command);
+            if text(&out).contains("HTTP/1.1 404") {
+                eprintln!("answered: {command}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no answer: {command}: {}",
+                text(&out)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
 }
 
 /// Every unit's ActiveEnterTimestamp on every host: unchanged means nothing restarted.
@@ -166,7 +235,7 @@ fn lab_kubernetes_apply_brings_up_a_hardened_cluster_that_restores_through_every
     let web = Image::build(
         &web_ref,
         &busybox,
-        &["sh", "httpd", "cat", "echo", "id"],
+        &["sh", "httpd", "cat", "echo", "id", "wget"],
         &["/bin/sh"],
     );
     let registry = Registry::serve(&registry_addr, vec![web]);
@@ -209,6 +278,11 @@ fn lab_kubernetes_apply_brings_up_a_hardened_cluster_that_restores_through_every
             bin.display(),
             !can_lower_oom_scores()
         ),
+        // Dual-stack, IPv4 first: the hosts keep their one IPv4 address.
+        ranges: Some((
+            "10.96.0.0/12,fd00:96::/108".into(),
+            "10.244.0.0/16,fd00:10:244::/56".into(),
+        )),
         ..Default::default()
     };
     let c = Cluster::init(&lab.inventory(&spec));
@@ -250,6 +324,7 @@ fn lab_kubernetes_apply_brings_up_a_hardened_cluster_that_restores_through_every
     assert!(logs.contains("hello from rampart"), "{logs}");
     let id = lab.ssh_ok(0, &format!("{K} -n team-a exec web -- id -u"));
     assert_eq!(id, "65534");
+    dual_stack_serves_both_families(&lab);
 
     // The kubelet: anonymous requests refused, no read-only port.
     let worker = &lab.hosts[3].cluster_ip;

@@ -273,13 +273,15 @@ impl Lab {
         let mut y = format!(
             "# written by tests/it/lab for lab {netns}\n\
              cluster:\n  name: {name}\n  kubernetesVersion: \"{version}\"\n  \
-             apiEndpoint: {api}:6443\n  serviceCidr: 10.96.0.0/12\n  podCidr: 10.244.0.0/16\n  \
+             apiEndpoint: {api}:6443\n  serviceCidr: {services}\n  podCidr: {pods}\n  \
              nodeNetwork: {net}\n\
              ssh:\n  user: {user}\n",
             netns = self.netns,
             name = spec.cluster.as_deref().unwrap_or("lab"),
             version = spec.kubernetes_version.as_deref().unwrap_or("1.34"),
             api = self.hosts[0].cluster_ip,
+            services = spec.ranges.as_ref().map_or("10.96.0.0/12", |r| &r.0),
+            pods = spec.ranges.as_ref().map_or("10.244.0.0/16", |r| &r.1),
             net = self.cluster_net,
             user = if spec.sudo { &self.sudo_user } else { "root" },
         );
@@ -344,6 +346,9 @@ pub struct InventorySpec {
     pub backup_target: bool,
     /// `cluster.kubernetesVersion` (default `1.34`).
     pub kubernetes_version: Option<String>,
+    /// `cluster.serviceCidr` and `cluster.podCidr` (default `10.96.0.0/12`
+    /// and `10.244.0.0/16`).
+    pub ranges: Option<(String, String)>,
 }
 
 /// Panics unless this process is in network namespace `/run/netns/<netns>`.
