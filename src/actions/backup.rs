@@ -16,8 +16,8 @@ use serde::Serialize;
 
 use crate::backup::LastRun;
 use crate::backup::{AgentConfig, Manifest, LAST_RUN};
+use crate::engine::{each, ConnectedHost, Connector, Env, Fleet, OnHost, PhaseError, StepError};
 use crate::inventory::{Host, Inventory};
-use crate::phases::StepError;
 use crate::remote::script::quote;
 use crate::remote::{Input, Remote};
 use crate::render::Service;
@@ -49,6 +49,52 @@ pub struct Holder {
     pub host: Host,
     pub dir: String,
     pub target: bool,
+}
+
+/// A connected holder, as the fan-out sees it.
+struct OnHolder<'a> {
+    member: &'a ConnectedHost,
+    holder: &'a Holder,
+}
+
+impl OnHost for OnHolder<'_> {
+    fn host_name(&self) -> &str {
+        &self.member.host.name
+    }
+}
+
+/// Connects to `holders` and runs `work` on each (`title` names it in the
+/// progress); every failure is reported together, like `apply` does.
+pub async fn on_holders<T, F>(
+    env: &Env<'_>,
+    connector: &dyn Connector,
+    holders: &[Holder],
+    title: &str,
+    work: F,
+) -> Result<Vec<T>, PhaseError>
+where
+    T: Send,
+    F: for<'x> Fn(&'x dyn Remote, &'x Holder) -> crate::remote::BoxFuture<'x, Result<T, StepError>>
+        + Sync,
+{
+    let hosts: Vec<&Host> = holders.iter().map(|h| &h.host).collect();
+    env.reporter.phase("connect", "connect", hosts.len());
+    let fleet = Fleet::connect(env, &hosts, connector).await?;
+    env.reporter.phase("backup", title, fleet.members().len());
+    let connected: Vec<OnHolder> = fleet
+        .members()
+        .iter()
+        .zip(holders)
+        .map(|(member, holder)| OnHolder { member, holder })
+        .collect();
+    let work = &work;
+    each(env, "backup", connected.iter().collect(), |c| {
+        Box::pin(async move {
+            env.reporter.step(&c.member.host.name, title);
+            work(&*c.member.remote, c.holder).await
+        })
+    })
+    .await
 }
 
 /// The members that run the backup job (etcd members, with `backups:` set),

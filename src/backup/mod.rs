@@ -1,6 +1,7 @@
 //! Encrypted etcd backups: the scheduled job that runs on each etcd member
 //! (`rampart agent snapshot`), the check an admin runs on a copy
-//! (`rampart backup verify`), and the systemd units that schedule the job.
+//! (`rampart backup verify`), and the copies to a backup target. The systemd
+//! units that schedule the job are rendered with the rest (`crate::render`).
 //!
 //! - `config`: the job's YAML config (`/etc/rampart/backup.yaml`), derived from the inventory.
 //! - `etcd`: running `etcdctl`/`etcdutl` and reading `snapshot status`.
@@ -14,7 +15,6 @@
 //!   target that ties a member's push key to its receive.
 //! - `verify`: decrypt a backup with identity files and check it is a sound snapshot.
 //! - `signals`: deleting plaintext when a signal stops the job or `verify`.
-//! - `units`: the `rampart-backup.service`/`.timer` pair rendered for a host.
 //!
 //! Hosts only ever hold recipients (public keys): a compromised etcd member can
 //! write new backups but cannot read old ones.
@@ -34,7 +34,6 @@ mod receive;
 mod retention;
 mod signals;
 mod snapshot;
-mod units;
 mod verify;
 
 pub use authorized_keys::authorized_keys_line;
@@ -50,5 +49,4 @@ pub use receive::{cleanup_receive_on_signal, receive, ReceiveRequest};
 pub use retention::{to_prune, Candidate, RetentionPolicy};
 pub use signals::{cleanup_on_signal, exit_on_signal};
 pub use snapshot::{run_job, CopyOutcome, JobOutcome, LastRun, SnapshotOutcome, LAST_RUN};
-pub use units::units;
 pub use verify::{verify, verify_keep, Decrypted, VerifyOptions, VerifyReport};

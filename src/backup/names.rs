@@ -12,6 +12,18 @@ pub(crate) const SUFFIX: &str = ".db.age";
 pub(crate) const STAMP: &[FormatItem<'static>] =
     format_description!("[year][month][day]T[hour][minute][second]Z");
 
+/// The job's private work dir inside the backup dir (removed on any ending).
+pub(crate) const WORK: &str = ".work";
+
+/// `t` as RFC 3339 in UTC, whole seconds: manifests' and last runs' times.
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .expect("0 ns is valid")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("UTC time formats")
+}
+
 /// `<cluster>-<member>-`: what every backup of that member starts with.
 pub(crate) fn prefix(cluster: &str, member: &str) -> String {
     format!("{cluster}-{member}-")

@@ -108,7 +108,7 @@ pub fn exit_on_signal(last_words: impl FnOnce(libc::c_int) + Send + 'static) {
 /// `now` stamps the last-run record.
 pub fn cleanup_on_signal(dir: &Path, now: OffsetDateTime) {
     let dir: PathBuf = dir.to_path_buf();
-    let now = super::snapshot::rfc3339(now);
+    let now = super::names::rfc3339(now);
     exit_on_signal(move |sig| {
         remove_plaintext(&dir);
         // Stopped while copying to the target: the backup here is complete.
@@ -146,7 +146,7 @@ pub(crate) fn note_written(file: &str) {
 
 /// Deletes the work dir and any half-written ciphertext.
 pub(crate) fn remove_plaintext(dir: &Path) {
-    let _ = fs::remove_dir_all(dir.join(super::snapshot::WORK));
+    let _ = fs::remove_dir_all(dir.join(super::names::WORK));
     if let Ok(entries) = fs::read_dir(dir) {
         for e in entries.flatten() {
             if e.file_name().to_string_lossy().ends_with(".db.age.tmp") {

@@ -16,21 +16,18 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::error::chain;
 use super::follow::{encrypt, save_encrypting, Saved, STATUS_INPUT};
 use super::fsutil::{private_dir, sync_dir, tmp_path, write_atomic, RemoveOnDrop};
-use super::names::{STAMP, SUFFIX};
+use super::names::{rfc3339, STAMP, SUFFIX, WORK};
 use super::prune::prune_dir;
 use super::push::{push, PushReport};
 use super::{etcd, manifest_path, signals, AgentConfig, BackupError, Manifest, TargetConfig};
 
 /// The job's outcome, in `<dir>/last-run.json`, for monitoring and `backup list`.
 pub const LAST_RUN: &str = "last-run.json";
-
-pub(crate) const WORK: &str = ".work";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastRun {
@@ -319,14 +316,6 @@ fn parse_recipients(rs: &[String]) -> Result<Vec<Box<dyn age::Recipient + Send>>
 /// Applies retention to this member's backups in `dir`; returns what was deleted.
 fn prune(cfg: &AgentConfig, now: OffsetDateTime) -> Result<Vec<PathBuf>, BackupError> {
     prune_dir(&cfg.dir, &cfg.cluster, &cfg.member, &cfg.retention, now)
-}
-
-pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
-    t.to_offset(time::UtcOffset::UTC)
-        .replace_nanosecond(0)
-        .expect("0 ns is valid")
-        .format(&Rfc3339)
-        .expect("UTC time formats")
 }
 
 #[cfg(test)]

@@ -5,53 +5,22 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use rampart::actions::apply::{self, ApplyError, ConnectError, Connector, Options, Prepared};
+use rampart::actions::apply::{self, ApplyError, ApplyOptions, ApplyRun};
+use rampart::engine::{each, Cancel, Env, Silent};
 use rampart::inventory::{Host, Inventory};
-use rampart::phases::{Cancel, PhaseError, StepError};
 use rampart::pki;
 use rampart::plan::preflight::Level;
 use rampart::plan::show;
 use rampart::remote::ssh::{self, ConnectOptions, KeyStatus, SshError};
-use rampart::remote::{BoxFuture, Remote};
 use rampart::secret::Secret;
 use time::OffsetDateTime;
 
 use super::args::{ApplyArgs, InventoryArgs, Output, PlanArgs};
 use super::report::Progress;
-use super::{code, load_inventory, state_dir, unlock, Exit};
-
-/// Connects over SSH with the CLI's options.
-pub(super) struct Ssh(pub(super) ConnectOptions);
-
-impl Connector for Ssh {
-    fn connect<'a>(
-        &'a self,
-        host: &'a Host,
-    ) -> BoxFuture<'a, Result<Arc<dyn Remote>, ConnectError>> {
-        Box::pin(async move {
-            match ssh::connect(host, &self.0).await {
-                Ok(r) => Ok(Arc::new(r) as Arc<dyn Remote>),
-                Err(e) => Err(ConnectError {
-                    untrusted_key: matches!(
-                        e,
-                        SshError::UnknownHostKey { .. } | SshError::ChangedHostKey { .. }
-                    ),
-                    error: Box::new(e),
-                }),
-            }
-        })
-    }
-}
-
-pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
+use super::session::{confirm, on_ctrl_c, runtime, Ssh};
+use super::{load_inventory, state_dir, unlock};
 
 /// Inventory, rendered bundle and the super-admin kubeconfig (for the one
 /// binding admin.conf cannot create itself): everything before the network.
@@ -73,11 +42,11 @@ fn load(a: &PlanArgs) -> Result<(Inventory, rampart::render::Bundle, Secret)> {
     Ok((inv, bundle, bootstrap))
 }
 
-fn options(a: &PlanArgs, lock: bool, bootstrap: Option<Secret>) -> Options {
+fn options(a: &PlanArgs, lock: bool, bootstrap: Option<Secret>) -> ApplyOptions {
     let now = OffsetDateTime::now_utc();
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let machine = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-    Options {
+    ApplyOptions {
         hosts: a.hosts.clone(),
         skip: a.skip_phases.clone(),
         concurrency: usize::from(a.concurrency),
@@ -88,11 +57,7 @@ fn options(a: &PlanArgs, lock: bool, bootstrap: Option<Secret>) -> Options {
             std::process::id()
         ),
         admin_time: now.unix_timestamp(),
-        stamp: now
-            .format(time::macros::format_description!(
-                "[year][month][day]T[hour][minute][second]Z"
-            ))
-            .expect("static format"),
+        stamp: rampart::engine::runbook::new_id(now),
         bootstrap,
     }
 }
@@ -104,28 +69,18 @@ fn connect_options(a: &PlanArgs) -> ConnectOptions {
     }
 }
 
-/// Cancels between steps on the first Ctrl-C.
-pub(super) fn on_ctrl_c(cancel: &Cancel) {
-    let cancel = cancel.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("cancelling: steps in flight finish, nothing new starts");
-            cancel.cancel();
-        }
-    });
-}
-
 pub fn plan(a: &PlanArgs, verbose: bool) -> Result<ExitCode> {
     let (inv, bundle, _) = load(a)?;
     let progress = Progress::new(verbose, a.state.inv.output == Output::Json);
     let cancel = Cancel::default();
     let rt = runtime()?;
+    let ssh = Ssh(connect_options(a));
     let prepared = rt.block_on(async {
         on_ctrl_c(&cancel);
         apply::prepare(
             &inv,
             &bundle,
-            &Ssh(connect_options(a)),
+            &ssh,
             &options(a, false, None),
             &progress,
             &cancel,
@@ -133,12 +88,12 @@ pub fn plan(a: &PlanArgs, verbose: bool) -> Result<ExitCode> {
         .await
     });
     progress.finish();
-    let prepared = prepared.map_err(classify)?;
+    let prepared = prepared?;
     print_plan(&prepared, a.state.inv.output)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_plan(p: &Prepared, output: Output) -> Result<()> {
+fn print_plan(p: &ApplyRun, output: Output) -> Result<()> {
     match output {
         Output::Json => println!(
             "{}",
@@ -173,22 +128,16 @@ pub fn apply(a: &ApplyArgs, verbose: bool) -> Result<ExitCode> {
     let cancel = Cancel::default();
     let o = options(&a.plan, !a.dry_run, Some(bootstrap));
     let rt = runtime()?;
-    let result: Result<Prepared, (Option<Prepared>, ApplyError)> = rt.block_on(async {
+    let ssh = Ssh(connect_options(&a.plan));
+    let result: Result<ApplyRun, (Option<ApplyRun>, ApplyError)> = rt.block_on(async {
         on_ctrl_c(&cancel);
-        let mut p = apply::prepare(
-            &inv,
-            &bundle,
-            &Ssh(connect_options(&a.plan)),
-            &o,
-            &progress,
-            &cancel,
-        )
-        .await
-        .map_err(|e| (None, e))?;
+        let mut p = apply::prepare(&inv, &bundle, &ssh, &o, &progress, &cancel)
+            .await
+            .map_err(|e| (None, e))?;
         if a.dry_run {
             return Ok(p);
         }
-        let r = apply::execute(&inv, &p, &o, &progress, &cancel).await;
+        let r = apply::execute(&inv, &mut p, &o, &progress, &cancel).await;
         p.release().await;
         match r {
             Ok(()) => Ok(p),
@@ -208,14 +157,14 @@ pub fn apply(a: &ApplyArgs, verbose: bool) -> Result<ExitCode> {
         }
         Err((Some(p), e)) => {
             summary(&p, output, Some(&e))?;
-            Err(classify(e))
+            Err(e.into())
         }
-        Err((None, e)) => Err(classify(e)),
+        Err((None, e)) => Err(e.into()),
     }
 }
 
 /// What each host got, then totals; JSON carries the plans and the error.
-fn summary(p: &Prepared, output: Output, error: Option<&ApplyError>) -> Result<()> {
+fn summary(p: &ApplyRun, output: Output, error: Option<&ApplyError>) -> Result<()> {
     match output {
         Output::Json => println!(
             "{}",
@@ -254,37 +203,6 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-/// The exit code of a phase that failed on hosts: the most specific cause
-/// any host had (shared by every command that works on hosts).
-pub(super) fn hosts_code(pe: &PhaseError) -> u8 {
-    let any = |f: fn(&StepError) -> bool| pe.failures.iter().any(|(_, e)| f(e));
-    if pe.cancelled() {
-        code::CANCELLED
-    } else if any(|e| matches!(e, StepError::Locked { .. })) {
-        code::LOCKED
-    } else if any(|e| matches!(e, StepError::HostKey(_))) {
-        code::HOST_KEY
-    } else if pe.phase == "connect" {
-        code::UNREACHABLE
-    } else {
-        code::HOSTS_FAILED
-    }
-}
-
-/// Maps engine errors to documented exit codes.
-pub(super) fn classify(e: ApplyError) -> anyhow::Error {
-    let code = match &e {
-        ApplyError::Hosts(pe) => hosts_code(pe),
-        ApplyError::Preflight(_) => code::PREFLIGHT,
-        _ => code::FAILURE,
-    };
-    Exit {
-        code,
-        message: e.to_string(),
-    }
-    .into()
-}
-
 /// The known_hosts file a host's keys are checked against and pinned in.
 fn known_hosts_file(host: &Host) -> Result<PathBuf> {
     if let Some(f) = &host.ssh.known_hosts_file {
@@ -306,11 +224,19 @@ pub fn hosts_trust(a: &InventoryArgs, only: Option<&[String]>, yes: bool) -> Res
             })
             .collect::<Result<_>>()?,
     };
-    let rt = runtime()?;
-    let opts = ConnectOptions::default();
-    let scanned: Vec<Result<ssh::ScannedKey, SshError>> = rt.block_on(futures::future::join_all(
-        hosts.iter().map(|h| ssh::scan_host_key(h, &opts)),
-    ));
+    let opts = &ConnectOptions::default();
+    let cancel = Cancel::default();
+    let env = Env {
+        inv: &inv,
+        reporter: &Silent,
+        cancel: &cancel,
+        concurrency: 32,
+    };
+    // The engine's fan-out; each host's own outcome is kept, failures too.
+    let scanned: Vec<Result<ssh::ScannedKey, SshError>> =
+        runtime()?.block_on(each(&env, "scan", hosts.clone(), |h| {
+            Box::pin(async move { Ok(ssh::scan_host_key(h, opts).await) })
+        }))?;
     let interactive = std::io::stdin().is_terminal();
     let mut refused = Vec::new();
     let mut json = Vec::new();
@@ -375,30 +301,17 @@ pub fn hosts_trust(a: &InventoryArgs, only: Option<&[String]>, yes: bool) -> Res
         println!("{}", serde_json::to_string_pretty(&json)?);
     }
     if !refused.is_empty() {
-        return Err(Exit {
-            code: code::HOST_KEY,
-            message: format!(
-                "not trusted: {}{}",
-                refused.join(", "),
-                if yes || interactive {
-                    ""
-                } else {
-                    "; review the fingerprints and pass --yes to pin new keys"
-                }
-            ),
+        return Err(rampart::error::Refusal::NotTrusted {
+            hosts: refused.join(", "),
+            hint: if yes || interactive {
+                ""
+            } else {
+                "; review the fingerprints and pass --yes to pin new keys"
+            },
         }
         .into());
     }
     Ok(ExitCode::SUCCESS)
-}
-
-pub(super) fn confirm(question: &str) -> Result<bool> {
-    use std::io::Write;
-    eprint!("{question} [y/N] ");
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 pub fn hosts_unlock(a: &InventoryArgs, name: &str) -> Result<ExitCode> {

@@ -139,6 +139,9 @@ pub struct BackupHostsArgs {
     /// Only these members (comma-separated inventory names).
     #[arg(long, value_delimiter = ',')]
     pub hosts: Option<Vec<String>>,
+    /// Hosts worked on at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,9 +180,8 @@ pub struct PlanArgs {
     /// Only these hosts (comma-separated inventory names).
     #[arg(long, value_delimiter = ',')]
     pub hosts: Option<Vec<String>>,
-    /// Phases to leave out (comma-separated): connect, preflight, upload-binaries,
-    /// install-files, systemd, start-etcd, start-backups, start-control-plane, apply-manifests, start-nodes.
-    #[arg(long, value_delimiter = ',')]
+    /// Phases to leave out, comma-separated (connect, lock and facts always run).
+    #[arg(long, value_delimiter = ',', value_parser = skippable_phases())]
     pub skip_phases: Vec<String>,
     /// Hosts worked on at once.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
@@ -313,4 +315,15 @@ pub enum CisCommand {
 pub enum Output {
     Table,
     Json,
+}
+
+/// `apply`'s skippable phases with their titles: read off the phase list, so
+/// `--help`, what is accepted and the run order cannot disagree.
+fn skippable_phases() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        rampart::actions::apply::phase_catalogue()
+            .into_iter()
+            .filter(|p| p.skippable)
+            .map(|p| clap::builder::PossibleValue::new(p.name).help(p.title)),
+    )
 }

@@ -7,16 +7,15 @@ use std::process::ExitCode;
 use anyhow::Result;
 use rampart::backup::{self, AgentConfig, BackupError, VerifyOptions};
 
-use rampart::actions::apply::{connect_all, ApplyError};
 use rampart::actions::backup::{self as actions, Holder, MemberBackups};
-use rampart::inventory::{Host, Inventory};
-use rampart::phases::{Cancel, PhaseError, Reporter, StepError};
+use rampart::engine::{Cancel, Env, StepError};
+use rampart::inventory::Inventory;
 use rampart::remote::ssh::ConnectOptions;
 
-use super::apply_cmds::{classify, runtime, Ssh};
 use super::args::{BackupHostsArgs, Output};
 use super::load_inventory;
 use super::report::Progress;
+use super::session::{on_path, runtime, Ssh};
 
 /// The scheduled job. Errors reach `main`, which prints them to stderr (the
 /// journal) and exits 1, so systemd marks the unit failed.
@@ -141,13 +140,6 @@ pub fn verify(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `name` found in a PATH directory, as a shell would.
-pub(super) fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
 /// The selected hosts holding backups (members, and the target when
 /// `with_target`), or why there are none.
 fn selected(inv: &Inventory, only: Option<&[String]>, with_target: bool) -> Result<Vec<Holder>> {
@@ -198,52 +190,16 @@ where
     let members = selected(&inv, a.hosts.as_deref(), with_target)?;
     let progress = Progress::new(verbose, a.inv.output == Output::Json);
     let cancel = Cancel::default();
-    let rt = runtime()?;
-    let result = rt.block_on(async {
-        let hosts: Vec<&Host> = members.iter().map(|h| &h.host).collect();
-        progress.phase("connect", "connect", hosts.len());
-        let remotes = connect_all(
-            &hosts,
-            &Ssh(ConnectOptions::default()),
-            32,
-            &progress,
-            &cancel,
-        )
-        .await
-        .map_err(ApplyError::from)?;
-        progress.phase("backup", title, remotes.len());
-        let results = futures::future::join_all(remotes.iter().zip(&members).map(
-            |((host, remote), holder)| {
-                let work = &work;
-                let progress = &progress;
-                async move {
-                    progress.step(&host.name, title);
-                    let r = work(&**remote, holder).await;
-                    progress.done(&host.name);
-                    r.map_err(|e| (host.name.clone(), e))
-                }
-            },
-        ))
-        .await;
-        let mut ok = Vec::new();
-        let mut failures = Vec::new();
-        for r in results {
-            match r {
-                Ok(v) => ok.push(v),
-                Err(f) => failures.push(f),
-            }
-        }
-        if failures.is_empty() {
-            Ok(ok)
-        } else {
-            Err(ApplyError::Hosts(PhaseError {
-                phase: "backup",
-                failures,
-            }))
-        }
-    });
+    let env = Env {
+        inv: &inv,
+        reporter: &progress,
+        cancel: &cancel,
+        concurrency: usize::from(a.concurrency),
+    };
+    let connector = Ssh(ConnectOptions::default());
+    let result = runtime()?.block_on(actions::on_holders(&env, &connector, &members, title, work));
     progress.finish();
-    result.map_err(classify)
+    Ok(result?)
 }
 
 pub fn list(a: &BackupHostsArgs, verbose: bool) -> Result<ExitCode> {

@@ -18,6 +18,7 @@ mod out;
 mod pki_cmds;
 mod report;
 mod restore_cmds;
+mod session;
 mod unlock;
 
 use std::path::{Path, PathBuf};
@@ -27,58 +28,13 @@ use anyhow::{Context, Result};
 
 use args::{Cli, Command, InventoryArgs, Output};
 use rampart::backup;
-use rampart::inventory::{self, InventoryError, Loaded};
+use rampart::inventory::{self, Loaded};
 
-/// Documented exit codes (see docs/getting-started.md).
-pub mod code {
-    /// Something failed at run time (I/O, PKI, rendering).
-    pub const FAILURE: u8 = 1;
-    // 2 is clap's: bad command-line usage.
-    /// The inventory is invalid; nothing was done.
-    pub const INVALID_INVENTORY: u8 = 3;
-    /// The CIS self-check found failing automated checks.
-    pub const CIS_FAILED: u8 = 4;
-    /// `apply`: a phase failed on one or more hosts (all are listed).
-    pub const HOSTS_FAILED: u8 = 5;
-    /// A host key is unknown or changed; nothing was sent to that host.
-    pub const HOST_KEY: u8 = 6;
-    /// A host is locked by another apply.
-    pub const LOCKED: u8 = 7;
-    /// Preflight found errors; nothing was changed.
-    pub const PREFLIGHT: u8 = 8;
-    /// A host could not be reached or authenticated.
-    pub const UNREACHABLE: u8 = 9;
-    /// `backup restore`: the backup does not verify (corrupt, truncated, wrong
-    /// identity); nothing on any host changed.
-    pub const BACKUP_REFUSED: u8 = 10;
-    /// A destructive command was not confirmed (no `--yes`, no terminal to ask).
-    pub const NOT_CONFIRMED: u8 = 11;
-    /// Interrupted (Ctrl-C) between steps.
-    pub const CANCELLED: u8 = 130;
-}
+pub use rampart::error::code;
 
-/// An error that carries its own exit code (e.g. "CIS checks failed").
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct Exit {
-    pub code: u8,
-    pub message: String,
-}
-
+/// The documented exit code of an error that reached `main`.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    if let Some(e) = err.downcast_ref::<Exit>() {
-        return e.code;
-    }
-    // A file that cannot be read is not an invalid inventory: it is an I/O
-    // failure like any other (exit 1), and says which file and why.
-    let invalid = err.chain().any(|e| {
-        e.downcast_ref::<InventoryError>()
-            .is_some_and(|e| !matches!(e, InventoryError::Read { .. }))
-    });
-    if invalid {
-        return code::INVALID_INVENTORY;
-    }
-    code::FAILURE
+    rampart::error::exit_code(err.chain())
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -209,11 +165,7 @@ fn cis_check(bundle: &Path, benchmark: &Path, output: Output) -> Result<ExitCode
     }
     let failed = report.summary.automated_fail;
     if failed > 0 {
-        return Err(Exit {
-            code: code::CIS_FAILED,
-            message: format!("{failed} automated CIS check(s) failed"),
-        }
-        .into());
+        return Err(rampart::error::Refusal::CisFailed(failed).into());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use rampart::inventory::Inventory;
-use rampart::pki::{self, Action, StateDir};
+use rampart::pki::{self, Issuance, StateDir};
 use time::OffsetDateTime;
 
 use super::args::{InitArgs, InventoryArgs, Output, RenderArgs, StateArgs, StateArgsNoUnlock};
@@ -29,9 +29,9 @@ pub fn init(args: &InitArgs) -> Result<ExitCode> {
             let mut reused = 0;
             for (name, action) in &report.entries {
                 match action {
-                    Action::Reused => reused += 1,
-                    Action::Issued => println!("issued    {name}"),
-                    Action::Reissued { reason } => println!("reissued  {name}: {reason}"),
+                    Issuance::Reused => reused += 1,
+                    Issuance::Issued => println!("issued    {name}"),
+                    Issuance::Reissued { reason } => println!("reissued  {name}: {reason}"),
                 }
             }
             let changed = report.entries.len() - reused;

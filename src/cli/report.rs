@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rampart::phases::Reporter;
+use rampart::engine::Reporter;
 
 pub enum Progress {
     Bars(Bars),

@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 
 use rcgen::{KeyPair, PublicKeyData};
-use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::inventory::Inventory;
@@ -18,38 +17,9 @@ use super::catalogue::{catalogue, CertSpec};
 use super::inspect::CertFacts;
 use super::issue::{self, Policy, Signer};
 use super::material::{encryption_key, push_keys, service_account, super_admin_conf, Missing};
+use super::report::{InitReport, Issuance};
 use super::store::{Pending, StateDir, StateKey, Unlock};
 use super::{par_map, Issued, Pki, PkiError};
-
-/// What `init` did with one item of the catalogue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "action", rename_all = "kebab-case")]
-pub enum Action {
-    Reused,
-    Issued,
-    Reissued { reason: String },
-}
-
-/// What `init` did, in catalogue order (then `sa` and `encryption-key`). Data only:
-/// the CLI prints it.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct InitReport {
-    pub entries: Vec<(String, Action)>,
-}
-
-impl InitReport {
-    pub fn action(&self, name: &str) -> Option<&Action> {
-        self.entries.iter().find(|(n, _)| n == name).map(|(_, a)| a)
-    }
-    /// Names of the entries whose action is not `Reused`.
-    pub fn changed(&self) -> Vec<&str> {
-        self.entries
-            .iter()
-            .filter(|(_, a)| *a != Action::Reused)
-            .map(|(n, _)| n.as_str())
-            .collect()
-    }
-}
 
 /// A certificate and key as found in the state dir (either may be missing).
 struct Stored {
@@ -101,12 +71,12 @@ pub fn init_with(
                     cert_pem: cert.clone(),
                     key_pem: k.clone(),
                 };
-                (issued, Action::Reused)
+                (issued, Issuance::Reused)
             }
             (None, None) => {
                 let issued = issue::self_signed_ca(spec, &policy)?;
                 pending.extend(files_for(dir, &key, &spec.name, &issued)?);
-                (issued, Action::Issued)
+                (issued, Issuance::Issued)
             }
             (cert, _) => return Err(half_missing(dir, &spec.name, cert.is_some())),
         };
@@ -137,7 +107,7 @@ pub fn init_with(
                     key_pem: st.key.clone().unwrap_or_else(|| Secret::new(vec![])),
                 };
                 certs.insert(spec.name.clone(), issued);
-                report.entries.push((spec.name.clone(), Action::Reused));
+                report.entries.push((spec.name.clone(), Issuance::Reused));
             }
             Some(action) => {
                 report.entries.push((spec.name.clone(), action));
@@ -168,7 +138,7 @@ pub fn init_with(
     let existing = report
         .entries
         .iter()
-        .any(|(n, a)| *a == Action::Reused && cas.contains_key(n));
+        .any(|(n, a)| *a == Issuance::Reused && cas.contains_key(n));
     fn missing<'a>(refuse: bool, policy: &'a Policy, pending: &'a mut Vec<Pending>) -> Missing<'a> {
         if refuse {
             Missing::Refuse("although the cluster's CAs exist (it was set up before)")
@@ -219,7 +189,7 @@ pub fn load(inv: &Inventory, dir: &StateDir, unlock: &Unlock) -> Result<Pki, Pki
             cas.insert(spec.name.clone(), facts);
         } else {
             let ca = &cas[spec.ca.as_deref().unwrap_or_default()];
-            if let Some(Action::Reissued { reason }) =
+            if let Some(Issuance::Reissued { reason }) =
                 examine(spec, st, ca, inv.security.key_algorithm, None)?
             {
                 return Err(PkiError::NotInitialised {
@@ -301,9 +271,9 @@ fn examine(
     ca: &CertFacts,
     alg: crate::inventory::KeyAlgorithm,
     now: Option<OffsetDateTime>,
-) -> Result<Option<Action>, PkiError> {
+) -> Result<Option<Issuance>, PkiError> {
     let Some(cert) = &st.cert else {
-        return Ok(Some(Action::Issued));
+        return Ok(Some(Issuance::Issued));
     };
     let facts = CertFacts::parse(&spec.name, cert)?;
     facts
@@ -327,7 +297,7 @@ fn examine(
         }
     }
     reasons.extend(facts.differences(spec, alg));
-    Ok((!reasons.is_empty()).then(|| Action::Reissued {
+    Ok((!reasons.is_empty()).then(|| Issuance::Reissued {
         reason: reasons.join("; "),
     }))
 }

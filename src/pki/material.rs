@@ -11,9 +11,9 @@ use rcgen::KeyPair;
 use crate::inventory::Inventory;
 use crate::secret::Secret;
 
-use super::init::Action;
 use super::issue::{self, Policy};
 use super::kubeconfig::kubeconfig;
+use super::report::Issuance;
 use super::store::{Pending, StateDir, StateKey};
 use super::{names, Pki, PkiError, PushKey};
 
@@ -31,7 +31,7 @@ pub(super) fn service_account(
     dir: &StateDir,
     key: &StateKey,
     missing: Missing<'_>,
-) -> Result<(Secret, String, Action), PkiError> {
+) -> Result<(Secret, String, Issuance), PkiError> {
     let (kp, pubp) = (dir.sa_key_path(), dir.sa_pub_path());
     match (dir.read_sealed(&kp, key)?, dir.read_public(&pubp)?) {
         (Some(private), Some(public)) => {
@@ -44,7 +44,7 @@ pub(super) fn service_account(
                     reason: "sa.pub is not the public half of sa.key".into(),
                 });
             }
-            Ok((private, public, Action::Reused))
+            Ok((private, public, Issuance::Reused))
         }
         (None, None) => {
             let Missing::Issue(policy, pending) = missing else {
@@ -63,7 +63,7 @@ pub(super) fn service_account(
                 path: pubp,
                 bytes: public.clone().into_bytes(),
             });
-            Ok((private, public, Action::Issued))
+            Ok((private, public, Issuance::Issued))
         }
         (private, _) => Err(PkiError::Corrupt {
             path: if private.is_some() { pubp } else { kp },
@@ -77,10 +77,10 @@ pub(super) fn encryption_key(
     dir: &StateDir,
     key: &StateKey,
     missing: Missing<'_>,
-) -> Result<(Secret, Action), PkiError> {
+) -> Result<(Secret, Issuance), PkiError> {
     let path = dir.encryption_key_path();
     match dir.read_sealed(&path, key)? {
-        Some(k) if k.expose().len() == 32 => Ok((k, Action::Reused)),
+        Some(k) if k.expose().len() == 32 => Ok((k, Issuance::Reused)),
         Some(k) => Err(PkiError::Corrupt {
             path,
             reason: format!("{} bytes, expected 32", k.expose().len()),
@@ -98,7 +98,7 @@ pub(super) fn encryption_key(
                 bytes: key.seal(k.expose(), &path)?,
                 path,
             });
-            Ok((k, Action::Issued))
+            Ok((k, Issuance::Issued))
         }
     }
 }
@@ -129,7 +129,7 @@ pub(super) fn push_keys(
     dir: &StateDir,
     key: &StateKey,
     mut issue: Option<&mut Vec<Pending>>,
-) -> Result<(PushKeys, Vec<(String, Action)>), PkiError> {
+) -> Result<(PushKeys, Vec<(String, Issuance)>), PkiError> {
     let mut keys = BTreeMap::new();
     let mut report = Vec::new();
     if inv.backups.as_ref().is_none_or(|b| b.target.is_none()) {
@@ -151,7 +151,7 @@ pub(super) fn push_keys(
                         reason: format!("not the public half of {}", kp.display()),
                     });
                 }
-                (PushKey { private, public }, Action::Reused)
+                (PushKey { private, public }, Issuance::Reused)
             }
             (None, None) => {
                 let Some(pending) = issue.as_deref_mut() else {
@@ -170,7 +170,7 @@ pub(super) fn push_keys(
                     path: pubp,
                     bytes: format!("{public}\n").into_bytes(),
                 });
-                (PushKey { private, public }, Action::Issued)
+                (PushKey { private, public }, Issuance::Issued)
             }
             (private, _) => {
                 return Err(PkiError::Corrupt {

@@ -20,6 +20,7 @@ pub mod kubeconfig;
 mod list;
 mod material;
 pub mod names;
+mod report;
 pub mod store;
 mod user;
 
@@ -30,10 +31,11 @@ use crate::secret::Secret;
 
 pub use catalogue::{catalogue, CertSpec, Usage};
 pub use error::PkiError;
-pub use init::{init, init_with, load, Action, InitReport};
+pub use init::{init, init_with, load};
 pub use kubeconfig::kubeconfig;
 pub use list::{list, CertInfo, Status, EXPIRY_WARNING};
 pub use material::super_admin_kubeconfig;
+pub use report::{InitReport, Issuance};
 pub use store::{StateDir, Unlock};
 pub use user::{tenant_group, user_kubeconfig};
 

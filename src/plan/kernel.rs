@@ -67,10 +67,7 @@ fn normalise(v: &str) -> String {
     v.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// `/proc/sys/<key with dots as slashes>`.
-pub fn proc_path(key: &str) -> String {
-    format!("/proc/sys/{}", key.replace('.', "/"))
-}
+pub use crate::layout::proc_path;
 
 /// The wanted settings whose value in effect differs. With `loading`
 /// (this apply loads the modules of a changed modules-load.d file first),

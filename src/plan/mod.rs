@@ -19,24 +19,9 @@ use crate::render::{Service, SystemUser};
 use desired::{Desired, Want};
 use facts::HostFacts;
 
-/// Where rampart keeps its own bookkeeping on a host.
-pub const STATE_DIR: &str = "/var/lib/rampart";
-/// What rampart installed last time (drives removals).
-pub const RECORD: &str = "/var/lib/rampart/record.json";
-/// Hold files: a unit whose file exists here cannot start (its
-/// `ConditionPathExists=!`); `backup restore` holds what talks to etcd.
-pub const HOLD_DIR: &str = "/var/lib/rampart/hold";
-/// The per-host lock.
-pub const LOCK: &str = "/var/lib/rampart/lock";
-/// Previous versions of replaced files, per apply.
-pub const BACKUP_DIR: &str = "/var/lib/rampart/backup";
-/// The cluster manifests (RBAC, tenants) on control-plane hosts.
-pub const ADDONS_DIR: &str = "/etc/kubernetes/addons";
-/// The binding that gives admin.conf's group cluster-admin: applied first,
-/// with the super-admin credential when admin.conf cannot yet do it itself.
-pub const CLUSTER_ADMINS_ADDON: &str = "/etc/kubernetes/addons/cluster-admins.yaml";
-/// sha256 of the manifests last applied to the cluster, on each control plane.
-pub const ADDONS_STAMP: &str = "/var/lib/rampart/addons.applied";
+pub use crate::layout::{
+    ADDONS_DIR, ADDONS_STAMP, BACKUP_DIR, CLUSTER_ADMINS_ADDON, HOLD_DIR, LOCK, RECORD, STATE_DIR,
+};
 
 /// What this run will not do (`--skip-phases`), so the plan shows only what
 /// will happen: skipped starts are not listed as restarts.
@@ -52,7 +37,7 @@ pub struct Skips {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Action {
+pub enum FileAction {
     Create,
     Update,
     Remove,
@@ -62,7 +47,7 @@ pub enum Action {
 #[derive(Debug, Clone, Serialize)]
 pub struct FileChange {
     pub path: String,
-    pub action: Action,
+    pub action: FileAction,
     /// What differs for an update: `content`, `mode 0644 -> 0600`, `owner a:b -> c:d`.
     pub what: Vec<String>,
     #[serde(with = "crate::render::octal")]
@@ -82,8 +67,8 @@ pub struct FileChange {
 impl FileChange {
     /// Whether the bytes must be (re)sent: creations and content changes.
     pub fn needs_upload(&self) -> bool {
-        self.action == Action::Create
-            || (self.action == Action::Update && self.what.iter().any(|w| w == "content"))
+        self.action == FileAction::Create
+            || (self.action == FileAction::Update && self.what.iter().any(|w| w == "content"))
     }
 }
 
@@ -91,7 +76,7 @@ impl FileChange {
 #[derive(Debug, Clone, Serialize)]
 pub struct DirChange {
     pub path: String,
-    pub action: Action,
+    pub action: FileAction,
     pub what: Vec<String>,
     #[serde(with = "crate::render::octal")]
     pub mode: u32,
@@ -170,7 +155,7 @@ impl HostPlan {
     pub fn diffable(&self) -> Vec<String> {
         self.files
             .iter()
-            .filter(|c| c.action == Action::Update && !c.secret && !c.binary)
+            .filter(|c| c.action == FileAction::Update && !c.secret && !c.binary)
             .filter(|c| c.what.iter().any(|w| w == "content"))
             .map(|c| c.path.clone())
             .collect()
@@ -199,11 +184,11 @@ pub fn unit_path(service: Service) -> String {
 fn compare(want: &Want, fact: Option<&facts::FileFact>) -> Option<FileChange> {
     let mut what = Vec::new();
     let action = match fact {
-        None => Action::Create,
+        None => FileAction::Create,
         Some(f) if f.kind != "regular file" => {
             what.push(format!("{} -> regular file", f.kind));
             what.push("content".to_string());
-            Action::Update
+            FileAction::Update
         }
         Some(f) => {
             if f.sha256.as_deref() != Some(want.sha256.as_str()) {
@@ -221,7 +206,7 @@ fn compare(want: &Want, fact: Option<&facts::FileFact>) -> Option<FileChange> {
             if what.is_empty() {
                 return None;
             }
-            Action::Update
+            FileAction::Update
         }
     };
     Some(FileChange {
@@ -261,7 +246,7 @@ pub fn plan_host(host: &str, desired: &Desired, facts: &HostFacts, skips: &Skips
             if !managed && facts.files.contains_key(path) {
                 files.push(FileChange {
                     path: path.clone(),
-                    action: Action::Remove,
+                    action: FileAction::Remove,
                     what: vec![],
                     mode: 0,
                     owner: String::new(),
@@ -285,7 +270,7 @@ pub fn plan_host(host: &str, desired: &Desired, facts: &HostFacts, skips: &Skips
         .iter()
         .filter_map(|d| {
             let (action, what) = match facts.dirs.get(&d.path) {
-                None => (Action::Create, vec![]),
+                None => (FileAction::Create, vec![]),
                 Some(f) => {
                     let mut what = Vec::new();
                     if f.mode != d.mode {
@@ -301,7 +286,7 @@ pub fn plan_host(host: &str, desired: &Desired, facts: &HostFacts, skips: &Skips
                     if what.is_empty() {
                         return None;
                     }
-                    (Action::Update, what)
+                    (FileAction::Update, what)
                 }
             };
             Some(DirChange {

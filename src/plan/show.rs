@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Action, HostPlan, ServiceAction};
+use super::{FileAction, HostPlan, ServiceAction};
 
 /// A unified diff (via `similar`) of two text versions; None for binary data.
 pub fn unified_diff(path: &str, old: &[u8], new: &[u8]) -> Option<String> {
@@ -25,7 +25,7 @@ pub fn summary(p: &HostPlan) -> String {
     if p.is_noop() {
         return format!("{}: no changes ({} files up to date)", p.host, p.unchanged);
     }
-    let count = |a: Action| {
+    let count = |a: FileAction| {
         p.files
             .iter()
             .chain(&p.binaries)
@@ -34,15 +34,19 @@ pub fn summary(p: &HostPlan) -> String {
     };
     let mut parts = Vec::new();
     for (n, word) in [
-        (count(Action::Create), "to create"),
-        (count(Action::Update), "to update"),
-        (count(Action::Remove), "to remove"),
+        (count(FileAction::Create), "to create"),
+        (count(FileAction::Update), "to update"),
+        (count(FileAction::Remove), "to remove"),
     ] {
         if n > 0 {
             parts.push(format!("{n} {word}"));
         }
     }
-    let new_dirs = p.dirs.iter().filter(|d| d.action == Action::Create).count();
+    let new_dirs = p
+        .dirs
+        .iter()
+        .filter(|d| d.action == FileAction::Create)
+        .count();
     for (n, word) in [(new_dirs, "to create"), (p.dirs.len() - new_dirs, "to fix")] {
         if n > 0 {
             parts.push(format!("{n} dir{} {word}", if n == 1 { "" } else { "s" }));
@@ -82,7 +86,11 @@ pub fn host(p: &HostPlan) -> String {
         let _ = writeln!(s, "  + user {} (system, home {})", u.name, u.home);
     }
     for d in &p.dirs {
-        let sign = if d.action == Action::Create { '+' } else { '~' };
+        let sign = if d.action == FileAction::Create {
+            '+'
+        } else {
+            '~'
+        };
         let _ = writeln!(
             s,
             "  {sign} {}/ ({:04o} {}:{}){}",
@@ -95,9 +103,9 @@ pub fn host(p: &HostPlan) -> String {
     }
     for c in p.binaries.iter().chain(&p.files) {
         let sign = match c.action {
-            Action::Create => '+',
-            Action::Update => '~',
-            Action::Remove => '-',
+            FileAction::Create => '+',
+            FileAction::Update => '~',
+            FileAction::Remove => '-',
         };
         let tag = if c.secret {
             " [secret]"
@@ -106,7 +114,7 @@ pub fn host(p: &HostPlan) -> String {
         } else {
             ""
         };
-        if c.action == Action::Remove {
+        if c.action == FileAction::Remove {
             let _ = writeln!(s, "  - {} (kept in the backup dir)", c.path);
             continue;
         }

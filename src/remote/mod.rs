@@ -164,25 +164,6 @@ mod tests {
     /// (a fresh cluster's apply-manifests once reported only an unrelated
     /// RoleBinding, the last line).
     #[test]
-    fn transport_errors_leave_the_host_name_to_the_report() {
-        let e = crate::phases::PhaseError {
-            phase: "install-files",
-            failures: vec![(
-                "bravo".into(),
-                RemoteError::Disconnected {
-                    host: "bravo".into(),
-                    reason: "broken pipe".into(),
-                }
-                .into(),
-            )],
-        };
-        assert_eq!(
-            e.to_string(),
-            "phase install-files failed on 1 host:\n  - bravo: connection lost: broken pipe"
-        );
-    }
-
-    #[test]
     fn failed_scripts_report_the_first_cause() {
         let out = Output {
             status: Some(1),

@@ -104,14 +104,14 @@ pub fn facts(req: &FactsRequest) -> String {
             s,
             "k={k}; p={p}; if [ -r \"$p\" ]; then v=$(tr '\\t' ' ' < \"$p\"); if [ -w \"$p\" ]; then w=rw; else w=ro; fi; printf 'sysctl\\t%s\\t%s\\t%s\\n' \"$k\" \"$v\" \"$w\"; else printf 'sysctl\\t%s\\t-\\tro\\n' \"$k\"; fi",
             k = quote(key),
-            p = at(&crate::plan::kernel::proc_path(key)),
+            p = at(&crate::layout::proc_path(key)),
         );
     }
     // Units an unfinished restore holds stopped (see crate::restore::script).
     let _ = writeln!(
         s,
         "for f in {}/*; do if [ -f \"$f\" ]; then printf 'hold\\t%s\\t%s\\n' \"${{f##*/}}\" \"$(cut -f1 \"$f\")\"; fi; done",
-        at(crate::plan::HOLD_DIR)
+        at(crate::layout::HOLD_DIR)
     );
     let _ = writeln!(
         s,
@@ -231,7 +231,7 @@ pub struct Commit {
     /// Files rampart installed before and no longer manages.
     pub remove: Vec<String>,
     /// System accounts to create first: directories may belong to them.
-    pub users: Vec<crate::render::SystemUser>,
+    pub users: Vec<crate::layout::SystemUser>,
     /// Directories to create or fix (mode, owner).
     pub dirs: Vec<Attrs>,
     /// Files to fix in place (mode, owner), contents unchanged.
@@ -522,7 +522,7 @@ mod tests {
                 owner: "root".into(),
                 group: "root".into(),
             }],
-            users: vec![crate::render::SystemUser {
+            users: vec![crate::layout::SystemUser {
                 name: "rampart-backup".into(),
                 home: "/var/lib/rampart-backup".into(),
             }],

@@ -11,7 +11,7 @@ use crate::backup::{AgentConfig, RetentionPolicy, PUSH_KEY_PATH, RAMPART_PATH};
 use crate::inventory::{Host, Inventory};
 use crate::pki::Pki;
 
-use super::host::Builder;
+use super::builder::Builder;
 use super::{Contents, RenderError, Service, SystemUser};
 
 /// The scheduled job on an etcd member, when the inventory has `backups:`.
@@ -24,7 +24,7 @@ pub(super) fn member(
 ) -> Result<(), RenderError> {
     let (Some(config), Some((service, timer))) = (
         AgentConfig::from_inventory(inv, host),
-        crate::backup::units(inv, host)?,
+        super::backup_units::units(inv, host)?,
     ) else {
         return Ok(());
     };

@@ -130,14 +130,7 @@ pub struct Dir {
     pub group: String,
 }
 
-/// A system account the host must have (the backup target's receiving user).
-/// Created locked to passwords (`*`) with `/bin/sh` as its shell: sshd runs
-/// the forced command through it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SystemUser {
-    pub name: String,
-    pub home: String,
-}
+pub use crate::layout::SystemUser;
 
 /// Everything one host must hold.
 #[derive(Debug, Clone, Default)]

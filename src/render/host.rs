@@ -5,16 +5,14 @@
 //! kubelet and kube-proxy. Workers never receive CA keys, the service-account
 //! key, the encryption key or any etcd material: nothing in `node` adds them.
 
-use std::collections::BTreeMap;
-
 use crate::inventory::{Host, Inventory};
-use crate::pki::{names, Issued, Pki};
-use crate::secret::Secret;
+use crate::pki::{names, Pki};
 
+use super::builder::Builder;
 use super::context::{https_url, secure_port, ApiserverUnit, ControlPlaneUnit, EtcdUnit, NodeUnit};
 use super::shared::{cert, Shared};
 use super::templates::{self, render};
-use super::{Contents, Dir, File, HostBundle, RenderError, Service, SystemUser};
+use super::{Contents, HostBundle, RenderError, Service};
 use crate::pki::kubeconfig;
 
 use Service::*;
@@ -24,91 +22,13 @@ const CONTAINERD_CONFIG_PATH: &str = "/etc/containerd/config.toml";
 /// Named by `conf_template` in containerd's config.
 const CNI_TEMPLATE_PATH: &str = "/etc/containerd/cni-bridge.conflist.tmpl";
 
-/// Files and dirs of one host, keyed by path; a path added twice (e.g. `ca.crt`
-/// by two roles) keeps one copy and feeds the union of services.
-pub(super) struct Builder {
-    files: BTreeMap<String, File>,
-    dirs: BTreeMap<String, Dir>,
-    users: Vec<SystemUser>,
-}
-
-impl Builder {
-    pub(super) fn file(&mut self, path: &str, mode: u32, contents: Contents, services: &[Service]) {
-        if let Some(existing) = self.files.get_mut(path) {
-            debug_assert_eq!(
-                existing.contents, contents,
-                "{path} rendered twice, differently"
-            );
-            existing.services.extend_from_slice(services);
-            return;
-        }
-        self.files.insert(
-            path.to_string(),
-            File {
-                path: path.to_string(),
-                mode,
-                owner: "root".into(),
-                group: "root".into(),
-                contents,
-                services: services.to_vec(),
-            },
-        );
-    }
-
-    /// Unit files, configs and kubeconfigs: root:root 0600 (CIS 1.1.x, 4.1.x).
-    pub(super) fn config(&mut self, path: &str, text: String, services: &[Service]) {
-        self.file(path, 0o600, Contents::Plain(text.into_bytes()), services);
-    }
-
-    pub(super) fn secret(&mut self, path: &str, secret: Secret, services: &[Service]) {
-        self.file(path, 0o600, Contents::Secret(secret), services);
-    }
-
-    /// A certificate and (when `key` is set) its key, as `<base>.crt` / `<base>.key`.
-    /// Certificates are 0600 too: nothing but root reads them, and 0600 passes
-    /// both CIS 1.1.20 (certs ≤ 644) and 1.1.21 (keys 600).
-    fn pair(&mut self, base: &str, issued: &Issued, services: &[Service]) {
-        self.cert(&format!("{base}.crt"), &issued.cert_pem, services);
-        self.secret(&format!("{base}.key"), issued.key_pem.clone(), services);
-    }
-
-    fn cert(&mut self, path: &str, pem: &str, services: &[Service]) {
-        self.file(
-            path,
-            0o600,
-            Contents::Plain(pem.as_bytes().to_vec()),
-            services,
-        );
-    }
-
-    pub(super) fn user(&mut self, user: SystemUser) {
-        self.users.push(user);
-    }
-
-    pub(super) fn dir(&mut self, path: &str, mode: u32, owner: &str) {
-        self.dirs.insert(
-            path.to_string(),
-            Dir {
-                path: path.to_string(),
-                mode,
-                owner: owner.into(),
-                group: owner.into(),
-            },
-        );
-    }
-}
-
 pub fn host_bundle(
     inv: &Inventory,
     pki: &Pki,
     shared: &Shared,
     host: &Host,
 ) -> Result<HostBundle, RenderError> {
-    let mut b = Builder {
-        files: BTreeMap::new(),
-        dirs: BTreeMap::new(),
-        users: Vec::new(),
-    };
+    let mut b = Builder::default();
     if host.roles.etcd {
         etcd(&mut b, inv, pki, shared, host)?;
     }
@@ -130,25 +50,7 @@ pub fn host_bundle(
             Backups => host.roles.etcd && inv.backups.is_some(),
         })
         .collect();
-    let files = b
-        .files
-        .into_values()
-        .map(|mut f| {
-            // A file only restarts services this host runs (ca.crt feeds the
-            // apiserver on a control plane, only the kubelet on a worker).
-            f.services.retain(|s| services.contains(s));
-            f.services.sort();
-            f.services.dedup();
-            f
-        })
-        .collect();
-    Ok(HostBundle {
-        files,
-        dirs: b.dirs.into_values().collect(),
-        services,
-        users: b.users,
-        receives_backups: host.roles.backup_target,
-    })
+    Ok(b.finish(services, host.roles.backup_target))
 }
 
 fn unit_path(s: Service) -> String {
@@ -313,7 +215,7 @@ fn control_plane(
         &[],
     );
     b.config(
-        crate::plan::CLUSTER_ADMINS_ADDON,
+        crate::layout::CLUSTER_ADMINS_ADDON,
         shared.addon_cluster_admins.clone(),
         &[],
     );

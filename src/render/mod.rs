@@ -10,7 +10,9 @@
 //! - `tls`: how each component spells the cipher-suite list.
 //! - `systemd`: the one escaping layer for values in unit files.
 
+mod backup_units;
 mod backups;
+mod builder;
 mod bundle;
 mod context;
 mod encryption;
@@ -18,6 +20,7 @@ mod host;
 mod shared;
 pub mod systemd;
 pub(crate) mod templates;
+pub use backup_units::units as backup_units;
 mod tls;
 
 pub(crate) use bundle::octal;

@@ -42,21 +42,22 @@ impl Step {
             Step::RolledBack => "rolled-back",
         }
     }
+}
 
-    fn parse(name: &str) -> Option<Step> {
-        [
-            Step::Started,
-            Step::StoppedApiserver,
-            Step::StoppedEtcd,
-            Step::MovedAside,
-            Step::Restored,
-            Step::StartedEtcd,
-            Step::StartedApiserver,
-            Step::Done,
-            Step::RolledBack,
-        ]
-        .into_iter()
-        .find(|s| s.name() == name)
+impl crate::engine::runbook::JournalStep for Step {
+    const ALL: &'static [Step] = &[
+        Step::Started,
+        Step::StoppedApiserver,
+        Step::StoppedEtcd,
+        Step::MovedAside,
+        Step::Restored,
+        Step::StartedEtcd,
+        Step::StartedApiserver,
+        Step::Done,
+        Step::RolledBack,
+    ];
+    fn name(self) -> &'static str {
+        Step::name(self)
     }
 }
 
@@ -66,25 +67,13 @@ impl std::fmt::Display for Step {
     }
 }
 
-/// The steps a journal records, in order; unknown or torn lines are ignored
-/// (a later rampart may know more steps; a torn line was never finished).
-pub fn parse(text: &str) -> Vec<Step> {
-    text.lines()
-        .filter_map(|l| {
-            let (name, time) = l.split_once('\t')?;
-            (!time.is_empty()).then_some(())?;
-            Step::parse(name)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn reads_whole_lines_only() {
-        let steps = parse(
+        let steps: Vec<Step> = crate::engine::runbook::parse_journal(
             "started\t2026-11-30T15:00:00Z\nstopped-etcd\t2026-11-30T15:00:01Z\nmoved-aside\t2026-11-30T15:00:02Z\nrestored\n",
         );
         assert_eq!(

@@ -16,9 +16,13 @@ pub mod script;
 
 pub use journal::Step;
 pub use plan::{
-    plan_restore, plan_resume, plan_rollback, HostFacts, MemberPlan, PlanError, RestorePlan,
+    plan_restore, plan_resume, plan_rollback, MemberPlan, PlanError, RestoreFacts, RestorePlan,
     RollbackPlan, SnapshotMeta, Tool,
 };
+
+/// The runbook's kind: names its journals (`/var/lib/rampart/restore/`) and
+/// its saved plans (`<state dir>/restores/`).
+pub const RUNBOOK: &str = "restore";
 
 /// Where every member's data lives (the unit's `--data-dir`).
 pub const DATA_DIR: &str = "/var/lib/etcd";
@@ -37,7 +41,7 @@ pub fn rolled_back_dir(stamp: &str) -> String {
 
 /// The member's journal of restore `id`.
 pub fn journal_path(id: &str) -> String {
-    format!("{RESTORE_DIR}/{id}.journal")
+    crate::engine::runbook::journal_path(RUNBOOK, id)
 }
 
 /// Where the plaintext snapshot is uploaded (0600, removed once restored).
@@ -46,16 +50,8 @@ pub fn upload_path(id: &str) -> String {
 }
 
 /// A restore id: `YYYYmmddTHHMMSSZ` (UTC), also the token suffix and the
-/// moved-aside dir's suffix. Only these characters may appear, since ids
-/// given to `--resume`/`--rollback` end up in paths.
-pub fn valid_id(id: &str) -> bool {
-    id.len() == 16
-        && id.bytes().enumerate().all(|(i, b)| match i {
-            8 => b == b'T',
-            15 => b == b'Z',
-            _ => b.is_ascii_digit(),
-        })
-}
+/// moved-aside dir's suffix (see [`crate::engine::runbook::valid_id`]).
+pub use crate::engine::runbook::valid_id;
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::journal::{self, Step};
+use super::journal::Step;
 use super::{pre_restore_dir, rolled_back_dir, DATA_DIR};
 use crate::inventory::Inventory;
 use crate::render::https_url;
@@ -59,7 +59,7 @@ impl Tool {
 /// What one host said before the restore (`script::facts`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct HostFacts {
+pub struct RestoreFacts {
     /// `3.4.23` from `etcd --version`; None when there is no etcd binary.
     pub etcd_version: Option<String>,
     pub etcdctl: bool,
@@ -77,10 +77,10 @@ pub struct HostFacts {
     pub journal: Vec<Step>,
 }
 
-impl HostFacts {
+impl RestoreFacts {
     /// Parses the facts script's `kind\tvalue…` lines; it must end with `end`.
-    pub fn parse(text: &str) -> Result<HostFacts, String> {
-        let mut f = HostFacts::default();
+    pub fn parse(text: &str) -> Result<RestoreFacts, String> {
+        let mut f = RestoreFacts::default();
         let mut journal = String::new();
         let mut ended = false;
         for line in text.lines() {
@@ -113,7 +113,7 @@ impl HostFacts {
         if !ended {
             return Err("the restore facts script ended early".into());
         }
-        f.journal = journal::parse(&journal);
+        f.journal = crate::engine::runbook::parse_journal(&journal);
         Ok(f)
     }
 }
@@ -206,7 +206,7 @@ fn list(items: &[(String, String)]) -> String {
 pub fn plan_restore(
     inv: &Inventory,
     snapshot: SnapshotMeta,
-    facts: &BTreeMap<String, HostFacts>,
+    facts: &BTreeMap<String, RestoreFacts>,
     id: &str,
 ) -> Result<RestorePlan, PlanError> {
     let members: Vec<_> = inv.etcd_members().collect();
@@ -220,7 +220,7 @@ pub fn plan_restore(
         .join(",");
     let mut problems = Vec::new();
     let mut planned = Vec::new();
-    let empty = HostFacts::default();
+    let empty = RestoreFacts::default();
     for m in &members {
         let f = facts.get(&m.name).unwrap_or(&empty);
         let mut problem = |msg: String| problems.push((m.name.clone(), msg));
@@ -313,7 +313,7 @@ pub fn plan_restore(
 pub fn plan_resume(
     inv: &Inventory,
     saved: &RestorePlan,
-    facts: &BTreeMap<String, HostFacts>,
+    facts: &BTreeMap<String, RestoreFacts>,
 ) -> Result<RestorePlan, PlanError> {
     let mut plan = saved.clone();
     let mut problems = Vec::new();
@@ -386,7 +386,7 @@ fn restore_steps(p: &RestorePlan) -> Vec<String> {
 /// kube-apiserver unit, and those whose apiserver runs.
 fn control_planes(
     inv: &Inventory,
-    facts: &BTreeMap<String, HostFacts>,
+    facts: &BTreeMap<String, RestoreFacts>,
     apiservers: &[String],
 ) -> Vec<String> {
     inv.hosts
@@ -472,7 +472,7 @@ pub fn plan_rollback(
     inv: &Inventory,
     id: &str,
     stamp: &str,
-    facts: &BTreeMap<String, HostFacts>,
+    facts: &BTreeMap<String, RestoreFacts>,
     saved: Option<&RestorePlan>,
 ) -> Result<RollbackPlan, PlanError> {
     let names: Vec<String> = match saved {
@@ -482,7 +482,7 @@ pub fn plan_rollback(
     if names.is_empty() {
         return Err(PlanError::NoMembers);
     }
-    let empty = HostFacts::default();
+    let empty = RestoreFacts::default();
     let mut problems = Vec::new();
     let mut members = Vec::new();
     for n in &names {
@@ -546,7 +546,7 @@ mod tests {
 
     #[test]
     fn reads_facts() {
-        let f = HostFacts::parse(
+        let f = RestoreFacts::parse(
             "etcd\tetcd Version: 3.4.23\netcdctl\tyes\netcdutl\tno\nunit\tetcd\tloaded\tactive\nunit\tkube-apiserver\tnot-found\tinactive\ndatadir\tyes\nmoved\tno\njournal\tstarted\t2026-11-30T15:00:00Z\nend\n",
         )
         .unwrap();
@@ -554,7 +554,7 @@ mod tests {
         assert!(f.etcdctl && !f.etcdutl && f.etcd_unit && f.etcd_active);
         assert!(!f.apiserver_unit && !f.apiserver_active);
         assert_eq!(f.journal, vec![Step::Started]);
-        assert!(HostFacts::parse("etcd\t-\n").is_err());
+        assert!(RestoreFacts::parse("etcd\t-\n").is_err());
         assert_eq!(minor("3.5.17"), Some((3, 5)));
     }
 }

@@ -11,23 +11,16 @@ use std::fmt::Write as _;
 
 use super::journal::Step;
 use super::plan::{MemberPlan, Tool};
-use super::{journal_path, pre_restore_dir, rolled_back_dir, upload_path, DATA_DIR, RESTORE_DIR};
-use crate::plan::HOLD_DIR;
+use super::{journal_path, pre_restore_dir, rolled_back_dir, upload_path, DATA_DIR};
+use crate::layout::HOLD_DIR;
 use crate::remote::script::{at, quote, staged_path, PRELUDE};
 
 const PKI: &str = "/etc/kubernetes/pki/etcd";
 
 /// Prelude plus `note STEP`: appends `STEP\t<UTC time>` to the journal of
-/// restore `id` with one `O_APPEND` write, then fsyncs it.
+/// restore `id` (see [`crate::engine::runbook::journal_prelude`]).
 fn header(id: &str) -> String {
-    let mut s = String::from(PRELUDE);
-    let _ = writeln!(s, "J={}", at(&journal_path(id)));
-    let _ = writeln!(
-        s,
-        "note() {{\n  (umask 077; mkdir -p {dir})\n  printf '%s\\t%s\\n' \"$1\" \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" >> \"$J\"\n  sync \"$J\"\n}}",
-        dir = at(RESTORE_DIR)
-    );
-    s
+    crate::engine::runbook::journal_prelude(super::RUNBOOK, id)
 }
 
 /// One round trip before planning: etcd's version, its tools, the units,

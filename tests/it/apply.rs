@@ -8,11 +8,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rampart::actions::apply::{self, ApplyError, ConnectError, Connector, Options, Prepared};
+use rampart::actions::apply::{self, ApplyError, ApplyOptions, ApplyRun};
+use rampart::engine::{Cancel, Silent};
+use rampart::engine::{ConnectError, Connector};
 use rampart::inventory::{parse, Host, Inventory};
-use rampart::phases::{Cancel, Silent};
 use rampart::pki::{self, StateDir, Unlock};
-use rampart::plan::Action;
+use rampart::plan::FileAction;
 use rampart::remote::local::LocalRemote;
 use rampart::remote::{BoxFuture, Input, Remote};
 use rampart::render::{self, Bundle};
@@ -113,8 +114,8 @@ fn inventory(extra: &str) -> Inventory {
         .inventory
 }
 
-fn options(lock: bool) -> Options {
-    Options {
+fn options(lock: bool) -> ApplyOptions {
+    ApplyOptions {
         hosts: None,
         skip: SKIP.iter().map(|s| s.to_string()).collect(),
         concurrency: 4,
@@ -126,12 +127,12 @@ fn options(lock: bool) -> Options {
     }
 }
 
-async fn prepare(
-    lab: &Lab,
+async fn prepare<'l>(
+    lab: &'l Lab,
     inv: &Inventory,
     bundle: &Bundle,
     lock: bool,
-) -> Result<Prepared, ApplyError> {
+) -> Result<ApplyRun<'l>, ApplyError> {
     apply::prepare(
         inv,
         bundle,
@@ -143,9 +144,9 @@ async fn prepare(
     .await
 }
 
-async fn apply(lab: &Lab, inv: &Inventory, bundle: &Bundle) -> Prepared {
+async fn apply<'l>(lab: &'l Lab, inv: &Inventory, bundle: &Bundle) -> ApplyRun<'l> {
     let mut p = prepare(lab, inv, bundle, true).await.unwrap();
-    apply::execute(inv, &p, &options(true), &Silent, &Cancel::default())
+    apply::execute(inv, &mut p, &options(true), &Silent, &Cancel::default())
         .await
         .unwrap();
     p.release().await;
@@ -234,15 +235,21 @@ async fn apply_installs_the_bundle_then_converges_to_no_changes() {
 
     // Second run: nothing to do, nothing restarted, nothing enabled again.
     let log_before = lab.systemctl_log("cp1");
-    let second = prepare(&lab, &inv, &bundle, true).await.unwrap();
+    let mut second = prepare(&lab, &inv, &bundle, true).await.unwrap();
     assert!(
         second.is_noop(),
         "{:#?}",
         second.reports().iter().map(|r| &r.plan).collect::<Vec<_>>()
     );
-    apply::execute(&inv, &second, &options(true), &Silent, &Cancel::default())
-        .await
-        .unwrap();
+    apply::execute(
+        &inv,
+        &mut second,
+        &options(true),
+        &Silent,
+        &Cancel::default(),
+    )
+    .await
+    .unwrap();
     let calls: Vec<String> = lab.systemctl_log("cp1")[log_before.len()..]
         .lines()
         .filter(|l| !l.starts_with("is-") && !l.starts_with("--version"))
@@ -280,7 +287,7 @@ async fn a_changed_value_changes_exactly_its_files_and_restarts_only_their_servi
     let cp1 = by_host["cp1"];
     let changed: Vec<&str> = cp1.files.iter().map(|c| c.path.as_str()).collect();
     assert_eq!(changed, ["/etc/systemd/system/kube-apiserver.service"]);
-    assert_eq!(cp1.files[0].action, Action::Update);
+    assert_eq!(cp1.files[0].action, FileAction::Update);
     let diff = cp1.files[0]
         .diff
         .as_deref()

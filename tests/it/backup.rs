@@ -591,7 +591,7 @@ fn backup_units_pass_systemd_analyze_verify() {
     let inv = parse(INVENTORY, Path::new("inventory.yaml"))
         .unwrap()
         .inventory;
-    let (service, timer) = backup::units(&inv, inv.host("e3").unwrap())
+    let (service, timer) = rampart::render::backup_units(&inv, inv.host("e3").unwrap())
         .unwrap()
         .unwrap();
     super::systemd::verify(&[
@@ -599,7 +599,7 @@ fn backup_units_pass_systemd_analyze_verify() {
         ("rampart-backup.timer".into(), timer),
     ])
     .unwrap_or_else(|e| panic!("systemd-analyze verify failed:\n{e}"));
-    assert!(backup::units(&inv, inv.host("w1").unwrap())
+    assert!(rampart::render::backup_units(&inv, inv.host("w1").unwrap())
         .unwrap()
         .is_none());
 }

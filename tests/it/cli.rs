@@ -49,3 +49,70 @@ fn a_missing_inventory_file_is_an_io_failure() {
         "{err}"
     );
 }
+
+/// `apply`'s phase list is the one definition of its phases: the table in
+/// docs/apply.md (names, order, which can be skipped) and `--help` are read
+/// against it, and `--skip-phases` refuses what it does not list, naming
+/// what it does. Once the help offered `connect`, which the run refused.
+#[test]
+fn apply_phases_docs_and_help_come_from_the_phase_list() {
+    let phases = rampart::actions::apply::phase_catalogue();
+    let docs = std::fs::read_to_string(format!("{ROOT}/docs/apply.md")).unwrap();
+    let table: Vec<(String, String)> = docs
+        .split("## What `apply` does, phase by phase")
+        .nth(1)
+        .expect("the phase section")
+        .lines()
+        .skip_while(|l| !l.starts_with("| ---"))
+        .skip(1)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cols: Vec<&str> = l.split(" | ").collect();
+            // `name`, maybe with a note after it; or — when it cannot be skipped.
+            let last = cols.last().unwrap().trim_end_matches(" |");
+            let skip = last.split('`').nth(1).unwrap_or(last);
+            (
+                cols[0].trim_start_matches("| ").to_string(),
+                skip.to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = phases
+        .iter()
+        .map(|p| {
+            let skip = if p.skippable { p.name } else { "—" };
+            (p.name.to_string(), skip.to_string())
+        })
+        .collect();
+    assert_eq!(table, want, "docs/apply.md's phase table");
+
+    let help = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(["apply", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for p in &phases {
+        let listed = help.lines().any(|l| {
+            l.trim_start().starts_with(&format!("- {}:", p.name)) && l.trim_end().ends_with(p.title)
+        });
+        assert_eq!(listed, p.skippable, "{} in:\n{help}", p.name);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args([
+            "apply",
+            "-i",
+            "inventories/ha.yaml",
+            "--skip-phases",
+            "connect",
+        ])
+        .current_dir(ROOT)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid value 'connect'") && err.contains("preflight"),
+        "{err}"
+    );
+}

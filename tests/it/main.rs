@@ -9,6 +9,7 @@ mod fuzz;
 mod hostile;
 mod inventory;
 mod lab;
+mod modules;
 mod pki;
 mod push;
 mod render;

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use age::secrecy::{ExposeSecret, SecretString};
 use rampart::inventory::{parse, Inventory};
-use rampart::pki::{self, Action, PkiError, StateDir, Status, Unlock};
+use rampart::pki::{self, Issuance, PkiError, StateDir, Status, Unlock};
 use time::OffsetDateTime;
 
 const HA: &str = r#"
@@ -82,7 +82,7 @@ fn every_leaf_verifies_with_openssl_for_its_purpose() {
     let f = fixture();
     let inv = inventory(HA);
     let (pki, report) = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
-    assert!(report.entries.iter().all(|(_, a)| *a == Action::Issued));
+    assert!(report.entries.iter().all(|(_, a)| *a == Issuance::Issued));
     let work = f.tmp.path().join("verify");
     fs::create_dir(&work).unwrap();
     let mut checked = 0;
@@ -117,8 +117,8 @@ fn second_init_reuses_everything_and_load_agrees() {
     let (first, _) = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
     let (second, report) = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
     assert_eq!(report.changed(), Vec::<&str>::new());
-    assert_eq!(report.action("sa"), Some(&Action::Reused));
-    assert_eq!(report.action("encryption-key"), Some(&Action::Reused));
+    assert_eq!(report.action("sa"), Some(&Issuance::Reused));
+    assert_eq!(report.action("encryption-key"), Some(&Issuance::Reused));
     assert_eq!(
         first.get("apiserver").cert_pem,
         second.get("apiserver").cert_pem
@@ -155,7 +155,7 @@ fn changed_endpoint_reissues_only_the_apiserver_with_the_reason() {
     assert_eq!(report.changed(), ["apiserver"]);
     assert_eq!(
         report.action("apiserver"),
-        Some(&Action::Reissued {
+        Some(&Issuance::Reissued {
             reason: "SANs changed: +DNS:new.example -DNS:api.example.com".into()
         })
     );
@@ -187,7 +187,7 @@ fn a_new_host_adds_only_its_certificates() {
         report.changed(),
         ["kubelet-client-w3", "kubelet-serving-w3"]
     );
-    assert_eq!(report.action("kubelet-serving-w3"), Some(&Action::Issued));
+    assert_eq!(report.action("kubelet-serving-w3"), Some(&Issuance::Issued));
 }
 
 #[test]
@@ -408,10 +408,12 @@ fn expired_leaves_are_reissued() {
     pki::init(&inv, &f.dir, &f.unlock, start).unwrap();
     let (_, report) = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
     match report.action("apiserver") {
-        Some(Action::Reissued { reason }) => assert!(reason.starts_with("expired on"), "{reason}"),
+        Some(Issuance::Reissued { reason }) => {
+            assert!(reason.starts_with("expired on"), "{reason}")
+        }
         other => panic!("{other:?}"),
     }
-    assert_eq!(report.action("ca"), Some(&Action::Reused));
+    assert_eq!(report.action("ca"), Some(&Issuance::Reused));
 }
 
 #[test]
@@ -618,7 +620,7 @@ fn lost_cluster_keys_are_never_regenerated_silently() {
         }
         // On request it is issued, and says so.
         let (_, report) = pki::init_with(&inv, &f.dir, &f.unlock, now(), true).unwrap();
-        assert_eq!(report.action(name), Some(&Action::Issued));
+        assert_eq!(report.action(name), Some(&Issuance::Issued));
         for (p, old) in paths.iter().zip(kept) {
             fs::write(p, old).unwrap();
         }
@@ -626,7 +628,7 @@ fn lost_cluster_keys_are_never_regenerated_silently() {
     // A new cluster still gets them without asking.
     let fresh = fixture();
     let (_, report) = pki::init(&inv, &fresh.dir, &fresh.unlock, now()).unwrap();
-    assert_eq!(report.action("encryption-key"), Some(&Action::Issued));
+    assert_eq!(report.action("encryption-key"), Some(&Issuance::Issued));
 }
 
 /// S4: a missing `state-key.age` once made `init` write a new state key,

@@ -15,11 +15,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rampart::actions::apply::{ConnectError, Connector};
-use rampart::actions::restore::{self as engine, Options, RestoreError};
+use rampart::actions::restore::{
+    self as engine, Mode, Planned, Prepared, RestoreError, RestoreRequest,
+};
 use rampart::backup::{VerifyError, VerifyOptions};
+use rampart::engine::runbook::PlanStore;
+use rampart::engine::{Cancel, Silent};
+use rampart::engine::{ConnectError, Connector};
 use rampart::inventory::{parse, Host, Inventory};
-use rampart::phases::{Cancel, Silent};
 use rampart::remote::local::LocalRemote;
 use rampart::remote::script::{stage, Staged};
 use rampart::remote::{BoxFuture, Input, Remote};
@@ -206,11 +209,32 @@ fn inventory() -> Inventory {
         .inventory
 }
 
-fn options() -> Options {
-    Options {
+/// A restore of restore `ID` (a new one starts at the time its id names).
+fn request(mode: Mode, file: Option<&Path>, verify: VerifyOptions, state: &Path) -> RestoreRequest {
+    RestoreRequest {
+        mode,
+        file: file.map(Path::to_path_buf),
+        verify,
+        state_dir: state.to_path_buf(),
         concurrency: 4,
-        lock: true,
+        dry_run: false,
         owner: "restore engine test".into(),
+        now: time::macros::datetime!(2026-11-30 15:00:00 UTC),
+    }
+}
+
+async fn prepare<'r>(
+    inv: &Inventory,
+    req: &RestoreRequest,
+    hosts: &'r Hosts,
+) -> Result<Prepared<'r>, RestoreError> {
+    engine::prepare(inv, req, hosts, &Silent, &Cancel::default()).await
+}
+
+fn restore_plan(p: &Prepared) -> rampart::restore::RestorePlan {
+    match &p.plan {
+        Planned::Restore(p) => (**p).clone(),
+        Planned::Rollback(_) => panic!("not a restore"),
     }
 }
 
@@ -283,27 +307,25 @@ async fn restore_scripts_restore_a_real_snapshot_journal_it_and_roll_back() {
     let (file, identity, work) = backup();
     let scratch = work.path().join("scratch");
     std::fs::create_dir(&scratch).unwrap();
-    let (meta, plain) = engine::verify_snapshot(
-        &file,
-        &opts(&identity, &scratch),
-        time::OffsetDateTime::now_utc(),
-    )
-    .unwrap();
     let hosts = Hosts::new();
     let inv = inventory();
-    let cancel = Cancel::default();
+    let state = work.path().join("state");
+    let new = request(Mode::New, Some(&file), opts(&identity, &scratch), &state);
 
-    let mut session = engine::connect(&inv, ID, &hosts, &options(), &Silent, &cancel)
-        .await
-        .unwrap();
+    let mut session = prepare(&inv, &new, &hosts).await.unwrap();
+    let meta = restore_plan(&session).snapshot;
+    let plain = session.run.snapshot.take().unwrap();
     // Members and control planes only: the worker is not contacted.
     let names: Vec<&str> = session
-        .targets
+        .run
+        .reach
+        .fleet
+        .members()
         .iter()
         .map(|t| t.host.name.as_str())
         .collect();
     assert_eq!(names, ["cp1", "cp2", "cp3"]);
-    let plan = engine::plan(&inv, meta.clone(), &session, ID).unwrap();
+    let plan = restore_plan(&session);
     assert_eq!(plan.token, format!("rs-restore-{ID}"));
     assert_eq!(
         plan.initial_cluster,
@@ -316,7 +338,7 @@ async fn restore_scripts_restore_a_real_snapshot_journal_it_and_roll_back() {
     }
 
     // The data phases, script by script, on every member.
-    for t in &session.targets {
+    for t in session.run.reach.fleet.members() {
         let m = plan.members.iter().find(|m| m.name == t.host.name).unwrap();
         for text in [
             script::hold_and_stop(ID, &MEMBER_UNITS, Step::StoppedEtcd),
@@ -393,10 +415,20 @@ async fn restore_scripts_restore_a_real_snapshot_journal_it_and_roll_back() {
 
     // What the members journaled is what a resume skips; a new restore
     // with the same id is refused (its moved-aside dir exists).
-    let session = engine::connect(&inv, ID, &hosts, &options(), &Silent, &cancel)
-        .await
-        .unwrap();
-    let resumed = engine::plan_continue(&inv, &plan, &session, None).unwrap();
+    PlanStore {
+        state_dir: &state,
+        kind: "restore",
+    }
+    .save(ID, &plan)
+    .unwrap();
+    let resume = request(
+        Mode::Resume(ID.into()),
+        None,
+        opts(&identity, &scratch),
+        &state,
+    );
+    let mut session = prepare(&inv, &resume, &hosts).await.unwrap();
+    let resumed = restore_plan(&session);
     for m in &resumed.members {
         assert_eq!(
             m.done,
@@ -404,7 +436,8 @@ async fn restore_scripts_restore_a_real_snapshot_journal_it_and_roll_back() {
         );
     }
     assert!(resumed.resumed);
-    match engine::plan(&inv, meta.clone(), &session, ID) {
+    session.release().await;
+    match prepare(&inv, &new, &hosts).await.map(|p| restore_plan(&p)) {
         Err(RestoreError::Plan(PlanError::Problems(p))) => {
             assert_eq!(p.len(), 3);
             assert!(p[0].1.contains("already exists"), "{p:?}");
@@ -413,11 +446,11 @@ async fn restore_scripts_restore_a_real_snapshot_journal_it_and_roll_back() {
     }
 
     // Rollback: the old data comes back; the restored data is kept aside.
-    let facts: BTreeMap<_, _> = session.facts.clone();
+    let facts: BTreeMap<_, _> = session.run.facts.clone();
     let back =
         rampart::restore::plan_rollback(&inv, ID, "20261130T160000Z", &facts, Some(&plan)).unwrap();
     assert_eq!(back.members.len(), 3);
-    for t in &session.targets {
+    for t in session.run.reach.fleet.members() {
         let out = t
             .remote
             .run(&script::roll_back(ID, "20261130T160000Z"), Input::None)
@@ -532,7 +565,7 @@ async fn restore_refuses_to_swap_data_when_a_held_unit_ran_again() {
 
 #[test]
 fn restore_plan_refuses_members_without_etcd_or_its_unit_or_too_old() {
-    use rampart::restore::{plan_restore, HostFacts, SnapshotMeta};
+    use rampart::restore::{plan_restore, RestoreFacts, SnapshotMeta};
     let inv = inventory();
     let snap = SnapshotMeta {
         file: "b.db.age".into(),
@@ -548,7 +581,7 @@ fn restore_plan_refuses_members_without_etcd_or_its_unit_or_too_old() {
         etcd_version: Some("3.5.17".into()),
         manifest: true,
     };
-    let ok = HostFacts {
+    let ok = RestoreFacts {
         etcd_version: Some("3.5.17".into()),
         etcdctl: true,
         etcdutl: true,
@@ -557,18 +590,18 @@ fn restore_plan_refuses_members_without_etcd_or_its_unit_or_too_old() {
         data_dir: true,
         ..Default::default()
     };
-    let mut facts: BTreeMap<String, HostFacts> = BTreeMap::new();
+    let mut facts: BTreeMap<String, RestoreFacts> = BTreeMap::new();
     facts.insert("cp1".into(), ok.clone());
     facts.insert(
         "cp2".into(),
-        HostFacts {
+        RestoreFacts {
             etcd_version: Some("3.4.23".into()),
             ..ok.clone()
         },
     );
     facts.insert(
         "cp3".into(),
-        HostFacts {
+        RestoreFacts {
             etcd_unit: false,
             etcd_version: None,
             ..ok.clone()
@@ -588,7 +621,7 @@ fn restore_plan_refuses_members_without_etcd_or_its_unit_or_too_old() {
     facts.insert("cp2".into(), ok.clone());
     facts.insert(
         "cp3".into(),
-        HostFacts {
+        RestoreFacts {
             etcdutl: false,
             apiserver_active: true,
             ..ok

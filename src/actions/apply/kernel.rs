@@ -11,12 +11,13 @@ use crate::plan::kernel::{proc_path, SysctlChange};
 use crate::remote::script::{at, quote, PRELUDE};
 use crate::remote::{BoxFuture, Input};
 
-use super::{for_each, step, Ctx, Phase, PhaseError, Target};
+use super::{for_each, ApplyRun, Ctx, PlannedHost};
+use crate::engine::{step, Env, Phase, PhaseError};
 
 pub struct KernelSettings;
 
-fn with_changes<'a>(ctx: &'a Ctx<'a>) -> Vec<&'a Target> {
-    ctx.targets
+fn with_changes(targets: &[PlannedHost]) -> Vec<&PlannedHost> {
+    targets
         .iter()
         .filter(|t| !t.plan.sysctls.is_empty() || t.plan.load_modules)
         .collect()
@@ -46,28 +47,36 @@ pub fn script(load_modules: bool, changes: &[SysctlChange]) -> String {
     s
 }
 
-impl Phase for KernelSettings {
+impl Phase<ApplyRun<'_>> for KernelSettings {
     fn name(&self) -> &'static str {
         "kernel-settings"
     }
     fn title(&self) -> &'static str {
         "set kernel settings now (sysctl.d acts at boot)"
     }
-    fn hosts(&self, ctx: &Ctx) -> usize {
-        with_changes(ctx).len()
+    fn hosts(&self, s: &ApplyRun) -> usize {
+        with_changes(&s.targets).len()
     }
-    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
-        Box::pin(for_each(ctx, self.name(), with_changes(ctx), move |t| {
-            Box::pin(async move {
-                let text = script(t.plan.load_modules, &t.plan.sysctls);
-                step(ctx, t, "sysctl", &text, Input::None).await?;
-                for c in &t.plan.sysctls {
-                    ctx.reporter
-                        .line(&t.host.name, &format!("kernel {} = {}", c.key, c.to));
-                }
-                Ok(())
+    fn run<'a>(
+        &'a self,
+        env: &'a Env<'a>,
+        s: &'a mut ApplyRun<'_>,
+    ) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(async move {
+            let ctx = &Ctx::new(env, s);
+            for_each(ctx, self.name(), with_changes(ctx.targets), move |t| {
+                Box::pin(async move {
+                    let text = script(t.plan.load_modules, &t.plan.sysctls);
+                    step(ctx, t, "sysctl", &text, Input::None).await?;
+                    for c in &t.plan.sysctls {
+                        ctx.reporter
+                            .line(&t.host.name, &format!("kernel {} = {}", c.key, c.to));
+                    }
+                    Ok(())
+                })
             })
-        }))
+            .await
+        })
     }
 }
 

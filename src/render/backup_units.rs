@@ -1,18 +1,19 @@
 //! `rampart-backup.service` and `rampart-backup.timer` for one etcd member.
 //!
 //! Pure, like the rest of `render`; the bundle places them at
-//! [`super::SERVICE_PATH`] and [`super::TIMER_PATH`] next to the config at
-//! [`super::CONFIG_PATH`], and must create the backup dir (0700 root:root):
+//! [`crate::backup::SERVICE_PATH`] and [`crate::backup::TIMER_PATH`] next to
+//! the config at [`crate::backup::CONFIG_PATH`], and must create the backup
+//! dir (0700 root:root):
 //! `ProtectSystem=strict` makes everything else read-only, and systemd refuses to
 //! start a unit whose `ReadWritePaths=` does not exist.
 
 use serde::Serialize;
 
-use super::AgentConfig;
+use super::templates::{render, BACKUP_SERVICE, BACKUP_TIMER};
+use super::RenderError;
+use crate::backup::{AgentConfig, CONFIG_PATH, RAMPART_PATH};
 use crate::inventory::Host;
 use crate::inventory::Inventory;
-use crate::render::templates::{render, BACKUP_SERVICE, BACKUP_TIMER};
-use crate::render::RenderError;
 
 #[derive(Serialize)]
 struct Ctx<'a> {
@@ -36,8 +37,8 @@ pub fn units(inv: &Inventory, host: &Host) -> Result<Option<(String, String)>, R
         host: &host.name,
         cluster: &inv.cluster.name,
         // Where apply installs rampart, whatever binaries.dir says.
-        bin: super::RAMPART_PATH.to_string(),
-        config: super::CONFIG_PATH,
+        bin: RAMPART_PATH.to_string(),
+        config: CONFIG_PATH,
         dir: cfg.dir.display().to_string(),
         schedule: &b.schedule,
         randomized_delay: &b.randomized_delay,

@@ -9,12 +9,13 @@
 //! under `/var/lib/rampart/backup/<run>/` and renames the new ones in place.
 
 use crate::plan::desired::Body;
-use crate::plan::{Action, FileChange, HostPlan, BACKUP_DIR, RECORD};
+use crate::plan::{FileAction, FileChange, HostPlan, BACKUP_DIR, RECORD};
 use crate::remote::script::{self, Attrs, Commit, Staged};
 use crate::remote::{BoxFuture, Input};
 use crate::render::Service;
 
-use super::{for_each, step, Ctx, Phase, PhaseError, StepError, Target};
+use super::{for_each, ApplyRun, Ctx, PlannedHost};
+use crate::engine::{step, Env, Phase, PhaseError, StepError};
 
 /// `upload-binaries`: binaries from `binaries.artifacts`, sha256-checked.
 pub struct UploadBinaries;
@@ -26,28 +27,36 @@ pub struct InstallFiles;
 /// enable every service the host runs.
 pub struct Systemd;
 
-impl Phase for UploadBinaries {
+impl Phase<ApplyRun<'_>> for UploadBinaries {
     fn name(&self) -> &'static str {
         "upload-binaries"
     }
     fn title(&self) -> &'static str {
         "upload binaries"
     }
-    fn hosts(&self, ctx: &Ctx) -> usize {
-        with_work(ctx, |p| !p.binaries.is_empty()).len()
+    fn hosts(&self, s: &ApplyRun) -> usize {
+        with_work(&s.targets, |p| !p.binaries.is_empty()).len()
     }
-    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
-        Box::pin(for_each(
-            ctx,
-            self.name(),
-            with_work(ctx, |p| !p.binaries.is_empty()),
-            move |t| Box::pin(upload_binaries(ctx, t)),
-        ))
+    fn run<'a>(
+        &'a self,
+        env: &'a Env<'a>,
+        s: &'a mut ApplyRun<'_>,
+    ) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(async move {
+            let ctx = &Ctx::new(env, s);
+            for_each(
+                ctx,
+                self.name(),
+                with_work(ctx.targets, |p| !p.binaries.is_empty()),
+                move |t| Box::pin(upload_binaries(ctx, t)),
+            )
+            .await
+        })
     }
 }
 
 /// Binaries are large: one stage per binary, streamed from the local file.
-async fn upload_binaries(ctx: &Ctx<'_>, t: &Target) -> Result<(), StepError> {
+async fn upload_binaries(ctx: &Ctx<'_>, t: &PlannedHost) -> Result<(), StepError> {
     for change in t.plan.binaries.iter().filter(|c| c.needs_upload()) {
         let want = t
             .desired
@@ -72,23 +81,31 @@ async fn upload_binaries(ctx: &Ctx<'_>, t: &Target) -> Result<(), StepError> {
     commit(ctx, t, &t.plan.binaries, false).await
 }
 
-impl Phase for InstallFiles {
+impl Phase<ApplyRun<'_>> for InstallFiles {
     fn name(&self) -> &'static str {
         "install-files"
     }
     fn title(&self) -> &'static str {
         "install files"
     }
-    fn hosts(&self, ctx: &Ctx) -> usize {
-        with_work(ctx, needs_install).len()
+    fn hosts(&self, s: &ApplyRun) -> usize {
+        with_work(&s.targets, needs_install).len()
     }
-    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
-        Box::pin(for_each(
-            ctx,
-            self.name(),
-            with_work(ctx, needs_install),
-            move |t| Box::pin(install_files(ctx, t)),
-        ))
+    fn run<'a>(
+        &'a self,
+        env: &'a Env<'a>,
+        s: &'a mut ApplyRun<'_>,
+    ) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(async move {
+            let ctx = &Ctx::new(env, s);
+            for_each(
+                ctx,
+                self.name(),
+                with_work(ctx.targets, needs_install),
+                move |t| Box::pin(install_files(ctx, t)),
+            )
+            .await
+        })
     }
 }
 
@@ -96,7 +113,7 @@ fn needs_install(p: &HostPlan) -> bool {
     !p.files.is_empty() || !p.dirs.is_empty() || !p.users.is_empty() || p.record_changed
 }
 
-async fn install_files(ctx: &Ctx<'_>, t: &Target) -> Result<(), StepError> {
+async fn install_files(ctx: &Ctx<'_>, t: &PlannedHost) -> Result<(), StepError> {
     let record = record_bytes(&t.plan);
     let uploads: Vec<&FileChange> = t.plan.files.iter().filter(|c| c.needs_upload()).collect();
     let mut staged_files: Vec<Staged> = Vec::new();
@@ -144,7 +161,7 @@ async fn install_files(ctx: &Ctx<'_>, t: &Target) -> Result<(), StepError> {
 /// also creates directories and installs the record.
 async fn commit(
     ctx: &Ctx<'_>,
-    t: &Target,
+    t: &PlannedHost,
     changes: &[FileChange],
     bundle: bool,
 ) -> Result<(), StepError> {
@@ -154,7 +171,7 @@ async fn commit(
     };
     for change in changes {
         match change.action {
-            Action::Remove => c.remove.push(change.path.clone()),
+            FileAction::Remove => c.remove.push(change.path.clone()),
             _ if change.needs_upload() => {
                 c.install.push((change.path.clone(), change.sha256.clone()))
             }
@@ -190,23 +207,31 @@ async fn commit(
     Ok(())
 }
 
-impl Phase for Systemd {
+impl Phase<ApplyRun<'_>> for Systemd {
     fn name(&self) -> &'static str {
         "systemd"
     }
     fn title(&self) -> &'static str {
         "reload, verify and enable units"
     }
-    fn hosts(&self, ctx: &Ctx) -> usize {
-        with_work(ctx, needs_systemd).len()
+    fn hosts(&self, s: &ApplyRun) -> usize {
+        with_work(&s.targets, needs_systemd).len()
     }
-    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
-        Box::pin(for_each(
-            ctx,
-            self.name(),
-            with_work(ctx, needs_systemd),
-            move |t| Box::pin(systemd(ctx, t)),
-        ))
+    fn run<'a>(
+        &'a self,
+        env: &'a Env<'a>,
+        s: &'a mut ApplyRun<'_>,
+    ) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(async move {
+            let ctx = &Ctx::new(env, s);
+            for_each(
+                ctx,
+                self.name(),
+                with_work(ctx.targets, needs_systemd),
+                move |t| Box::pin(systemd(ctx, t)),
+            )
+            .await
+        })
     }
 }
 
@@ -214,7 +239,7 @@ fn needs_systemd(p: &HostPlan) -> bool {
     p.daemon_reload || !p.enable.is_empty()
 }
 
-async fn systemd(ctx: &Ctx<'_>, t: &Target) -> Result<(), StepError> {
+async fn systemd(ctx: &Ctx<'_>, t: &PlannedHost) -> Result<(), StepError> {
     if t.plan.daemon_reload {
         step(
             ctx,
@@ -247,7 +272,7 @@ async fn systemd(ctx: &Ctx<'_>, t: &Target) -> Result<(), StepError> {
 /// `systemd-analyze verify` on the host, over every unit the host runs. A
 /// binary that is absent is only tolerated for services whose start phase
 /// this run skips (the lab installs units without Kubernetes binaries).
-async fn verify_units(ctx: &Ctx<'_>, t: &Target) -> Result<(), StepError> {
+async fn verify_units(ctx: &Ctx<'_>, t: &PlannedHost) -> Result<(), StepError> {
     let units: Vec<String> = t
         .desired
         .services
@@ -308,8 +333,8 @@ fn staged(change: &FileChange, size: u64) -> Staged {
 }
 
 /// Targets whose plan has work for a phase, in inventory order.
-fn with_work<'a>(ctx: &'a Ctx<'a>, pred: fn(&HostPlan) -> bool) -> Vec<&'a Target> {
-    ctx.targets.iter().filter(|t| pred(&t.plan)).collect()
+fn with_work(targets: &[PlannedHost], pred: fn(&HostPlan) -> bool) -> Vec<&PlannedHost> {
+    targets.iter().filter(|t| pred(&t.plan)).collect()
 }
 
 /// The record written to the host: every path rampart manages there.

@@ -11,18 +11,18 @@ use crate::plan::{ServiceAction, ADDONS_DIR, ADDONS_STAMP, CLUSTER_ADMINS_ADDON}
 use crate::remote::script::{self, quote};
 use crate::remote::{BoxFuture, Input};
 use crate::render::Service;
-use crate::secret::Secret;
 
-use super::{for_each, step, Ctx, Phase, PhaseError, StepError, Target};
+use super::{for_each, ApplyRun, Ctx, PlannedHost};
+use crate::actions::gates::{
+    control_plane_healthy, etcd_healthy, local_healthz, poll, COMPONENT_HEALTH_SECS, CONTROL_PLANE,
+    ETCD_HEALTH_SECS,
+};
+use crate::engine::{step, Env, Phase, PhaseError, StepError};
 
-const ETCD_HEALTH_SECS: u32 = 120;
-const APISERVER_HEALTH_SECS: u32 = 180;
-const COMPONENT_HEALTH_SECS: u32 = 60;
 /// A new node registers, gets its pod CIDR, writes its network config and
 /// reports Ready within seconds; a minute more covers a slow image pull of the
 /// sandbox image.
 const NODE_READY_SECS: u32 = 120;
-const PKI: &str = "/etc/kubernetes/pki";
 
 /// `start-etcd`: a new cluster's members start together (each waits for a
 /// quorum); a running cluster's members restart one at a time, each gated
@@ -41,9 +41,7 @@ pub struct StartControlPlane;
 /// cluster, or the binding was deleted), that one binding is applied with
 /// `bootstrap`, the super-admin kubeconfig (system:masters) from the state
 /// dir: it reaches the host only on kubectl's stdin and is never written there.
-pub struct ApplyManifests {
-    pub bootstrap: Option<Secret>,
-}
+pub struct ApplyManifests;
 
 /// `start-nodes`: containerd, kubelets and kube-proxies, in parallel; then
 /// each node this run started must report Ready through the API.
@@ -53,21 +51,27 @@ pub struct StartNodes;
 /// A restart re-reads the schedule; the job itself runs when the timer fires.
 pub struct StartBackups;
 
-impl Phase for StartBackups {
+impl Phase<ApplyRun<'_>> for StartBackups {
     fn name(&self) -> &'static str {
         "start-backups"
     }
     fn title(&self) -> &'static str {
         "start the backup timers"
     }
-    fn hosts(&self, ctx: &Ctx) -> usize {
-        with_service(ctx, &[Service::Backups]).len()
+    fn hosts(&self, s: &ApplyRun) -> usize {
+        with_service(&s.targets, &[Service::Backups]).len()
     }
-    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
-        Box::pin(for_each(
+    fn run<'a>(
+        &'a self,
+        env: &'a Env<'a>,
+        s: &'a mut ApplyRun<'_>,
+    ) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(async move {
+            let ctx = &Ctx::new(env, s);
+            for_each(
             ctx,
             self.name(),
-            with_service(ctx, &[Service::Backups]),
+            with_service(ctx.targets, &[Service::Backups]),
             move |t| {
                 Box::pin(async move {
                     restart(ctx, t, Service::Backups).await?;
@@ -90,34 +94,41 @@ impl Phase for StartBackups {
                     Ok(())
                 })
             },
-        ))
+        ).await
+        })
     }
 }
 
-fn action(t: &Target, svc: Service) -> Option<&ServiceAction> {
+fn action(t: &PlannedHost, svc: Service) -> Option<&ServiceAction> {
     t.plan.services.get(&svc)
 }
 
-fn with_service<'a>(ctx: &'a Ctx<'a>, svcs: &[Service]) -> Vec<&'a Target> {
-    ctx.targets
+fn with_service<'a>(targets: &'a [PlannedHost], svcs: &[Service]) -> Vec<&'a PlannedHost> {
+    targets
         .iter()
         .filter(|t| svcs.iter().any(|s| action(t, *s).is_some()))
         .collect()
 }
 
-impl Phase for StartEtcd {
+impl Phase<ApplyRun<'_>> for StartEtcd {
     fn name(&self) -> &'static str {
         "start-etcd"
     }
     fn title(&self) -> &'static str {
         "start etcd"
     }
-    fn hosts(&self, ctx: &Ctx) -> usize {
-        with_service(ctx, &[Service::Etcd]).len()
+    fn hosts(&self, s: &ApplyRun) -> usize {
+        with_service(&s.targets, &[Service::Etcd]).len()
     }
-    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
+    fn run<'a>(
+        &'a self,
+        env: &'a Env<'a>,
+        s: &'a mut ApplyRun<'_>,
+    ) -> BoxFuture<'a, Result<(), PhaseError>> {
         Box::pin(async move {
-            let members = with_service(ctx, &[Service::Etcd]);
+            let ctx = &Ctx::new(env, s);
+            async move {
+            let members = with_service(ctx.targets, &[Service::Etcd]);
             // A cluster of ours runs when a member rampart installed before
             // is active. Debian's own etcd (single node, started by the
             // package) does not count: its members are started together.
@@ -168,96 +179,43 @@ impl Phase for StartEtcd {
                 .await?;
             }
             Ok(())
+        }.await
         })
     }
 }
 
-/// Waits until every member answers `endpoint health` over mTLS with the
-/// healthcheck client certificate; reports `cp1: etcd healthy (3/3)`.
-pub(crate) async fn etcd_healthy(ctx: &Ctx<'_>, t: &Target) -> Result<(), StepError> {
-    let cmd = etcd_health_cmd(ctx.inv, &t.host);
-    let out = poll(ctx, t, "etcd health", &cmd, ETCD_HEALTH_SECS).await?;
-    let healthy = out.lines().filter(|l| l.contains("is healthy")).count();
-    let members = ctx.inv.etcd_members().count();
-    ctx.reporter
-        .line(&t.host.name, &format!("etcd healthy ({healthy}/{members})"));
-    Ok(())
-}
-
-/// `etcdctl endpoint health --cluster` against the local member.
-pub fn etcd_health_cmd(inv: &Inventory, host: &Host) -> String {
-    let etcdctl = format!("{}/etcdctl", inv.binaries.etcd_dir.trim_end_matches('/'));
-    let local = match host.address {
-        std::net::IpAddr::V4(_) => "https://127.0.0.1:2379",
-        std::net::IpAddr::V6(_) => "https://[::1]:2379",
-    };
-    let members = inv.etcd_members().count();
-    // `--cluster` asks every member that has joined; a member still joining
-    // is not listed yet, so the exit status alone could pass at 2 of 3.
-    format!(
-        "{{ o=$(env ETCDCTL_API=3 {} --endpoints={local} --cacert={PKI}/etcd/ca.crt --cert={PKI}/etcd/healthcheck-client.crt --key={PKI}/etcd/healthcheck-client.key --command-timeout=5s endpoint health --cluster 2>&1); s=$?; printf '%s\\n' \"$o\"; [ $s -eq 0 ] && [ \"$(printf '%s\\n' \"$o\" | grep -c 'is healthy')\" -ge {members} ]; }}",
-        quote(&etcdctl)
-    )
-}
-
-/// Polls `cmd` on the host until it succeeds; its last output is the error.
-pub(crate) async fn poll(
-    ctx: &Ctx<'_>,
-    t: &Target,
-    what: &str,
-    cmd: &str,
-    seconds: u32,
-) -> Result<String, StepError> {
-    if ctx.cancel.is_cancelled() {
-        return Err(StepError::Cancelled { step: what.into() });
-    }
-    ctx.reporter.step(&t.host.name, &format!("wait for {what}"));
-    let out = t
-        .remote
-        .run(&script::poll(cmd, seconds), Input::None)
-        .await?;
-    if out.success() {
-        Ok(out.stdout_text())
-    } else {
-        Err(StepError::Unhealthy {
-            what: what.into(),
-            seconds,
-            output: out.stderr_tail(),
-        })
-    }
-}
-
-impl Phase for StartControlPlane {
+impl Phase<ApplyRun<'_>> for StartControlPlane {
     fn name(&self) -> &'static str {
         "start-control-plane"
     }
     fn title(&self) -> &'static str {
         "start the control plane, one host at a time"
     }
-    fn hosts(&self, ctx: &Ctx) -> usize {
-        with_service(ctx, &CONTROL_PLANE).len()
+    fn hosts(&self, s: &ApplyRun) -> usize {
+        with_service(&s.targets, &CONTROL_PLANE).len()
     }
-    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
+    fn run<'a>(
+        &'a self,
+        env: &'a Env<'a>,
+        s: &'a mut ApplyRun<'_>,
+    ) -> BoxFuture<'a, Result<(), PhaseError>> {
         Box::pin(async move {
-            for t in with_service(ctx, &CONTROL_PLANE) {
-                for_each(ctx, self.name(), vec![t], move |t| {
-                    Box::pin(start_control_plane(ctx, t))
-                })
-                .await?;
+            let ctx = &Ctx::new(env, s);
+            async move {
+                for t in with_service(ctx.targets, &CONTROL_PLANE) {
+                    for_each(ctx, self.name(), vec![t], move |t| {
+                        Box::pin(start_control_plane(ctx, t))
+                    })
+                    .await?;
+                }
+                Ok(())
             }
-            Ok(())
+            .await
         })
     }
 }
 
-/// In start order.
-pub(crate) const CONTROL_PLANE: [Service; 3] = [
-    Service::KubeApiserver,
-    Service::KubeControllerManager,
-    Service::KubeScheduler,
-];
-
-async fn start_control_plane(ctx: &Ctx<'_>, t: &Target) -> Result<(), StepError> {
+async fn start_control_plane(ctx: &Ctx<'_>, t: &PlannedHost) -> Result<(), StepError> {
     for svc in CONTROL_PLANE {
         if action(t, svc).is_none() {
             continue;
@@ -268,36 +226,7 @@ async fn start_control_plane(ctx: &Ctx<'_>, t: &Target) -> Result<(), StepError>
     Ok(())
 }
 
-/// The health gate of one control-plane service (apiserver `/readyz`,
-/// controller-manager and scheduler `/healthz`); reports `cp1: kube-apiserver healthy`.
-pub(crate) async fn control_plane_healthy(
-    ctx: &Ctx<'_>,
-    t: &Target,
-    svc: Service,
-) -> Result<(), StepError> {
-    let (what, cmd, secs) = match svc {
-        Service::KubeApiserver => (
-            "apiserver /readyz",
-            apiserver_ready_cmd(ctx.inv, &t.host),
-            APISERVER_HEALTH_SECS,
-        ),
-        Service::KubeControllerManager => (
-            "controller-manager /healthz",
-            local_healthz(10257, true),
-            COMPONENT_HEALTH_SECS,
-        ),
-        _ => (
-            "scheduler /healthz",
-            local_healthz(10259, true),
-            COMPONENT_HEALTH_SECS,
-        ),
-    };
-    poll(ctx, t, what, &cmd, secs).await?;
-    ctx.reporter.line(&t.host.name, &format!("{svc} healthy"));
-    Ok(())
-}
-
-async fn restart(ctx: &Ctx<'_>, t: &Target, svc: Service) -> Result<(), StepError> {
+async fn restart(ctx: &Ctx<'_>, t: &PlannedHost, svc: Service) -> Result<(), StepError> {
     let verb = match action(t, svc) {
         Some(ServiceAction::Start) => "start",
         _ => "restart",
@@ -313,37 +242,25 @@ async fn restart(ctx: &Ctx<'_>, t: &Target, svc: Service) -> Result<(), StepErro
     Ok(())
 }
 
-/// An authenticated `/readyz` (anonymous auth is off): the apiserver's own
-/// kubelet-client certificate, verified against the cluster CA.
-pub fn apiserver_ready_cmd(inv: &Inventory, host: &Host) -> String {
-    let url = crate::render::https_url(host.address, crate::render::secure_port(inv, host));
-    format!(
-        "curl -sSf --max-time 5 --cacert {PKI}/ca.crt --cert {PKI}/apiserver-kubelet-client.crt --key {PKI}/apiserver-kubelet-client.key {}",
-        quote(&format!("{url}/readyz"))
-    )
-}
-
-/// Components' `/healthz` on loopback (always-allowed paths, no client cert).
-fn local_healthz(port: u16, tls: bool) -> String {
-    let scheme = if tls { "https" } else { "http" };
-    // -k: these serve self-signed certificates on 127.0.0.1 only.
-    let insecure = if tls { "-k " } else { "" };
-    format!("curl -sSf --max-time 5 {insecure}{scheme}://127.0.0.1:{port}/healthz")
-}
-
-impl Phase for ApplyManifests {
+impl Phase<ApplyRun<'_>> for ApplyManifests {
     fn name(&self) -> &'static str {
         "apply-manifests"
     }
     fn title(&self) -> &'static str {
         "apply RBAC and policy manifests"
     }
-    fn hosts(&self, ctx: &Ctx) -> usize {
-        usize::from(manifests_target(ctx).is_some())
+    fn hosts(&self, s: &ApplyRun) -> usize {
+        usize::from(manifests_target(&s.targets).is_some())
     }
-    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
+    fn run<'a>(
+        &'a self,
+        env: &'a Env<'a>,
+        s: &'a mut ApplyRun<'_>,
+    ) -> BoxFuture<'a, Result<(), PhaseError>> {
         Box::pin(async move {
-            let Some(first) = manifests_target(ctx) else {
+            let ctx = &Ctx::new(env, s);
+            async move {
+            let Some(first) = manifests_target(ctx.targets) else {
                 return Ok(());
             };
             let Some((stamp, _)) = crate::plan::addons_stamp(&first.desired) else {
@@ -352,7 +269,7 @@ impl Phase for ApplyManifests {
             for_each(ctx, self.name(), vec![first], move |t| {
                 Box::pin(async move {
                     let text = manifests_script(ctx.inv, &t.host);
-                    let input = match &self.bootstrap {
+                    let input = match ctx.bootstrap {
                         Some(conf) => Input::Bytes(conf.expose().to_vec()),
                         None => Input::None,
                     };
@@ -371,7 +288,7 @@ impl Phase for ApplyManifests {
             // Every control plane records what the cluster now holds, so the
             // next plan is a no-op and a run that failed before this point
             // applies the manifests again.
-            let pending: Vec<&Target> = ctx
+            let pending: Vec<&PlannedHost> = ctx
                 .targets
                 .iter()
                 .filter(|t| t.plan.apply_manifests)
@@ -388,6 +305,7 @@ impl Phase for ApplyManifests {
                 })
             })
             .await
+        }.await
         })
     }
 }
@@ -416,34 +334,42 @@ pub fn manifests_script(inv: &Inventory, host: &Host) -> String {
 }
 
 /// The first control-plane host whose plan says its manifests are pending.
-fn manifests_target<'a>(ctx: &'a Ctx<'a>) -> Option<&'a Target> {
-    ctx.targets
+fn manifests_target(targets: &[PlannedHost]) -> Option<&PlannedHost> {
+    targets
         .iter()
         .filter(|t| t.host.roles.control_plane)
         .find(|t| t.plan.apply_manifests)
 }
 
-impl Phase for StartNodes {
+impl Phase<ApplyRun<'_>> for StartNodes {
     fn name(&self) -> &'static str {
         "start-nodes"
     }
     fn title(&self) -> &'static str {
         "start kubelets and kube-proxies"
     }
-    fn hosts(&self, ctx: &Ctx) -> usize {
-        with_service(ctx, &NODE).len()
+    fn hosts(&self, s: &ApplyRun) -> usize {
+        with_service(&s.targets, &NODE).len()
     }
-    fn run<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFuture<'a, Result<(), PhaseError>> {
+    fn run<'a>(
+        &'a self,
+        env: &'a Env<'a>,
+        s: &'a mut ApplyRun<'_>,
+    ) -> BoxFuture<'a, Result<(), PhaseError>> {
         Box::pin(async move {
-            start_nodes(ctx, self.name()).await?;
-            nodes_ready(ctx, self.name()).await
+            let ctx = &Ctx::new(env, s);
+            async move {
+                start_nodes(ctx, self.name()).await?;
+                nodes_ready(ctx, self.name()).await
+            }
+            .await
         })
     }
 }
 
 /// Each node's containerd, kubelet and kube-proxy, nodes in parallel.
 async fn start_nodes(ctx: &Ctx<'_>, phase: &'static str) -> Result<(), PhaseError> {
-    for_each(ctx, phase, with_service(ctx, &NODE), move |t| {
+    for_each(ctx, phase, with_service(ctx.targets, &NODE), move |t| {
         Box::pin(async move {
             for svc in NODE {
                 if action(t, svc).is_none() {
