@@ -28,9 +28,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::PhaseError;
-use super::fleet::Env;
+use super::fleet::{each, step, Env};
 use super::phase::{BoxPhase, Phase};
+use super::reach::Reaches;
 use crate::remote::script::{at, PRELUDE};
+use crate::remote::{BoxFuture, Input};
 
 /// Where runbooks keep their journals (and uploads) on hosts: one dir per kind.
 pub const HOST_DIR: &str = "/var/lib/rampart";
@@ -193,6 +195,54 @@ fn write_private<P: Serialize>(dir: &Path, id: &str, path: &Path, plan: &P) -> s
     f.write_all(&serde_json::to_vec_pretty(plan).expect("a plan serializes"))?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// A runbook step that needs nothing but one script per host: the script
+/// (which journals the step itself) on each selected host, then a line to
+/// report there. Journal notes, renames, releases: most steps of a runbook.
+/// All of it is read from the state when the phase runs.
+pub struct OnHosts<S> {
+    pub name: &'static str,
+    pub title: &'static str,
+    /// What the progress line says while it runs.
+    pub step: &'static str,
+    /// The hosts it runs on (inventory names).
+    pub hosts: fn(&S) -> Vec<String>,
+    pub script: fn(&S) -> String,
+    /// Reported per host once its script succeeded.
+    pub line: fn(&S) -> Option<String>,
+}
+
+impl<'r, S: Reaches<'r> + Sync> Phase<S> for OnHosts<S> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn title(&self) -> &'static str {
+        self.title
+    }
+    fn hosts(&self, s: &S) -> usize {
+        s.reach().fleet.select(&(self.hosts)(s)).len()
+    }
+    fn run<'a>(&'a self, env: &'a Env<'a>, s: &'a mut S) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(async move {
+            let s = &*s;
+            let text = (self.script)(s);
+            let line = (self.line)(s);
+            let (text, line) = (&text, &line);
+            let hosts = s.reach().fleet.select(&(self.hosts)(s));
+            each(env, self.name, hosts, move |m| {
+                Box::pin(async move {
+                    step(env, m, self.step, text, Input::None).await?;
+                    if let Some(line) = line {
+                        env.reporter.line(&m.host.name, line);
+                    }
+                    Ok(())
+                })
+            })
+            .await
+            .map(drop)
+        })
+    }
 }
 
 /// One step of a runbook: what it does, and what undoes it (in order; empty

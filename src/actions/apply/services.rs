@@ -127,7 +127,6 @@ impl Phase<ApplyRun<'_>> for StartEtcd {
     ) -> BoxFuture<'a, Result<(), PhaseError>> {
         Box::pin(async move {
             let ctx = &Ctx::new(env, s);
-            async move {
             let members = with_service(ctx.targets, &[Service::Etcd]);
             // A cluster of ours runs when a member rampart installed before
             // is active. Debian's own etcd (single node, started by the
@@ -164,22 +163,21 @@ impl Phase<ApplyRun<'_>> for StartEtcd {
             }
             for t in members {
                 for_each(ctx, self.name(), vec![t], move |t| {
-                    Box::pin(async move {
-                        // Blocks until the member is ready again (Type=notify),
-                        // so the next one restarts only after this one
-                        // rejoined; `timeout` bounds it, as etcd's unit has no
-                        // start timeout (a large database may take long).
-                        let text = format!(
-                            "set -eu\ntimeout {ETCD_HEALTH_SECS} systemctl restart etcd.service || echo 'etcd is still starting' >&2\n"
-                        );
-                        step(ctx, t, "restart etcd", &text, Input::None).await?;
-                        etcd_healthy(ctx, t).await
-                    })
+                Box::pin(async move {
+                    // Blocks until the member is ready again (Type=notify),
+                    // so the next one restarts only after this one
+                    // rejoined; `timeout` bounds it, as etcd's unit has no
+                    // start timeout (a large database may take long).
+                    let text = format!(
+                        "set -eu\ntimeout {ETCD_HEALTH_SECS} systemctl restart etcd.service || echo 'etcd is still starting' >&2\n"
+                    );
+                    step(ctx, t, "restart etcd", &text, Input::None).await?;
+                    etcd_healthy(ctx, t).await
                 })
-                .await?;
+            })
+            .await?;
             }
             Ok(())
-        }.await
         })
     }
 }
@@ -201,16 +199,13 @@ impl Phase<ApplyRun<'_>> for StartControlPlane {
     ) -> BoxFuture<'a, Result<(), PhaseError>> {
         Box::pin(async move {
             let ctx = &Ctx::new(env, s);
-            async move {
-                for t in with_service(ctx.targets, &CONTROL_PLANE) {
-                    for_each(ctx, self.name(), vec![t], move |t| {
-                        Box::pin(start_control_plane(ctx, t))
-                    })
-                    .await?;
-                }
-                Ok(())
+            for t in with_service(ctx.targets, &CONTROL_PLANE) {
+                for_each(ctx, self.name(), vec![t], move |t| {
+                    Box::pin(start_control_plane(ctx, t))
+                })
+                .await?;
             }
-            .await
+            Ok(())
         })
     }
 }
@@ -259,7 +254,6 @@ impl Phase<ApplyRun<'_>> for ApplyManifests {
     ) -> BoxFuture<'a, Result<(), PhaseError>> {
         Box::pin(async move {
             let ctx = &Ctx::new(env, s);
-            async move {
             let Some(first) = manifests_target(ctx.targets) else {
                 return Ok(());
             };
@@ -276,9 +270,9 @@ impl Phase<ApplyRun<'_>> for ApplyManifests {
                     let out = step(ctx, t, "kubectl apply", &text, input).await?;
                     if out.stdout_text().lines().any(|l| l == "bootstrapped") {
                         ctx.reporter.line(
-                            &t.host.name,
-                            "kubeadm:cluster-admins bound with the super-admin credential (stdin only)",
-                        );
+                        &t.host.name,
+                        "kubeadm:cluster-admins bound with the super-admin credential (stdin only)",
+                    );
                     }
                     ctx.reporter.line(&t.host.name, "manifests applied");
                     Ok(())
@@ -305,7 +299,6 @@ impl Phase<ApplyRun<'_>> for ApplyManifests {
                 })
             })
             .await
-        }.await
         })
     }
 }
@@ -358,11 +351,8 @@ impl Phase<ApplyRun<'_>> for StartNodes {
     ) -> BoxFuture<'a, Result<(), PhaseError>> {
         Box::pin(async move {
             let ctx = &Ctx::new(env, s);
-            async move {
-                start_nodes(ctx, self.name()).await?;
-                nodes_ready(ctx, self.name()).await
-            }
-            .await
+            start_nodes(ctx, self.name()).await?;
+            nodes_ready(ctx, self.name()).await
         })
     }
 }

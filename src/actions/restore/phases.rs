@@ -81,66 +81,20 @@ impl Hosts {
     }
 }
 
-/// One script on each of the selected hosts, and a line to report after it:
-/// the restore steps that need nothing but their script (journal notes,
-/// moving a data dir aside, putting one back, releasing holds).
-pub(crate) struct OnHosts {
-    pub(crate) name: &'static str,
-    pub(crate) title: &'static str,
-    /// What the progress line says while it runs.
-    pub(crate) step: &'static str,
-    pub(crate) hosts: Hosts,
-    pub(crate) script: fn(&RestoreRun) -> String,
-    /// Reported per host once its script succeeded.
-    pub(crate) line: fn(&RestoreRun) -> Option<String>,
-}
-
-impl Phase<RestoreRun<'_>> for OnHosts {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn title(&self) -> &'static str {
-        self.title
-    }
-    fn hosts(&self, s: &RestoreRun) -> usize {
-        self.hosts.select(s).len()
-    }
-    fn run<'a>(
-        &'a self,
-        env: &'a Env<'a>,
-        s: &'a mut RestoreRun<'_>,
-    ) -> BoxFuture<'a, Result<(), PhaseError>> {
-        Box::pin(async move {
-            let s = &*s;
-            let text = (self.script)(s);
-            let line = (self.line)(s);
-            let (text, line) = (&text, &line);
-            each(env, self.name, self.hosts.select(s), move |m| {
-                Box::pin(async move {
-                    step(env, m, self.step, text, Input::None).await?;
-                    if let Some(line) = line {
-                        env.reporter.line(&m.host.name, line);
-                    }
-                    Ok(())
-                })
-            })
-            .await
-            .map(drop)
-        })
-    }
-}
+/// A restore step that needs nothing but its script on each host.
+pub(crate) type OnHosts<'r> = crate::engine::runbook::OnHosts<RestoreRun<'r>>;
 
 fn no_line(_: &RestoreRun) -> Option<String> {
     None
 }
 
 /// The restore's first journal line, on every host it touches.
-pub(crate) fn started() -> OnHosts {
+pub(crate) fn started<'r>() -> OnHosts<'r> {
     OnHosts {
         name: "journal",
         title: "write the restore journal",
         step: "journal",
-        hosts: Hosts::All,
+        hosts: |s| Hosts::All.names(s),
         script: |s| script::note(&s.id, Step::Started),
         line: no_line,
     }
@@ -149,12 +103,12 @@ pub(crate) fn started() -> OnHosts {
 /// The backup job released on every member with the last journal line
 /// (`done`, or for a rollback `rolled-back`): it runs again when its timer
 /// next fires.
-pub(crate) fn done(last: Step) -> OnHosts {
+pub(crate) fn done<'r>(last: Step) -> OnHosts<'r> {
     OnHosts {
         name: "done",
         title: "release the backup job; write the restore journal",
         step: "release",
-        hosts: Hosts::Members,
+        hosts: |s| Hosts::Members.names(s),
         script: if last == Step::RolledBack {
             |s| script::release(&s.id, &MEMBER_UNITS[..1], Step::RolledBack)
         } else {
@@ -165,24 +119,24 @@ pub(crate) fn done(last: Step) -> OnHosts {
 }
 
 /// The control planes that were not running: released, left stopped.
-pub(crate) fn release_idle() -> OnHosts {
+pub(crate) fn release_idle<'r>() -> OnHosts<'r> {
     OnHosts {
         name: "release-control-plane",
         title: "release the control planes that were not running",
         step: "release",
-        hosts: Hosts::IdleControlPlanes,
+        hosts: |s| Hosts::IdleControlPlanes.names(s),
         script: |s| script::release(&s.id, &CONTROL_PLANE_UNITS, Step::StartedApiserver),
         line: |_| Some("released (was not running; `rampart apply` starts it)".into()),
     }
 }
 
 /// `/var/lib/etcd` renamed to its pre-restore name (never deleted).
-pub(crate) fn move_aside() -> OnHosts {
+pub(crate) fn move_aside<'r>() -> OnHosts<'r> {
     OnHosts {
         name: "move-aside",
         title: "move the data dirs aside",
         step: "move aside",
-        hosts: Hosts::Pending(Step::MovedAside),
+        hosts: |s| Hosts::Pending(Step::MovedAside).names(s),
         script: |s| script::move_aside(&s.id),
         line: |s| {
             Some(format!(
@@ -194,12 +148,12 @@ pub(crate) fn move_aside() -> OnHosts {
 }
 
 /// The pre-restore data dir put back; the restored one kept aside.
-pub(crate) fn put_back() -> OnHosts {
+pub(crate) fn put_back<'r>() -> OnHosts<'r> {
     OnHosts {
         name: "roll-back",
         title: "put the pre-restore data dirs back",
         step: "roll back",
-        hosts: Hosts::Members,
+        hosts: |s| Hosts::Members.names(s),
         script: |s| script::roll_back(&s.id, &s.stamp),
         line: |s| {
             Some(format!(
