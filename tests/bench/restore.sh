@@ -19,8 +19,13 @@
 #        snapshot status, sync), timed on the host
 #      - the same bare restore on the 3 members at once
 #
+# With COMPARE_BIN=/path/to/another/rampart (an earlier build of this repo),
+# every restore run is done twice on the same backup, by this build (A) and
+# by that one (B), in alternating order, so two builds are compared on the
+# same data, lab and load.
+#
 # Usage (root; brings up its own lab and takes it down on exit):
-#   [SIZE_MB=256] [BENCH_LAB_PREFIX=rq BENCH_LAB_NET=10.87.0] bash tests/bench/restore.sh [RUNS] [VERIFY_RUNS]
+#   [SIZE_MB=256] [COMPARE_BIN=…] [BENCH_LAB_PREFIX=rq BENCH_LAB_NET=10.87.0] bash tests/bench/restore.sh [RUNS] [VERIFY_RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 self=$PWD/tests/bench/restore.sh
@@ -148,27 +153,34 @@ YAML
         vt+=("$(cat "$w/time")")
     done
 
-    # 2. restore, end to end.
-    local rt=() leaders=() rc since_epoch
+    # 2. restore, end to end (with COMPARE_BIN: A and B in turn, alternating).
+    local rt=() rt_b=() leaders=() rc since_epoch order which b
     for r in $(seq 1 "$runs"); do
+        order=(a)
+        if [ -n "${COMPARE_BIN:-}" ]; then
+            if [ $((r % 2)) = 1 ]; then order=(a b); else order=(b a); fi
+        fi
+        for which in "${order[@]}"; do
+        b=$bin; [ "$which" = a ] || b=$COMPARE_BIN
+        local out=$w/restore-$r.out; [ "$which" = a ] || out=$w/restore-$r-b.out
         on_all 'rm -rf /var/lib/etcd.pre-restore-*' # not timed: the previous run's kept data
         sync
-        leaders+=("$(on 0 "$etcdctl_remote endpoint status --cluster -w json" |
+        [ "$which" = b ] || leaders+=("$(on 0 "$etcdctl_remote endpoint status --cluster -w json" |
             jq -r '.[] | select(.Status.leader == .Status.header.member_id) | .Endpoint')")
         since_epoch=$(date +%s)
         t0=$(now)
         set +e
-        /usr/bin/time -f "%e %M" -o "$w/time" "$bin" -v backup restore "$backup" \
+        /usr/bin/time -f "%e %M" -o "$w/time" "$b" -v backup restore "$backup" \
             --identity "$w/backup-id.txt" -i "$inv" --yes --scratch-dir "$w" 2>&1 |
-            stamp "$t0" > "$w/restore-$r.out"
+            stamp "$t0" > "$out"
         rc=${PIPESTATUS[0]}
         set -e
         if [ "$rc" != 0 ]; then
-            echo "restore run $r failed (exit $rc):" >&2; cat "$w/restore-$r.out" >&2; exit 1
+            echo "restore run $r ($which) failed (exit $rc):" >&2; cat "$out" >&2; exit 1
         fi
-        rt+=("$(cat "$w/time")")
+        if [ "$which" = a ]; then rt+=("$(cat "$w/time")"); else rt_b+=("$(cat "$w/time")"); fi
         # What etcd said while it was stopped (leadership transfer on shutdown).
-        for i in 0 1 2; do
+        [ "$which" = a ] && for i in 0 1 2; do
             on "$i" "journalctl -u etcd -o cat --since @$since_epoch --no-pager |
                 grep -E 'leadership transfer|received signal' | head -4" |
                 jq -r --arg h "$(jq -r ".hosts[$i].name" "$LAB_JSON")" \
@@ -176,7 +188,8 @@ YAML
         done > "$w/etcd-stop-$r.log" || true
         # The restored cluster must hold the data.
         [ "$(on 2 "$etcdctl_remote get /bench/ --prefix --keys-only | grep -c .")" = "$size_mb" ] ||
-            { echo "restore run $r: $size_mb keys expected on host 3" >&2; exit 1; }
+            { echo "restore run $r ($which): $size_mb keys expected on host 3" >&2; exit 1; }
+        done
     done
 
     # 3. baselines with the plaintext.
@@ -229,6 +242,10 @@ YAML
     for r in $(seq 1 "$runs"); do
         read -r a m <<< "${rt[$((r - 1))]}"
         printf '%-58s %s (%d)\n' "rampart backup restore, run $r (3 members)" "$a" "$((m / 1024))"
+        if [ -n "${COMPARE_BIN:-}" ]; then
+            read -r a m <<< "${rt_b[$((r - 1))]}"
+            printf '%-58s %s (%d)\n' "  COMPARE_BIN, run $r (3 members)" "$a" "$((m / 1024))"
+        fi
     done
     printf '%-58s %s\n' "age -d of the backup (here; no checks)" "$age_s"
     printf '%-58s %s\n' "scp plaintext to host 1" "$scp1_s"
@@ -240,6 +257,9 @@ YAML
     printf '%-58s %s\n' "3 members at once: snapshot restore + sync (each)" "${bare3[*]}"
     echo "restore phases (s; upload and restore step: the slowest member):"
     for r in $(seq 1 "$runs"); do printf '  run %s: %s\n' "$r" "$(phases "$w/restore-$r.out")"; done
+    if [ -n "${COMPARE_BIN:-}" ]; then
+        for r in $(seq 1 "$runs"); do printf '  run %s (COMPARE_BIN): %s\n' "$r" "$(phases "$w/restore-$r-b.out")"; done
+    fi
     for r in $(seq 1 "$runs"); do
         echo "run $r: leader before the restore ${leaders[$((r - 1))]}; etcd's journal while it stopped:"
         sed 's/^/  /' "$w/etcd-stop-$r.log"
