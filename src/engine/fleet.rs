@@ -277,3 +277,124 @@ pub async fn step<T: Reachable + ?Sized>(
         Err(StepError::script(step, &out))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engine::Silent;
+
+    struct Item(&'static str);
+
+    impl OnHost for Item {
+        fn host_name(&self) -> &str {
+            self.0
+        }
+    }
+
+    fn inventory() -> Inventory {
+        crate::inventory::parse(
+            "cluster: {name: t, kubernetesVersion: \"1.34\"}\nhosts:\n  - {name: cp1, address: 10.0.0.1, roles: [etcd, control-plane]}\n",
+            std::path::Path::new("i.yaml"),
+        )
+        .unwrap()
+        .inventory
+    }
+
+    const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
+
+    /// Results come back in the order the hosts were given, whatever order
+    /// they finished in; never more than `concurrency` run at once.
+    #[tokio::test]
+    async fn each_keeps_input_order_and_its_bound() {
+        let inv = inventory();
+        let cancel = Cancel::default();
+        let env = Env {
+            inv: &inv,
+            reporter: &Silent,
+            cancel: &cancel,
+            concurrency: 2,
+        };
+        let items: Vec<Item> = NAMES.into_iter().map(Item).collect();
+        let (running, peak) = (&AtomicUsize::new(0), &AtomicUsize::new(0));
+        let out = each(&env, "t", items.iter().collect(), |i| {
+            Box::pin(async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                // The first hosts take longest: they finish last.
+                let pos = NAMES.iter().position(|n| *n == i.0).unwrap() as u64;
+                tokio::time::sleep(Duration::from_millis(40 - 8 * pos)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok(i.0.to_uppercase())
+            })
+        })
+        .await
+        .unwrap();
+        assert_eq!(out, ["A", "B", "C", "D", "E"]);
+        assert_eq!(peak.load(Ordering::SeqCst), 2);
+    }
+
+    /// Every host that failed is named, in input order; the others finished.
+    #[tokio::test]
+    async fn each_names_every_failed_host() {
+        let inv = inventory();
+        let cancel = Cancel::default();
+        let env = Env {
+            inv: &inv,
+            reporter: &Silent,
+            cancel: &cancel,
+            concurrency: 8,
+        };
+        let items: Vec<Item> = NAMES.into_iter().map(Item).collect();
+        let done = &AtomicUsize::new(0);
+        let err = each(&env, "t", items.iter().collect(), |i| {
+            Box::pin(async move {
+                if i.0 == "b" || i.0 == "d" {
+                    return Err(StepError::Check(format!("{} is broken", i.0)));
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+        })
+        .await
+        .unwrap_err();
+        let failed: Vec<&str> = err.failures.iter().map(|(h, _)| h.as_str()).collect();
+        assert_eq!((err.phase, failed), ("t", vec!["b", "d"]));
+        assert_eq!(done.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            err.to_string(),
+            "phase t failed on 2 hosts:\n  - b: b is broken\n  - d: d is broken"
+        );
+    }
+
+    /// A stop request lets the host in flight finish and starts no other.
+    #[tokio::test]
+    async fn a_cancelled_run_starts_no_more_hosts() {
+        let inv = inventory();
+        let cancel = Cancel::default();
+        let env = Env {
+            inv: &inv,
+            reporter: &Silent,
+            cancel: &cancel,
+            concurrency: 1,
+        };
+        let items: Vec<Item> = NAMES.into_iter().map(Item).collect();
+        let started = &AtomicUsize::new(0);
+        let c = &cancel;
+        let err = each(&env, "t", items.iter().collect(), |_| {
+            Box::pin(async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                c.cancel();
+                Ok(())
+            })
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(started.load(Ordering::SeqCst), 1);
+        let cancelled: Vec<&str> = err.failures.iter().map(|(h, _)| h.as_str()).collect();
+        assert_eq!(cancelled, ["b", "c", "d", "e"]);
+        assert!(err.cancelled());
+    }
+}
