@@ -21,8 +21,11 @@ skip=start-control-plane,apply-manifests,start-nodes
 
 bash tests/deps.sh
 bash "$lab" deps
-cargo build --release --quiet
-rampart=$(readlink -f "${CARGO_TARGET_DIR:-target}/release/rampart")
+# The dev profile, as the tests build it: `bash tests/run.sh` afterwards reuses
+# this build instead of compiling every crate a second time.
+echo "# building rampart: about 10 min on 2 cores the first time (cargo lists each crate), seconds after" >&2
+cargo build
+rampart=$(readlink -f "${CARGO_TARGET_DIR:-target}/debug/rampart")
 
 work=$(mktemp -d /tmp/rampart-demo.XXXXXX)
 chmod 700 "$work"
