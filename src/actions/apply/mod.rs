@@ -150,8 +150,7 @@ pub struct ApplyRun<'c> {
     pub targets: Vec<PlannedHost>,
     pub findings: BTreeMap<String, Vec<Finding>>,
     pub skip: Vec<String>,
-    /// Services whose start phase this run skips.
-    pub not_starting: Vec<Service>,
+    /// What `--skip-phases` changes in the plan (services not started, …).
     pub(crate) skips: Skips,
     /// `YYYYmmddTHHMMSSZ` of this run: names the backup dir on every host.
     pub stamp: String,
@@ -207,7 +206,7 @@ impl<'a> Ctx<'a> {
         Ctx {
             env,
             targets: &run.targets,
-            not_starting: &run.not_starting,
+            not_starting: &run.skips.not_starting,
             stamp: &run.stamp,
             bootstrap: run.bootstrap.as_ref(),
         }
@@ -344,7 +343,6 @@ pub async fn prepare<'c>(
         targets: Vec::new(),
         findings: BTreeMap::new(),
         skip: o.skip.clone(),
-        not_starting: skips.not_starting.clone(),
         skips,
         stamp: o.stamp.clone(),
         admin_time: o.admin_time,
