@@ -73,7 +73,7 @@ pub fn restore(a: &RestoreArgs, verbose: bool) -> Result<ExitCode> {
         let mut prepared = prepared?;
         // JSON prints the plan up front only when it is all there will be.
         if output == Output::Table || a.dry_run || !a.yes {
-            print_plan(&prepared.plan, output, a.dry_run)?;
+            print_plan(prepared.plan(), output, a.dry_run)?;
         }
         if a.dry_run {
             prepared.release().await;
@@ -92,7 +92,7 @@ pub fn restore(a: &RestoreArgs, verbose: bool) -> Result<ExitCode> {
         if let Err(e @ (RestoreError::NotConfirmed { .. } | RestoreError::Store(_))) = r {
             return Err(e.into());
         }
-        summary(&prepared.plan, &r, output)?;
+        summary(prepared.plan(), &r, output)?;
         r?;
         Ok(ExitCode::SUCCESS)
     })

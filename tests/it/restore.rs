@@ -232,7 +232,7 @@ async fn prepare<'r>(
 }
 
 fn restore_plan(p: &Prepared) -> rampart::restore::RestorePlan {
-    match &p.plan {
+    match p.plan() {
         Planned::Restore(p) => (**p).clone(),
         Planned::Rollback(_) => panic!("not a restore"),
     }

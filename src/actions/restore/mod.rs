@@ -102,15 +102,15 @@ pub enum RestoreError {
     },
 }
 
-/// Who takes part in a run: from the plan (or the rollback's plan).
+/// Who takes part in a run, as its plan (or the rollback's plan) says.
 #[derive(Debug, Clone, Default)]
-pub struct Participants {
+pub struct Participants<'a> {
     /// Every etcd member.
-    pub members: Vec<String>,
+    pub members: Vec<&'a str>,
     /// Every host with a control plane: held stopped for the whole run.
-    pub control_planes: Vec<String>,
+    pub control_planes: &'a [String],
     /// The control planes whose apiserver ran: started again last.
-    pub apiservers: Vec<String>,
+    pub apiservers: &'a [String],
 }
 
 /// The state restore's phases work on.
@@ -120,15 +120,47 @@ pub struct RestoreRun<'r> {
     pub id: String,
     /// Each host's restore facts, read by `facts`.
     pub facts: BTreeMap<String, RestoreFacts>,
-    pub roles: Participants,
-    /// A restore's plan (None for a rollback).
-    pub plan: Option<RestorePlan>,
-    /// A rollback's stamp: names the dirs it sets aside.
-    pub stamp: String,
+    /// What the run does, once planned (after `facts`).
+    pub planned: Option<Planned>,
     /// The verified plaintext, while some member still has to restore it.
     pub snapshot: Option<Decrypted>,
     /// What `check` found.
     pub checked: Option<Checked>,
+}
+
+impl RestoreRun<'_> {
+    /// A restore's plan (None before planning, and for a rollback).
+    pub fn plan(&self) -> Option<&RestorePlan> {
+        match &self.planned {
+            Some(Planned::Restore(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// A rollback's stamp: names the dirs it sets aside.
+    pub fn stamp(&self) -> &str {
+        match &self.planned {
+            Some(Planned::Rollback(p)) => &p.stamp,
+            _ => "",
+        }
+    }
+
+    /// Who takes part (nobody before planning).
+    pub fn participants(&self) -> Participants<'_> {
+        match &self.planned {
+            None => Participants::default(),
+            Some(Planned::Restore(p)) => Participants {
+                members: p.members.iter().map(|m| m.name.as_str()).collect(),
+                control_planes: &p.control_planes,
+                apiservers: &p.apiservers,
+            },
+            Some(Planned::Rollback(p)) => Participants {
+                members: p.members.iter().map(|m| m.name.as_str()).collect(),
+                control_planes: &p.control_planes,
+                apiservers: &p.apiservers,
+            },
+        }
+    }
 }
 
 impl<'r> Reaches<'r> for RestoreRun<'r> {
@@ -198,11 +230,18 @@ pub enum Planned {
 /// A restore planned: the plan, and the connected, locked hosts that will
 /// carry it out.
 pub struct Prepared<'r> {
-    pub plan: Planned,
     pub run: RestoreRun<'r>,
 }
 
 impl Prepared<'_> {
+    /// What the run does.
+    pub fn plan(&self) -> &Planned {
+        self.run
+            .planned
+            .as_ref()
+            .expect("a prepared run is planned")
+    }
+
     /// Ends the lock scripts on every host.
     pub async fn release(&mut self) {
         self.run.reach.fleet.release().await;
@@ -330,9 +369,7 @@ pub async fn prepare<'r>(
         reach,
         id: id.clone(),
         facts: BTreeMap::new(),
-        roles: Participants::default(),
-        plan: None,
-        stamp: String::new(),
+        planned: None,
         snapshot: plain,
         checked: None,
     };
@@ -348,23 +385,8 @@ pub async fn prepare<'r>(
     };
     match planned {
         Ok(plan) => {
-            run.roles = match &plan {
-                Planned::Restore(p) => Participants {
-                    members: p.members.iter().map(|m| m.name.clone()).collect(),
-                    control_planes: p.control_planes.clone(),
-                    apiservers: p.apiservers.clone(),
-                },
-                Planned::Rollback(p) => Participants {
-                    members: p.members.iter().map(|m| m.name.clone()).collect(),
-                    control_planes: p.control_planes.clone(),
-                    apiservers: p.apiservers.clone(),
-                },
-            };
-            match &plan {
-                Planned::Restore(p) => run.plan = Some((**p).clone()),
-                Planned::Rollback(p) => run.stamp = p.stamp.clone(),
-            }
-            Ok(Prepared { plan, run })
+            run.planned = Some(plan);
+            Ok(Prepared { run })
         }
         Err(e) => {
             run.reach.fleet.release().await;
@@ -458,7 +480,7 @@ pub async fn execute(
     reporter: &dyn Reporter,
     cancel: &Cancel,
 ) -> Result<RestoreOutcome, RestoreError> {
-    let what = match prepared.plan {
+    let what = match prepared.plan() {
         Planned::Restore(_) => "restore",
         Planned::Rollback(_) => "rollback",
     };
@@ -469,27 +491,24 @@ pub async fn execute(
     }
     let env = env(inv, req, reporter, cancel);
     let book = runbook::restore();
-    match &prepared.plan {
-        Planned::Restore(plan) => {
-            let store = PlanStore {
-                state_dir: &req.state_dir,
-                kind: runbook::KIND,
-            };
-            let saved = store.save(&plan.id, plan)?;
-            match book.run(&env, &mut prepared.run).await {
-                Ok(()) => Ok(RestoreOutcome::Restored {
-                    checked: prepared.run.checked.take().unwrap_or_default(),
-                    saved,
-                }),
-                Err(e) => Err(RestoreError::Stopped {
-                    id: plan.id.clone(),
-                    cause: Box::new(e.into()),
-                }),
-            }
-        }
-        Planned::Rollback(_) => {
-            book.roll_back(&env, &mut prepared.run).await?;
-            Ok(RestoreOutcome::RolledBack)
-        }
+    let Planned::Restore(plan) = prepared.plan() else {
+        book.roll_back(&env, &mut prepared.run).await?;
+        return Ok(RestoreOutcome::RolledBack);
+    };
+    let store = PlanStore {
+        state_dir: &req.state_dir,
+        kind: runbook::KIND,
+    };
+    let saved = store.save(&plan.id, plan)?;
+    let id = plan.id.clone();
+    match book.run(&env, &mut prepared.run).await {
+        Ok(()) => Ok(RestoreOutcome::Restored {
+            checked: prepared.run.checked.take().unwrap_or_default(),
+            saved,
+        }),
+        Err(e) => Err(RestoreError::Stopped {
+            id,
+            cause: Box::new(e.into()),
+        }),
     }
 }

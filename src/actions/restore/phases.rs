@@ -45,28 +45,29 @@ pub(crate) enum Hosts {
 
 impl Hosts {
     fn names(self, s: &RestoreRun) -> Vec<String> {
-        let r = &s.roles;
+        let r = s.participants();
+        let owned = |hs: &[&str]| hs.iter().map(|h| h.to_string()).collect::<Vec<_>>();
         match self {
-            Hosts::Members => r.members.clone(),
-            Hosts::ControlPlanes => r.control_planes.clone(),
+            Hosts::Members => owned(&r.members),
+            Hosts::ControlPlanes => r.control_planes.to_vec(),
             Hosts::All => {
-                let mut all = r.members.clone();
+                let mut all = owned(&r.members);
                 all.extend(
                     r.control_planes
                         .iter()
-                        .filter(|h| !r.members.contains(h))
+                        .filter(|h| !r.members.contains(&h.as_str()))
                         .cloned(),
                 );
                 all
             }
-            Hosts::Apiservers => r.apiservers.clone(),
+            Hosts::Apiservers => r.apiservers.to_vec(),
             Hosts::IdleControlPlanes => r
                 .control_planes
                 .iter()
                 .filter(|h| !r.apiservers.contains(h))
                 .cloned()
                 .collect(),
-            Hosts::Pending(step) => s.plan.as_ref().map_or_else(Vec::new, |p| {
+            Hosts::Pending(step) => s.plan().map_or_else(Vec::new, |p| {
                 p.members
                     .iter()
                     .filter(|m| !m.has(step))
@@ -154,12 +155,12 @@ pub(crate) fn put_back<'r>() -> OnHosts<'r> {
         title: "put the pre-restore data dirs back",
         step: "roll back",
         hosts: |s| Hosts::Members.names(s),
-        script: |s| script::roll_back(&s.id, &s.stamp),
+        script: |s| script::roll_back(&s.id, s.stamp()),
         line: |s| {
             Some(format!(
                 "{} is back; the restored data is kept as {}",
                 crate::restore::pre_restore_dir(&s.id),
-                crate::restore::rolled_back_dir(&s.stamp)
+                crate::restore::rolled_back_dir(s.stamp())
             ))
         },
     }
@@ -274,10 +275,11 @@ pub(crate) struct Fence;
 impl Fence {
     fn units(s: &RestoreRun, host: &str) -> Vec<&'static str> {
         let mut units = Vec::new();
-        if s.roles.control_planes.iter().any(|h| h == host) {
+        let r = s.participants();
+        if r.control_planes.iter().any(|h| h == host) {
             units.extend(CONTROL_PLANE_UNITS);
         }
-        if s.roles.members.iter().any(|h| h == host) {
+        if r.members.contains(&host) {
             units.extend(MEMBER_UNITS);
         }
         units
@@ -352,7 +354,7 @@ impl Phase<RestoreRun<'_>> for RestoreMembers {
             let hosts = Hosts::Pending(Step::Restored).select(s);
             each(env, self.name(), hosts, move |m| {
                 Box::pin(async move {
-                    let p = s.plan.as_ref().expect("a restore runs with its plan");
+                    let p = s.plan().expect("a restore runs with its plan");
                     let Some(snap) = s.snapshot.as_ref() else {
                         return Err(StepError::Check(
                             "no snapshot to upload; resume with FILE and --identity".into(),
@@ -473,7 +475,7 @@ pub(crate) struct CheckRestored;
 
 impl CheckRestored {
     fn first<'a>(s: &'a RestoreRun) -> Option<&'a ConnectedHost> {
-        let name = &s.plan.as_ref()?.members.first()?.name;
+        let name = &s.plan()?.members.first()?.name;
         s.reach
             .fleet
             .members()
@@ -500,7 +502,7 @@ impl Phase<RestoreRun<'_>> for CheckRestored {
         Box::pin(async move {
             let checked = {
                 let s = &*s;
-                let plan = s.plan.as_ref().expect("a check runs with its plan");
+                let plan = s.plan().expect("a check runs with its plan");
                 each(env, self.name(), CheckRestored::first(s).into_iter().collect(), move |m| {
                     Box::pin(async move {
                         let text = script::check(&env.inv.binaries.etcd_dir, loopback(m));
