@@ -303,6 +303,15 @@ mod tests {
         .inventory
     }
 
+    fn env<'a>(inv: &'a Inventory, cancel: &'a Cancel, concurrency: usize) -> Env<'a> {
+        Env {
+            inv,
+            reporter: &Silent,
+            cancel,
+            concurrency,
+        }
+    }
+
     const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
 
     /// Results come back in the order the hosts were given, whatever order
@@ -311,12 +320,7 @@ mod tests {
     async fn each_keeps_input_order_and_its_bound() {
         let inv = inventory();
         let cancel = Cancel::default();
-        let env = Env {
-            inv: &inv,
-            reporter: &Silent,
-            cancel: &cancel,
-            concurrency: 2,
-        };
+        let env = env(&inv, &cancel, 2);
         let items: Vec<Item> = NAMES.into_iter().map(Item).collect();
         let (running, peak) = (&AtomicUsize::new(0), &AtomicUsize::new(0));
         let out = each(&env, "t", items.iter().collect(), |i| {
@@ -341,12 +345,7 @@ mod tests {
     async fn each_names_every_failed_host() {
         let inv = inventory();
         let cancel = Cancel::default();
-        let env = Env {
-            inv: &inv,
-            reporter: &Silent,
-            cancel: &cancel,
-            concurrency: 8,
-        };
+        let env = env(&inv, &cancel, 8);
         let items: Vec<Item> = NAMES.into_iter().map(Item).collect();
         let done = &AtomicUsize::new(0);
         let err = each(&env, "t", items.iter().collect(), |i| {
@@ -374,12 +373,7 @@ mod tests {
     async fn a_cancelled_run_starts_no_more_hosts() {
         let inv = inventory();
         let cancel = Cancel::default();
-        let env = Env {
-            inv: &inv,
-            reporter: &Silent,
-            cancel: &cancel,
-            concurrency: 1,
-        };
+        let env = env(&inv, &cancel, 1);
         let items: Vec<Item> = NAMES.into_iter().map(Item).collect();
         let started = &AtomicUsize::new(0);
         let c = &cancel;
