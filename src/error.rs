@@ -5,6 +5,7 @@
 
 use crate::actions::apply::ApplyError;
 use crate::actions::restore::RestoreError;
+use crate::actions::verify::VerifyError;
 use crate::engine::{PhaseError, StepError};
 use crate::inventory::InventoryError;
 
@@ -32,6 +33,12 @@ pub mod code {
     pub const BACKUP_REFUSED: u8 = 10;
     /// A destructive command was not confirmed (no `--yes`, no terminal to ask).
     pub const NOT_CONFIRMED: u8 = 11;
+    /// `verify` found warnings and nothing worse (a certificate expiring
+    /// within `--warn-days`, an old backup).
+    pub const VERIFY_WARNINGS: u8 = 12;
+    /// `verify` found failures: a failed automated CIS check, drift, a
+    /// service down, an expired certificate, a failed backup run.
+    pub const VERIFY_FAILURES: u8 = 13;
     /// Interrupted (Ctrl-C, SIGTERM, SIGHUP) between steps.
     pub const CANCELLED: u8 = 130;
 }
@@ -59,6 +66,13 @@ fn code_of(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
     if let Some(e) = e.downcast_ref::<ApplyError>() {
         return Some(match e {
             ApplyError::Hosts(pe) => hosts_code(pe),
+            _ => code::FAILURE,
+        });
+    }
+    if let Some(e) = e.downcast_ref::<VerifyError>() {
+        return Some(match e {
+            VerifyError::Hosts(pe) => hosts_code(pe),
+            VerifyError::Wanted(ApplyError::Hosts(pe)) => hosts_code(pe),
             _ => code::FAILURE,
         });
     }

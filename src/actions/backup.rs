@@ -121,7 +121,7 @@ pub fn holders(inv: &Inventory) -> Vec<Holder> {
     members.chain(target).collect()
 }
 
-fn list_script(dir: &str, target: bool) -> String {
+pub(crate) fn list_script(dir: &str, target: bool) -> String {
     let d = quote(dir);
     let timer = Service::Backups.unit();
     let mut s = String::from("set -u\n");

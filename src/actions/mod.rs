@@ -6,6 +6,7 @@
 //! - [`restore`]: `backup restore`, the first runbook (journaled, resumable,
 //!   with `--rollback`);
 //! - [`backup`]: `backup list`, `now` and `pull`, work on each member;
+//! - [`verify`]: `verify`, the read-only audit of the live fleet;
 //! - [`gates`]: the health gates apply and restore start services behind.
 //!
 //! Commands in `src/cli` parse arguments, call one function here and print
@@ -15,3 +16,4 @@ pub mod apply;
 pub mod backup;
 pub(crate) mod gates;
 pub mod restore;
+pub mod verify;

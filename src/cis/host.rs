@@ -69,6 +69,26 @@ impl<'a> HostView<'a> {
         }
     }
 
+    /// A host whose processes are known (read from `/proc` by `verify`):
+    /// `running` holds each service's real process; a service without one
+    /// is seen as its unit would start it (as [`HostView::new`] does).
+    pub fn with_processes(
+        bundle: &'a HostBundle,
+        roles: &'a BTreeMap<String, Role>,
+        mut running: BTreeMap<Service, Process>,
+    ) -> Self {
+        let processes = bundle
+            .services
+            .iter()
+            .filter_map(|s| running.remove(s).or_else(|| process_of(bundle, *s)))
+            .collect();
+        HostView {
+            bundle,
+            processes,
+            roles,
+        }
+    }
+
     /// Text of a file in the bundle (secrets included: parsed in memory, never reported).
     pub fn read(&self, path: &str) -> Option<&str> {
         self.bundle

@@ -59,13 +59,23 @@ pub fn targets_of(hb: &HostBundle) -> Vec<Target> {
 }
 
 fn evaluate_host(benchmark: &Benchmark, name: &str, hb: &HostBundle) -> HostReport {
+    evaluate_view(benchmark, name, hb, &HostView::new(hb, &benchmark.roles))
+}
+
+/// Evaluates the checks that apply to a host running `hb`'s services on
+/// `view`: the rendered bundle itself, or what `verify` read off the host.
+pub fn evaluate_view(
+    benchmark: &Benchmark,
+    name: &str,
+    hb: &HostBundle,
+    view: &HostView,
+) -> HostReport {
     let targets = targets_of(hb);
-    let view = HostView::new(hb, &benchmark.roles);
     let checks = benchmark
         .checks
         .iter()
         .filter(|c| applies(c, &targets, hb))
-        .map(|c| evaluate_check(c, &view))
+        .map(|c| evaluate_check(c, view))
         .collect();
     HostReport::new(name.to_string(), targets, checks)
 }

@@ -17,25 +17,25 @@ use rampart::remote::ssh::{self, ConnectOptions, KeyStatus, SshError};
 use rampart::secret::Secret;
 use time::OffsetDateTime;
 
-use super::args::{ApplyArgs, InventoryArgs, Output, PlanArgs};
+use super::args::{ApplyArgs, InventoryArgs, Output, PlanArgs, StateArgs};
 use super::report::Progress;
 use super::session::{confirm, on_ctrl_c, runtime, Ssh};
 use super::{load_inventory, state_dir, unlock};
 
 /// Inventory, rendered bundle and the super-admin kubeconfig (for the one
 /// binding admin.conf cannot create itself): everything before the network.
-fn load(a: &PlanArgs) -> Result<(Inventory, rampart::render::Bundle, Secret)> {
-    let mut inv = load_inventory(&a.state.inv.inventory)?.inventory;
+pub(super) fn load(state: &StateArgs) -> Result<(Inventory, rampart::render::Bundle, Secret)> {
+    let mut inv = load_inventory(&state.inv.inventory)?.inventory;
     rampart::remote::ssh::fill_target_host_keys(&mut inv, &Default::default())?;
-    let dir = pki::StateDir::new(state_dir(a.state.state_dir.as_ref(), &inv.cluster.name)?);
+    let dir = pki::StateDir::new(state_dir(state.state_dir.as_ref(), &inv.cluster.name)?);
     if !dir.state_key_path().exists() {
         bail!(
             "no cluster state in {}: run `rampart init -i {}` first",
             dir.root().display(),
-            a.state.inv.inventory.display()
+            state.inv.inventory.display()
         );
     }
-    let unlock = unlock::resolve(&a.state, &dir)?;
+    let unlock = unlock::resolve(state, &dir)?;
     let pki = pki::load(&inv, &dir, &unlock)?;
     let bundle = rampart::render::render(&inv, &pki)?;
     let bootstrap = pki::super_admin_kubeconfig(&inv, &pki);
@@ -70,7 +70,7 @@ fn connect_options(a: &PlanArgs) -> ConnectOptions {
 }
 
 pub fn plan(a: &PlanArgs, verbose: bool) -> Result<ExitCode> {
-    let (inv, bundle, _) = load(a)?;
+    let (inv, bundle, _) = load(&a.state)?;
     let progress = Progress::new(verbose, a.state.inv.output == Output::Json);
     let cancel = Cancel::default();
     let rt = runtime()?;
@@ -122,7 +122,7 @@ fn print_plan(p: &ApplyRun, output: Output) -> Result<()> {
 }
 
 pub fn apply(a: &ApplyArgs, verbose: bool) -> Result<ExitCode> {
-    let (inv, bundle, bootstrap) = load(&a.plan)?;
+    let (inv, bundle, bootstrap) = load(&a.plan.state)?;
     let output = a.plan.state.inv.output;
     let progress = Progress::new(verbose, output == Output::Json);
     let cancel = Cancel::default();

@@ -40,6 +40,9 @@ pub enum Command {
     Plan(PlanArgs),
     /// Install the rendered bundle on the hosts over SSH and start the services in order.
     Apply(ApplyArgs),
+    /// Audit the live cluster over SSH, read-only: CIS checks on what runs, drift from the
+    /// rendered files, health, backups and certificate expiry.
+    Verify(VerifyArgs),
     /// Host keys and locks.
     #[command(subcommand)]
     Hosts(HostsCommand),
@@ -189,6 +192,45 @@ pub struct PlanArgs {
     /// Trust and record host keys never seen before (trust on first use). Changed keys are always refused.
     #[arg(long)]
     pub accept_new_host_keys: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The inventory file.
+    #[arg(short, long, env = "RAMPART_INVENTORY")]
+    pub inventory: PathBuf,
+    /// The cluster state dir (default: ~/.local/share/rampart/<cluster name>).
+    #[arg(long, env = "RAMPART_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// age identity file that unlocks the state dir (else: RAMPART_PASSPHRASE or a prompt).
+    #[arg(long, env = "RAMPART_IDENTITY")]
+    pub identity: Option<PathBuf>,
+    /// Only these hosts (comma-separated inventory names).
+    #[arg(long, value_delimiter = ',')]
+    pub hosts: Option<Vec<String>>,
+    /// Hosts read at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// A certificate that expires within this many days is a warning.
+    #[arg(long, default_value_t = 30)]
+    pub warn_days: u32,
+    /// A member whose newest backup is older than this many hours is a warning.
+    #[arg(long, default_value_t = 48)]
+    pub backup_max_age_hours: u32,
+    /// Other CIS definitions (a kube-bench checks digest) instead of the built-in catalogue.
+    #[arg(long, env = "RAMPART_CIS_BENCHMARK")]
+    pub benchmark: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = VerifyOutput::Table)]
+    pub output: VerifyOutput,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VerifyOutput {
+    Table,
+    Json,
+    /// JUnit XML: a test suite per host, a test case per finding.
+    Junit,
 }
 
 #[derive(Debug, Args)]

@@ -20,6 +20,7 @@ mod report;
 mod restore_cmds;
 mod session;
 mod unlock;
+mod verify_cmds;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -41,6 +42,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let verbose = cli.verbose > 0;
     match cli.command {
         Command::Plan(a) => apply_cmds::plan(&a, verbose),
+        Command::Verify(a) => verify_cmds::verify(&a, cli.verbose),
         Command::Apply(a) => apply_cmds::apply(&a, verbose),
         Command::Hosts(args::HostsCommand::Trust { inv, hosts, yes }) => {
             apply_cmds::hosts_trust(&inv, hosts.as_deref(), yes)
@@ -95,6 +97,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// Loads the inventory and prints its warnings to stderr.
+/// The CIS definitions to judge by: `--benchmark FILE`, else the built-in catalogue.
+pub(crate) fn load_benchmark(path: Option<&Path>) -> Result<rampart::cis::Benchmark> {
+    match path {
+        Some(p) => Ok(rampart::cis::Benchmark::load(p)?),
+        None => anyhow::bail!("pass --benchmark FILE (a kube-bench checks digest)"),
+    }
+}
+
 pub(crate) fn load_inventory(path: &Path) -> Result<Loaded> {
     let loaded = inventory::load(path)?;
     let shown = inventory::MAX_PROBLEMS_SHOWN;

@@ -127,16 +127,10 @@ pub fn check_preflight(findings: &BTreeMap<String, Vec<Finding>>) -> Result<(), 
     }
 }
 
-/// Facts → plan → diffs → preflight findings, for one host.
-async fn plan_one(
-    env: &Env<'_>,
-    run: &ApplyRun<'_>,
-    host: &Host,
-    remote: &dyn Remote,
-    w: &Wanted,
-) -> Result<(HostFacts, HostPlan, Vec<Finding>), StepError> {
+/// What to ask a host before planning it: every managed file, binary,
+/// directory, unit, user and kernel setting. `verify` asks the same.
+pub fn facts_request(host: &Host, w: &Wanted) -> FactsRequest {
     let (desired, needed) = (&w.desired, &w.needed);
-    env.reporter.step(&host.name, "facts");
     let mut req = FactsRequest {
         files: desired.files.iter().map(|w| w.path.clone()).collect(),
         cached: desired.binaries.iter().map(|w| w.path.clone()).collect(),
@@ -167,6 +161,20 @@ async fn plan_one(
             .collect(),
     };
     req.files.push(ADDONS_STAMP.into());
+    req
+}
+
+/// Facts → plan → diffs → preflight findings, for one host.
+async fn plan_one(
+    env: &Env<'_>,
+    run: &ApplyRun<'_>,
+    host: &Host,
+    remote: &dyn Remote,
+    w: &Wanted,
+) -> Result<(HostFacts, HostPlan, Vec<Finding>), StepError> {
+    let (desired, needed) = (&w.desired, &w.needed);
+    env.reporter.step(&host.name, "facts");
+    let req = facts_request(host, w);
     let mut facts = read_facts(remote, &req).await?;
     // Files rampart installed before and no longer manages: a second,
     // small round trip only when the record names such paths.

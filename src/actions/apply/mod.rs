@@ -280,7 +280,7 @@ fn check_options<'a>(inv: &'a Inventory, o: &ApplyOptions) -> Result<Vec<&'a Hos
 /// What each selected host must hold: the bundle's files and the binaries
 /// it needs, with the artifacts hashed once (cached by digest). Pure but for
 /// reading the artifacts.
-fn wanted(
+pub(crate) fn wanted(
     inv: &Inventory,
     bundle: &Bundle,
     hosts: &[&Host],

@@ -26,6 +26,7 @@ mod kubernetes;
 mod oci;
 mod restore;
 mod smoke;
+mod verify;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,130 @@
+//! `rampart verify`: load and render as `plan` does, read every host
+//! ([`rampart::actions::verify`]), print the verdict as a table per host,
+//! JSON or JUnit XML, and exit with the code of the worst finding.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use rampart::actions::verify::{self, VerifyOptions};
+use rampart::engine::Cancel;
+use rampart::remote::ssh::ConnectOptions;
+use rampart::verify::judge::Limits;
+use rampart::verify::{junit, Report, Severity};
+use time::OffsetDateTime;
+
+use super::args::{InventoryArgs, Output, StateArgs, VerifyArgs, VerifyOutput};
+use super::report::Progress;
+use super::session::{on_ctrl_c, runtime, Ssh};
+
+pub fn verify(a: &VerifyArgs, verbosity: u8) -> Result<ExitCode> {
+    let state = StateArgs {
+        inv: InventoryArgs {
+            inventory: a.inventory.clone(),
+            output: Output::Table,
+        },
+        state_dir: a.state_dir.clone(),
+        identity: a.identity.clone(),
+    };
+    let benchmark = super::load_benchmark(a.benchmark.as_deref())?;
+    let (inv, bundle, _) = super::apply_cmds::load(&state)?;
+    let progress = Progress::new(verbosity > 0, a.output != VerifyOutput::Table);
+    let cancel = Cancel::default();
+    let rt = runtime()?;
+    // Read-only: host keys must already be known (`rampart hosts trust`).
+    let ssh = Ssh(ConnectOptions::default());
+    let options = VerifyOptions {
+        hosts: a.hosts.clone(),
+        concurrency: usize::from(a.concurrency),
+        limits: Limits {
+            now: OffsetDateTime::now_utc(),
+            warn_days: a.warn_days,
+            backup_max_age_hours: a.backup_max_age_hours,
+        },
+    };
+    let report = rt.block_on(async {
+        on_ctrl_c(&cancel);
+        verify::run(
+            &inv, &bundle, &benchmark, &ssh, &options, &progress, &cancel,
+        )
+        .await
+    });
+    progress.finish();
+    let report = report?;
+    match a.output {
+        VerifyOutput::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        VerifyOutput::Junit => println!("{}", junit::render(&report).context("JUnit XML")?),
+        VerifyOutput::Table => print_table(&report, verbosity > 0),
+    }
+    Ok(ExitCode::from(report.exit_code()))
+}
+
+fn label(s: Severity) -> &'static str {
+    match s {
+        Severity::Failure => "FAIL",
+        Severity::Warning => "warn",
+        Severity::Info => "info",
+    }
+}
+
+fn print_table(report: &Report, verbose: bool) {
+    for h in &report.hosts {
+        let c = &h.checked;
+        println!(
+            "{}: {} ({} automated CIS checks, {}, {}, {})",
+            h.host,
+            counts(h.count(Severity::Failure), h.count(Severity::Warning)),
+            c.cis_automated,
+            plural(c.files, "managed file"),
+            plural(c.units, "unit"),
+            plural(c.certificates, "certificate"),
+        );
+        for f in &h.findings {
+            if f.severity == Severity::Info && !verbose {
+                continue;
+            }
+            println!(
+                "  {} {:<12} {}: {}",
+                label(f.severity),
+                f.area.name(),
+                f.id,
+                f.message
+            );
+        }
+        let infos = h.count(Severity::Info);
+        if infos > 0 && !verbose {
+            println!(
+                "  ({} not shown: -v lists them)",
+                plural(infos, "info line")
+            );
+        }
+    }
+    let (fail, warn) = (
+        report.count(Severity::Failure),
+        report.count(Severity::Warning),
+    );
+    println!(
+        "{}: {} on {}; {}",
+        report.cluster,
+        counts(fail, warn),
+        plural(report.hosts.len(), "host"),
+        match report.exit_code() {
+            0 => "the cluster is as rampart rendered it".to_string(),
+            code => format!("exit {code}"),
+        }
+    );
+}
+
+fn counts(fail: usize, warn: usize) -> String {
+    if fail + warn == 0 {
+        return "ok".into();
+    }
+    format!("{}, {}", plural(fail, "failure"), plural(warn, "warning"))
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}

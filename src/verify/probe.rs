@@ -1,0 +1,325 @@
+//! The read-only probe `verify` runs on each host, right after the facts
+//! script in the same round trip: the running processes' real command lines
+//! (`/proc/PID/cmdline` of each unit's main PID), unit states, stat of the
+//! paths kube-bench looks at, the public files it reads (certificates, unit
+//! files, the kubelet config), the health commands, and the backup job's
+//! state. Every line starts with `v\t`; binary and free-form values are
+//! base64. Nothing here writes to the host.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use base64::Engine;
+
+use crate::remote::script::{at, quote};
+
+/// What to ask one host.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeRequest {
+    /// Units whose state and main process are read (`etcd.service`, …).
+    pub units: Vec<String>,
+    /// Paths whose stat is wanted if they exist (kube-bench's file roles).
+    pub stat: Vec<String>,
+    /// Directories listed with everything below them (`find`), stat only.
+    pub find: Vec<String>,
+    /// Public files whose contents are wanted (never keys).
+    pub read: Vec<String>,
+    /// `(name, unit, command)`: run only while `unit` is active; its status
+    /// and output are reported.
+    pub health: Vec<(String, String, String)>,
+    /// The backup job's list script (see `actions::backup`), when the host
+    /// holds backups.
+    pub backups: Option<String>,
+}
+
+/// Where systemd units rampart could have installed live; every unit file
+/// there with one of these prefixes is listed, so extra ones show up.
+const UNIT_DIR: &str = "/etc/systemd/system";
+const UNIT_PREFIXES: [&str; 4] = ["etcd", "kube", "containerd", "rampart-backup"];
+
+/// The probe script (POSIX sh, GNU coreutils and findutils).
+pub fn script(req: &ProbeRequest) -> String {
+    let mut s = String::from("set +e\nR=\"${ROOT:-}\"\n");
+    for unit in &req.units {
+        let u = quote(unit);
+        let _ = writeln!(
+            s,
+            "printf 'v\\tunit\\t%s\\t%s\\n' {u} \"$(systemctl show {u} -p ActiveState -p SubState -p Result -p MainPID -p NRestarts 2>/dev/null | tr '\\n' ' ')\"\n\
+             pid=$(systemctl show {u} -p MainPID --value 2>/dev/null)\n\
+             if [ \"${{pid:-0}}\" -gt 0 ] 2>/dev/null && [ -r /proc/$pid/cmdline ]; then printf 'v\\tcmdline\\t%s\\t%s\\n' {u} \"$(base64 -w0 < /proc/$pid/cmdline)\"; printf 'v\\tenviron\\t%s\\t%s\\n' {u} \"$(base64 -w0 < /proc/$pid/environ)\"; fi"
+        );
+    }
+    let prefixes: Vec<String> = UNIT_PREFIXES
+        .iter()
+        .map(|p| format!("{}/{p}*", at(UNIT_DIR)))
+        .collect();
+    let _ = writeln!(
+        s,
+        "for f in {}; do if [ -f \"$f\" ]; then printf 'v\\tunitfile\\t%s\\n' \"${{f##*/}}\"; fi; done",
+        prefixes.join(" ")
+    );
+    // Relative names from "$R/", as the facts script does.
+    s.push_str("cd \"$R/\"\n");
+    let rel = |p: &String| quote(p.trim_start_matches('/'));
+    for p in &req.stat {
+        let _ = writeln!(
+            s,
+            "stat -c 'v\tstat\t%a\t%U\t%G\t%F\t%n' -- {} 2>/dev/null",
+            rel(p)
+        );
+    }
+    for p in &req.find {
+        let _ = writeln!(
+            s,
+            "find {} -printf 'v\\tfound\\t%m\\t%u\\t%g\\t%y\\t%p\\n' 2>/dev/null",
+            rel(p)
+        );
+    }
+    for p in &req.read {
+        let r = rel(p);
+        let _ = writeln!(
+            s,
+            "if [ -f {r} ]; then printf 'v\\tfile\\t%s\\t%s\\n' {r} \"$(base64 -w0 < {r})\"; fi"
+        );
+    }
+    for (name, unit, cmd) in &req.health {
+        let _ = writeln!(
+            s,
+            "if systemctl is-active -q {u} 2>/dev/null; then o=$( ( {cmd} ) 2>&1 ); st=$?; else o=; st=-; fi; printf 'v\\thealth\\t%s\\t%s\\t%s\\n' {n} \"$st\" \"$(printf '%s' \"$o\" | base64 -w0)\"",
+            u = quote(unit),
+            n = quote(name),
+        );
+    }
+    if let Some(list) = &req.backups {
+        let _ = writeln!(
+            s,
+            "( {} ) 2>/dev/null | while IFS= read -r l; do printf 'v\\tbackup\\t%s\\n' \"$l\"; done",
+            list.trim_end()
+        );
+    }
+    s.push_str("echo 'v\tend'\n");
+    s
+}
+
+/// A unit's state as `systemctl show` says it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnitState {
+    pub active: String,
+    pub sub: String,
+    pub result: String,
+    pub main_pid: u32,
+    pub restarts: u32,
+}
+
+/// A file or directory's stat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+    pub is_dir: bool,
+}
+
+/// A health command's outcome: None when its unit was not active.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub ok: Option<bool>,
+    pub output: String,
+}
+
+/// What one host answered.
+#[derive(Debug, Clone, Default)]
+pub struct Probe {
+    pub units: BTreeMap<String, UnitState>,
+    /// Unit → argv of its main process.
+    pub argv: BTreeMap<String, Vec<String>>,
+    /// Unit → `KEY=VALUE` of its main process's environment.
+    pub environ: BTreeMap<String, Vec<(String, String)>>,
+    pub unit_files: Vec<String>,
+    pub entries: BTreeMap<String, Entry>,
+    pub files: BTreeMap<String, Vec<u8>>,
+    pub health: BTreeMap<String, Health>,
+    /// The backup list script's own lines, for `actions::backup::parse_list`.
+    pub backups: Option<String>,
+}
+
+/// Why a probe's output was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("probe output line {line}: {reason}")]
+pub struct ProbeError {
+    pub line: usize,
+    pub reason: String,
+}
+
+/// Parses the probe's lines (other lines, such as the facts script's, are
+/// skipped). Output without the final `v\tend` is truncated and refused.
+pub fn parse(text: &str) -> Result<Probe, ProbeError> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut p = Probe::default();
+    let mut ended = false;
+    let mut backups = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let Some(rest) = line.strip_prefix("v\t") else {
+            continue;
+        };
+        let err = |reason: &str| ProbeError {
+            line: i + 1,
+            reason: reason.to_string(),
+        };
+        let decode = |v: &str| b64.decode(v).map_err(|_| err("not base64"));
+        let cols: Vec<&str> = rest.split('\t').collect();
+        match cols.as_slice() {
+            ["unit", unit, props] => {
+                p.units.insert(unit.to_string(), unit_state(props));
+            }
+            ["cmdline", unit, v] => {
+                let argv = decode(v)?
+                    .split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                p.argv.insert(unit.to_string(), argv);
+            }
+            ["environ", unit, v] => {
+                let env = decode(v)?
+                    .split(|b| *b == 0)
+                    .filter_map(|kv| {
+                        let kv = String::from_utf8_lossy(kv);
+                        let (k, v) = kv.split_once('=')?;
+                        Some((k.to_string(), v.to_string()))
+                    })
+                    .collect();
+                p.environ.insert(unit.to_string(), env);
+            }
+            ["unitfile", name] => p.unit_files.push(name.to_string()),
+            ["stat", mode, owner, group, kind, path] => {
+                p.entries.insert(
+                    format!("/{path}"),
+                    entry(mode, owner, group, *kind == "directory", &err)?,
+                );
+            }
+            ["found", mode, owner, group, kind, path] => {
+                p.entries.insert(
+                    format!("/{path}"),
+                    entry(mode, owner, group, *kind == "d", &err)?,
+                );
+            }
+            ["file", path, v] => {
+                p.files.insert(format!("/{path}"), decode(v)?);
+            }
+            ["health", name, status, v] => {
+                let ok = match *status {
+                    "-" => None,
+                    s => Some(s == "0"),
+                };
+                let output = String::from_utf8_lossy(&decode(v)?).into_owned();
+                p.health.insert(name.to_string(), Health { ok, output });
+            }
+            ["backup", ..] => {
+                backups.push_str(&rest["backup\t".len()..]);
+                backups.push('\n');
+            }
+            ["end"] => ended = true,
+            _ => return Err(err("unexpected line")),
+        }
+    }
+    if !ended {
+        return Err(ProbeError {
+            line: text.lines().count(),
+            reason: "output ended early (no end line)".into(),
+        });
+    }
+    p.backups = (!backups.is_empty()).then_some(backups);
+    Ok(p)
+}
+
+fn entry(
+    mode: &str,
+    owner: &str,
+    group: &str,
+    is_dir: bool,
+    err: &dyn Fn(&str) -> ProbeError,
+) -> Result<Entry, ProbeError> {
+    Ok(Entry {
+        mode: u32::from_str_radix(mode, 8).map_err(|_| err("bad mode"))?,
+        owner: owner.to_string(),
+        group: group.to_string(),
+        is_dir,
+    })
+}
+
+/// `ActiveState=active SubState=running …` (systemctl's lines joined by spaces).
+fn unit_state(props: &str) -> UnitState {
+    let mut u = UnitState::default();
+    for kv in props.split_whitespace() {
+        match kv.split_once('=') {
+            Some(("ActiveState", v)) => u.active = v.into(),
+            Some(("SubState", v)) => u.sub = v.into(),
+            Some(("Result", v)) => u.result = v.into(),
+            Some(("MainPID", v)) => u.main_pid = v.parse().unwrap_or(0),
+            Some(("NRestarts", v)) => u.restarts = v.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    u
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The script runs here under a scratch root (systemctl answers nothing
+    /// for units it does not know) and its output parses back.
+    #[test]
+    fn script_reads_a_scratch_root_and_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("etc/kubernetes/pki")).unwrap();
+        std::fs::create_dir_all(root.join("etc/systemd/system")).unwrap();
+        std::fs::write(root.join("etc/kubernetes/pki/ca.crt"), "PEM").unwrap();
+        std::fs::write(root.join("etc/systemd/system/kube-extra.service"), "").unwrap();
+        let req = ProbeRequest {
+            units: vec!["rampart-nonexistent.service".into()],
+            stat: vec!["/etc/kubernetes".into(), "/nope".into()],
+            find: vec!["/etc/kubernetes/pki".into()],
+            read: vec!["/etc/kubernetes/pki/ca.crt".into(), "/nope".into()],
+            health: vec![(
+                "x".into(),
+                "rampart-nonexistent.service".into(),
+                "true".into(),
+            )],
+            backups: Some("echo 'a\tb'\necho end".into()),
+        };
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script(&req))
+            .env("ROOT", root)
+            .output()
+            .unwrap();
+        let p = parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        assert_eq!(p.unit_files, ["kube-extra.service"]);
+        assert!(p.entries["/etc/kubernetes"].is_dir);
+        assert!(!p.entries["/etc/kubernetes/pki/ca.crt"].is_dir);
+        assert!(p.entries.contains_key("/etc/kubernetes/pki"));
+        assert!(!p.entries.contains_key("/nope"));
+        assert_eq!(p.files["/etc/kubernetes/pki/ca.crt"], b"PEM");
+        assert_eq!(p.health["x"].ok, None);
+        assert_eq!(p.backups.as_deref(), Some("a\tb\nend\n"));
+        assert!(p.argv.is_empty());
+    }
+
+    #[test]
+    fn parse_refuses_truncated_output_and_reads_units() {
+        assert!(parse("v\tunit\tetcd.service\tActiveState=active\n").is_err());
+        let p = parse(
+            "os\tdebian\nv\tunit\tetcd.service\tActiveState=failed SubState=failed Result=exit-code MainPID=0 NRestarts=3 \nv\tcmdline\tetcd.service\tZXRjZABhAGI=\nv\tend\n",
+        )
+        .unwrap();
+        let u = &p.units["etcd.service"];
+        assert_eq!(
+            (u.active.as_str(), u.result.as_str(), u.restarts),
+            ("failed", "exit-code", 3)
+        );
+        assert_eq!(p.argv["etcd.service"], ["etcd", "a", "b"]);
+    }
+}
