@@ -11,7 +11,8 @@
 #   3. OpenSSH baselines: first install = per host, per file `scp` to a temp
 #      name + `ssh chown/chmod/mv`; no-op = per host, per file `ssh sha256sum`
 #      compared with `rampart render`'s manifest.json
-#   4. bytes rampart sends (`apply --output json`, per host `bytes_sent`)
+#   4. `rampart verify` on the same hosts (target: about a no-op apply)
+#   5. bytes rampart sends (`apply --output json`, per host `bytes_sent`)
 #
 # Usage (root; brings up its own lab and takes it down on exit):
 #   [BENCH_LAB_PREFIX=rz BENCH_LAB_NET=10.83.0] bash tests/bench/apply-fanout.sh [HOSTS] [RUNS] [BASELINE_RUNS]
@@ -143,6 +144,11 @@ YAML
     echo "::: rampart no-op re-apply ($runs runs)"
     "${hf[@]}" "$WORK/noop.json" --runs "$runs" --warmup 1 "${apply[*]}"
 
+    # verify reads the same hosts read-only in one round trip each. It exits
+    # 13 here (etcd is not started: start-etcd is skipped), hence -i.
+    echo "::: rampart verify ($runs runs)"
+    "${hf[@]}" "$WORK/verify.json" --runs "$runs" --warmup 1 -i "$bin verify -i $inv"
+
     # Bytes: one more first apply and one no-op, with --output json.
     reset_hosts
     "${apply[@]}" --output json > "$WORK/first-out.json" 2> /dev/null
@@ -163,7 +169,7 @@ YAML
     echo "=== $(lab_hosts | wc -l) hosts, $files files; nproc $(nproc), load $(cut -d' ' -f1-3 /proc/loadavg)"
     printf '%-46s %6s %7s %6s %4s\n' "measurement" min_s median_s max_s runs
     local label f lo med hi n
-    for label in "rampart apply, first:first" "rampart apply, no-op:noop" \
+    for label in "rampart apply, first:first" "rampart apply, no-op:noop" "rampart verify:verify" \
         "OpenSSH naive, first (scp+ssh per file):naive-install" \
         "OpenSSH naive, no-op (ssh per file):naive-check" \
         "OpenSSH, no-op (one ssh per host):host-check"; do
@@ -173,7 +179,8 @@ YAML
     done
     awk -v a="$(median naive-install)" -v b="$(median first)" -v c="$(median naive-check)" \
         -v d="$(median noop)" -v e="$(median host-check)" \
-        'BEGIN{printf "ratios (median): first naive/rampart %.1fx, no-op naive/rampart %.1fx, no-op one-ssh-per-host/rampart %.1fx\n", a/b, c/d, e/d}'
+        -v v="$(median verify)" \
+        'BEGIN{printf "ratios (median): first naive/rampart %.1fx, no-op naive/rampart %.1fx, no-op one-ssh-per-host/rampart %.1fx, verify/no-op apply %.2fx\n", a/b, c/d, e/d, v/d}'
     echo "bytes_sent per host (first apply / no-op re-apply):"
     jq -r --slurpfile n "$WORK/noop-out.json" \
         '.hosts[] as $h | "  \($h.host) \($h.bytes_sent) / \($n[0].hosts[] | select(.host == $h.host) | .bytes_sent)"' \
