@@ -53,6 +53,17 @@ pub enum Refusal {
     NotTrusted { hosts: String, hint: &'static str },
 }
 
+/// The exit code of a `verify` that ran: 0 when nothing worse than info
+/// was found, else the code of the worst severity.
+pub fn verify_code(report: &crate::actions::verify::Report) -> u8 {
+    use crate::actions::verify::Severity;
+    match report.worst() {
+        Some(Severity::Failure) => code::VERIFY_FAILURES,
+        Some(Severity::Warning) => code::VERIFY_WARNINGS,
+        _ => 0,
+    }
+}
+
 /// The exit code of an error chain: the code of the first error in it that
 /// rampart knows (the outermost is the most specific), else [`code::FAILURE`].
 pub fn exit_code<'a>(chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>) -> u8 {

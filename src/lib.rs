@@ -18,4 +18,3 @@ pub mod remote;
 pub mod render;
 pub mod restore;
 pub mod secret;
-pub mod verify;

@@ -5,11 +5,11 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use rampart::actions::verify::judge::Limits;
 use rampart::actions::verify::{self, VerifyOptions};
+use rampart::actions::verify::{junit, Report, Severity};
 use rampart::engine::Cancel;
 use rampart::remote::ssh::ConnectOptions;
-use rampart::verify::judge::Limits;
-use rampart::verify::{junit, Report, Severity};
 use time::OffsetDateTime;
 
 use super::args::{InventoryArgs, Output, StateArgs, VerifyArgs, VerifyOutput};
@@ -55,7 +55,7 @@ pub fn verify(a: &VerifyArgs, verbosity: u8) -> Result<ExitCode> {
         VerifyOutput::Junit => println!("{}", junit::render(&report).context("JUnit XML")?),
         VerifyOutput::Table => print_table(&report, verbosity > 0),
     }
-    Ok(ExitCode::from(report.exit_code()))
+    Ok(ExitCode::from(rampart::error::verify_code(&report)))
 }
 
 fn label(s: Severity) -> &'static str {
@@ -107,7 +107,7 @@ fn print_table(report: &Report, verbose: bool) {
         report.cluster,
         counts(fail, warn),
         plural(report.hosts.len(), "host"),
-        match report.exit_code() {
+        match rampart::error::verify_code(report) {
             0 => "the cluster is as rampart rendered it".to_string(),
             code => format!("exit {code}"),
         }

@@ -156,6 +156,8 @@ pub fn needed_binaries(
     }
     for &svc in services {
         let (path, source, version) = match svc {
+            // A shell script run by /bin/sh: nothing to install or check.
+            Service::Scan => continue,
             Service::Etcd => (
                 dir(&inv.binaries.etcd_dir, svc.binary()),
                 Source::Artifact,

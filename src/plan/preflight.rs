@@ -56,7 +56,7 @@ fn ports(svc: Service) -> &'static [u16] {
         Service::Kubelet => &[10250],
         Service::KubeProxy => &[10256],
         Service::Containerd => &[],
-        Service::Backups => &[],
+        Service::Backups | Service::Scan => &[],
     }
 }
 

@@ -27,10 +27,12 @@ pub enum Service {
     KubeProxy,
     /// The scheduled etcd backup job (`rampart-backup.timer` and its service).
     Backups,
+    /// The hourly host scan (`rampart-scan.timer` and its service), on every host.
+    Scan,
 }
 
 impl Service {
-    pub const ALL: [Service; 8] = [
+    pub const ALL: [Service; 9] = [
         Service::Etcd,
         Service::KubeApiserver,
         Service::KubeControllerManager,
@@ -39,6 +41,7 @@ impl Service {
         Service::Kubelet,
         Service::KubeProxy,
         Service::Backups,
+        Service::Scan,
     ];
     /// The systemd unit name without its suffix (also the binary's name, but
     /// for the backup job, which is rampart itself).
@@ -52,6 +55,7 @@ impl Service {
             Service::Kubelet => "kubelet",
             Service::KubeProxy => "kube-proxy",
             Service::Backups => "rampart-backup",
+            Service::Scan => "rampart-scan",
         }
     }
     /// The unit rampart enables, starts and restarts: `<name>.service`, or the
@@ -59,6 +63,7 @@ impl Service {
     pub fn unit(self) -> String {
         match self {
             Service::Backups => "rampart-backup.timer".into(),
+            Service::Scan => "rampart-scan.timer".into(),
             s => format!("{}.service", s.name()),
         }
     }
@@ -71,6 +76,8 @@ impl Service {
     pub fn binary(self) -> &'static str {
         match self {
             Service::Backups => "rampart",
+            // A shell script: /bin/sh is on every host.
+            Service::Scan => "sh",
             s => s.name(),
         }
     }

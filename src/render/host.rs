@@ -48,9 +48,12 @@ pub fn host_bundle(
             KubeApiserver | KubeControllerManager | KubeScheduler => host.roles.control_plane,
             Containerd | Kubelet | KubeProxy => host.roles.runs_kubelet(),
             Backups => host.roles.etcd && inv.backups.is_some(),
+            Scan => true,
         })
         .collect();
-    Ok(b.finish(services, host.roles.backup_target))
+    let mut hb = b.finish(services, host.roles.backup_target);
+    super::scan::add(&mut hb, inv, host)?;
+    Ok(hb)
 }
 
 fn unit_path(s: Service) -> String {

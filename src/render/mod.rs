@@ -17,6 +17,7 @@ mod bundle;
 mod context;
 mod encryption;
 mod host;
+pub mod scan;
 mod shared;
 pub mod systemd;
 pub(crate) mod templates;

@@ -30,6 +30,8 @@ pub const ADDON_CLUSTER_ADMINS: &str = "addons/cluster-admins.yaml";
 pub const ADDON_TENANTS: &str = "addons/tenants.yaml";
 pub const BACKUP_SERVICE: &str = "systemd/rampart-backup.service";
 pub const BACKUP_TIMER: &str = "systemd/rampart-backup.timer";
+pub const SCAN_SERVICE: &str = "systemd/rampart-scan.service";
+pub const SCAN_TIMER: &str = "systemd/rampart-scan.timer";
 
 macro_rules! embedded {
     ($($name:expr => $file:literal),* $(,)?) => {
@@ -37,7 +39,7 @@ macro_rules! embedded {
     };
 }
 
-const SOURCES: [(&str, &str); 19] = embedded![
+const SOURCES: [(&str, &str); 21] = embedded![
     ETCD_UNIT => "systemd/etcd.service",
     APISERVER_UNIT => "systemd/kube-apiserver.service",
     CONTROLLER_MANAGER_UNIT => "systemd/kube-controller-manager.service",
@@ -57,6 +59,8 @@ const SOURCES: [(&str, &str); 19] = embedded![
     ADDON_TENANTS => "addons/tenants.yaml",
     BACKUP_SERVICE => "systemd/rampart-backup.service",
     BACKUP_TIMER => "systemd/rampart-backup.timer",
+    SCAN_SERVICE => "systemd/rampart-scan.service",
+    SCAN_TIMER => "systemd/rampart-scan.timer",
 ];
 
 /// containerd's CNI config template: Go template syntax, filled in by

@@ -267,7 +267,12 @@ fn workers_hold_no_signing_keys_etcd_material_or_encryption_key() {
         assert!(hb.dirs.iter().all(|d| !d.path.contains("etcd")));
         assert_eq!(
             hb.services,
-            [Service::Containerd, Service::Kubelet, Service::KubeProxy]
+            [
+                Service::Containerd,
+                Service::Kubelet,
+                Service::KubeProxy,
+                Service::Scan
+            ]
         );
     }
 }
@@ -351,7 +356,8 @@ fn services_in_start_order_and_etcd_data_dir_is_etcd_owned() {
             Service::KubeScheduler,
             Service::Containerd,
             Service::Kubelet,
-            Service::KubeProxy
+            Service::KubeProxy,
+            Service::Scan
         ]
     );
     for m in inv.etcd_members() {
@@ -513,7 +519,8 @@ fn push_keys_go_to_their_own_member_only_and_the_target_holds_no_secret() {
     }
     let vault = &bundle.hosts["vault"];
     assert!(vault.files.iter().all(|f| !f.contents.is_secret()));
-    assert!(vault.services.is_empty());
+    // The target runs no cluster service, only the host scan.
+    assert_eq!(vault.services, [Service::Scan]);
     assert!(vault.receives_backups);
     assert_eq!(vault.users[0].name, "rampart-backup");
 

@@ -30,7 +30,7 @@ use crate::render::{Bundle, Service};
 use facts::{Facts, Preflight, Wanted};
 use install::{InstallFiles, Systemd, UploadBinaries};
 use kernel::KernelSettings;
-use services::{ApplyManifests, StartBackups, StartControlPlane, StartEtcd, StartNodes};
+use services::{ApplyManifests, StartBackups, StartControlPlane, StartEtcd, StartNodes, StartScan};
 
 /// Every phase of `apply`, in the order they run: the one definition behind
 /// the run, `--skip-phases`, its help text and the table in docs/apply.md.
@@ -49,6 +49,7 @@ pub fn phases<'c>() -> Vec<BoxPhase<'static, ApplyRun<'c>>> {
         Box::new(StartControlPlane),
         Box::new(ApplyManifests),
         Box::new(StartNodes),
+        Box::new(StartScan),
     ]
 }
 
@@ -243,6 +244,7 @@ pub fn not_starting(skip: &[String]) -> Vec<Service> {
         match s.as_str() {
             "start-etcd" => out.push(Service::Etcd),
             "start-backups" => out.push(Service::Backups),
+            "start-scan" => out.push(Service::Scan),
             "start-control-plane" => out.extend([
                 Service::KubeApiserver,
                 Service::KubeControllerManager,

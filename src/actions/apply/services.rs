@@ -99,6 +99,36 @@ impl Phase<ApplyRun<'_>> for StartBackups {
     }
 }
 
+/// `start-scan`: the hourly host scan's timer on every host (see
+/// `render::scan`), last, once everything it checks is running.
+pub struct StartScan;
+
+impl Phase<ApplyRun<'_>> for StartScan {
+    fn name(&self) -> &'static str {
+        "start-scan"
+    }
+    fn title(&self) -> &'static str {
+        "start the host scan timers"
+    }
+    fn hosts(&self, s: &ApplyRun) -> usize {
+        with_service(&s.targets, &[Service::Scan]).len()
+    }
+    fn run<'a>(
+        &'a self,
+        env: &'a Env<'a>,
+        s: &'a mut ApplyRun<'_>,
+    ) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(async move {
+            let ctx = &Ctx::new(env, s);
+            let targets = with_service(ctx.targets, &[Service::Scan]);
+            for_each(ctx, self.name(), targets, move |t| {
+                Box::pin(restart(ctx, t, Service::Scan))
+            })
+            .await
+        })
+    }
+}
+
 fn action(t: &PlannedHost, svc: Service) -> Option<&ServiceAction> {
     t.plan.services.get(&svc)
 }

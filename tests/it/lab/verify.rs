@@ -17,7 +17,15 @@ const WARNINGS: i32 = 12;
 
 fn verify(c: &Cluster, extra: &[&str]) -> (i32, Value, Output) {
     let inv = c.inventory.to_str().unwrap();
-    let mut args = vec!["verify", "-i", inv, "--output", "json", "--benchmark", "/work/shared/cis-1.12/checks.json"];
+    let mut args = vec![
+        "verify",
+        "-i",
+        inv,
+        "--output",
+        "json",
+        "--benchmark",
+        "/work/shared/cis-1.12/checks.json",
+    ];
     args.extend_from_slice(extra);
     let out = c.run(&args);
     let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -58,9 +66,9 @@ fn has(
     severity: &str,
     id_part: &str,
 ) -> bool {
-    found
-        .iter()
-        .any(|(h, a, s, id, m)| h == host && a == area && s == severity && (id.contains(id_part) || m.contains(id_part)))
+    found.iter().any(|(h, a, s, id, m)| {
+        h == host && a == area && s == severity && (id.contains(id_part) || m.contains(id_part))
+    })
 }
 
 fn clean(lab: &Lab, c: &Cluster, what: &str) {
@@ -83,7 +91,9 @@ fn lab_verify_reports_each_fault_with_its_severity() {
     let work = tempfile::tempdir().unwrap();
     let (_identity, recipient) = age_keygen(work.path());
     let spec = InventorySpec {
-        extra: format!("backups:\n  schedule: \"*-*-* 03:00:00\"\n  recipients:\n    - {recipient}\n"),
+        extra: format!(
+            "backups:\n  schedule: \"*-*-* 03:00:00\"\n  recipients:\n    - {recipient}\n"
+        ),
         ..Default::default()
     };
     let c = Cluster::init(&lab.inventory(&spec));
@@ -121,8 +131,14 @@ fn lab_verify_reports_each_fault_with_its_severity() {
     let (code, report, _) = verify(&c, &[]);
     let bad = findings(&report, "warning");
     assert_eq!(code, FAILURES, "{bad:#?}");
-    assert!(has(&bad, &host(0), "drift", "failure", "kube-apiserver.service"), "{bad:#?}");
-    assert!(has(&bad, &host(0), "cis", "failure", "profiling"), "{bad:#?}");
+    assert!(
+        has(&bad, &host(0), "drift", "failure", "kube-apiserver.service"),
+        "{bad:#?}"
+    );
+    assert!(
+        has(&bad, &host(0), "cis", "failure", "profiling"),
+        "{bad:#?}"
+    );
     lab.ssh_ok(
         0,
         "sed -i 's/--profiling=true/--profiling=false/' /etc/systemd/system/kube-apiserver.service",
@@ -134,7 +150,10 @@ fn lab_verify_reports_each_fault_with_its_severity() {
     let (code, report, _) = verify(&c, &[]);
     let bad = findings(&report, "warning");
     assert_eq!(code, FAILURES, "{bad:#?}");
-    assert!(has(&bad, &host(0), "drift", "failure", "apiserver.key"), "{bad:#?}");
+    assert!(
+        has(&bad, &host(0), "drift", "failure", "apiserver.key"),
+        "{bad:#?}"
+    );
     // 1.1.21 is a manual check in CIS 1.12 whose test kube-bench still runs.
     assert!(has(&bad, &host(0), "cis", "warning", "1.1.21"), "{bad:#?}");
     lab.ssh_ok(0, "chmod 600 /etc/kubernetes/pki/apiserver.key");
@@ -145,8 +164,14 @@ fn lab_verify_reports_each_fault_with_its_severity() {
     let (code, report, _) = verify(&c, &[]);
     let bad = findings(&report, "warning");
     assert_eq!(code, FAILURES, "{bad:#?}");
-    assert!(has(&bad, &host(2), "health", "failure", "etcd.service"), "{bad:#?}");
-    assert!(has(&bad, &host(0), "health", "failure", "quorum holds"), "{bad:#?}");
+    assert!(
+        has(&bad, &host(2), "health", "failure", "etcd.service"),
+        "{bad:#?}"
+    );
+    assert!(
+        has(&bad, &host(0), "health", "failure", "quorum holds"),
+        "{bad:#?}"
+    );
     lab.ssh_ok(2, "systemctl start etcd");
     clean(&lab, &c, "after etcd was started again");
 
@@ -160,7 +185,10 @@ fn lab_verify_reports_each_fault_with_its_severity() {
     let (code, report, _) = verify(&c, &[]);
     let bad = findings(&report, "warning");
     assert_eq!(code, FAILURES, "{bad:#?}");
-    assert!(has(&bad, &host(0), "backups", "failure", "failed"), "{bad:#?}");
+    assert!(
+        has(&bad, &host(0), "backups", "failure", "failed"),
+        "{bad:#?}"
+    );
     lab.ssh_ok(0, "systemctl start rampart-backup.service");
     clean(&lab, &c, "after a good backup run");
 
@@ -168,17 +196,49 @@ fn lab_verify_reports_each_fault_with_its_severity() {
     let (code, report, _) = verify(&c, &["--warn-days", "4000"]);
     let bad = findings(&report, "warning");
     assert_eq!(code, WARNINGS, "{bad:#?}");
-    assert!(bad.iter().all(|f| f.1 == "certificates" && f.2 == "warning"), "{bad:#?}");
-    assert!(has(&bad, &host(3), "certificates", "warning", "/etc/kubernetes/pki/ca.crt"), "{bad:#?}");
+    assert!(
+        bad.iter()
+            .all(|f| f.1 == "certificates" && f.2 == "warning"),
+        "{bad:#?}"
+    );
+    assert!(
+        has(
+            &bad,
+            &host(3),
+            "certificates",
+            "warning",
+            "/etc/kubernetes/pki/ca.crt"
+        ),
+        "{bad:#?}"
+    );
 
     // The same verdict as JUnit XML, and as a table.
-    let out = c.run(&["verify", "-i", &inv, "--output", "junit", "--warn-days", "4000", "--benchmark", "/work/shared/cis-1.12/checks.json"]);
+    let out = c.run(&[
+        "verify",
+        "-i",
+        &inv,
+        "--output",
+        "junit",
+        "--warn-days",
+        "4000",
+        "--benchmark",
+        "/work/shared/cis-1.12/checks.json",
+    ]);
     assert_eq!(out.status.code(), Some(WARNINGS));
     let xml = String::from_utf8_lossy(&out.stdout);
     assert!(xml.starts_with("<?xml"), "{xml}");
     assert_eq!(xml.matches("<testsuite ").count(), lab.hosts.len(), "{xml}");
-    let out = c.run(&["verify", "-i", &inv, "--benchmark", "/work/shared/cis-1.12/checks.json"]);
+    let out = c.run(&[
+        "verify",
+        "-i",
+        &inv,
+        "--benchmark",
+        "/work/shared/cis-1.12/checks.json",
+    ]);
     assert_success(&out, "verify (table)");
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("the cluster is as rampart rendered it"), "{table}");
+    assert!(
+        table.contains("the cluster is as rampart rendered it"),
+        "{table}"
+    );
 }

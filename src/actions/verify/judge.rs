@@ -307,7 +307,11 @@ fn not_installed(i: &HostInput, s: Service) -> Option<&'static str> {
             Service::KubeScheduler,
         ],
     ];
-    let group = GROUPS.iter().find(|g| g.contains(&s)).copied().unwrap_or(&[]);
+    let group = GROUPS
+        .iter()
+        .find(|g| g.contains(&s))
+        .copied()
+        .unwrap_or(&[]);
     std::iter::once(s)
         .chain(group.iter().copied())
         .filter(|g| i.rendered.services.contains(g))

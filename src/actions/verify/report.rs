@@ -1,4 +1,4 @@
-//! `rampart verify`: is the cluster on the hosts the cluster rampart
+//! The verdict of `rampart verify`: is the cluster on the hosts the cluster rampart
 //! promised? Judged from the hosts themselves, read-only, in one round trip
 //! per host (the facts script `plan` uses, then [`probe`]):
 //!
@@ -8,13 +8,8 @@
 //! - **health**: units, etcd quorum, apiserver `/readyz`, components'
 //!   `/healthz`, node readiness, the backup job, certificate expiry.
 //!
-//! Pure but for [`crate::actions::verify`], which connects and runs the
-//! probe: [`judge::host`] turns what a host answered into [`Finding`]s.
-
-pub mod judge;
-pub mod junit;
-pub mod live;
-pub mod probe;
+//! These are the verdict's types; [`super::judge::host`] makes them from
+//! what a host answered.
 
 use serde::Serialize;
 
@@ -129,14 +124,5 @@ impl Report {
     }
     pub fn count(&self, s: Severity) -> usize {
         self.hosts.iter().map(|h| h.count(s)).sum()
-    }
-    /// 0 when nothing worse than info was found, else the documented code of
-    /// the worst severity.
-    pub fn exit_code(&self) -> u8 {
-        match self.worst() {
-            Some(Severity::Failure) => crate::error::code::VERIFY_FAILURES,
-            Some(Severity::Warning) => crate::error::code::VERIFY_WARNINGS,
-            _ => 0,
-        }
     }
 }

@@ -1,7 +1,15 @@
 //! `rampart verify`: connect, then one round trip per host (the facts script
-//! `plan` runs, followed by [`crate::verify::probe`]), then the pure verdict
-//! ([`crate::verify::judge`]). Read-only: no lock is taken and nothing on a
-//! host is written, so it can run beside an `apply` and from a cron job.
+//! `plan` runs, followed by [`probe`]), then the pure verdict ([`judge`]):
+//!
+//! - **cis**: every CIS check on what is *running* ([`live`]);
+//! - **drift**: every managed file, directory and binary against the rendered
+//!   bundle, and unit files rampart does not render;
+//! - **health**: units, etcd quorum, apiserver `/readyz`, components'
+//!   `/healthz`, node readiness, the backup job, certificate expiry.
+//!
+//! Read-only: no lock is taken and nothing on a host is written, so it can
+//! run beside an `apply` and from a cron job. The host-side scan between two
+//! runs is `render::scan`.
 
 use std::collections::BTreeMap;
 
@@ -17,9 +25,15 @@ use crate::inventory::{Host, Inventory};
 use crate::plan::facts::HostFacts;
 use crate::remote::{script, BoxFuture, Input};
 use crate::render::Bundle;
-use crate::verify::judge::{self, HostInput, Limits};
-use crate::verify::probe::{self, Probe, ProbeRequest};
-use crate::verify::Report;
+use judge::{HostInput, Limits};
+use probe::{Probe, ProbeRequest};
+
+pub mod judge;
+pub mod junit;
+pub mod live;
+pub mod probe;
+mod report;
+pub use report::{Area, Checked, Finding, HostVerdict, Report, Severity};
 
 /// How `verify` runs.
 #[derive(Debug, Clone)]

@@ -57,7 +57,7 @@ pub fn render(report: &Report) -> Result<String, quick_junit::SerializeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::{Checked, Finding, HostVerdict};
+    use crate::actions::verify::{Checked, Finding, HostVerdict};
 
     #[test]
     fn findings_become_typed_cases_and_quiet_areas_pass() {
