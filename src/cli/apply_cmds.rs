@@ -203,6 +203,17 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A host name on the command line that the inventory does not have: a
+/// usage error (exit 2) that lists the names it does have.
+fn unknown_host(name: &str, arg: &str, inv: &Inventory) -> anyhow::Error {
+    let names: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
+    rampart::error::Usage(format!(
+        "unknown host `{name}` in {arg}; the inventory names {}",
+        names.join(", ")
+    ))
+    .into()
+}
+
 /// The known_hosts file a host's keys are checked against and pinned in.
 fn known_hosts_file(host: &Host) -> Result<PathBuf> {
     if let Some(f) = &host.ssh.known_hosts_file {
@@ -218,10 +229,7 @@ pub fn hosts_trust(a: &InventoryArgs, only: Option<&[String]>, yes: bool) -> Res
         None => inv.hosts.iter().collect(),
         Some(names) => names
             .iter()
-            .map(|n| {
-                inv.host(n)
-                    .with_context(|| format!("unknown host `{n}` in --hosts"))
-            })
+            .map(|n| inv.host(n).ok_or_else(|| unknown_host(n, "--hosts", &inv)))
             .collect::<Result<_>>()?,
     };
     let opts = &ConnectOptions::default();
@@ -318,7 +326,7 @@ pub fn hosts_unlock(a: &InventoryArgs, name: &str) -> Result<ExitCode> {
     let inv = load_inventory(&a.inventory)?.inventory;
     let host = inv
         .host(name)
-        .with_context(|| format!("unknown host `{name}`"))?;
+        .ok_or_else(|| unknown_host(name, "HOST", &inv))?;
     let rt = runtime()?;
     let state = rt.block_on(async {
         let remote = ssh::connect(host, &ConnectOptions::default()).await?;

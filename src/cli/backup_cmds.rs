@@ -156,10 +156,11 @@ fn selected(inv: &Inventory, only: Option<&[String]>, with_target: bool) -> Resu
         for n in names {
             if !all.iter().any(|h| &h.host.name == n) {
                 let names: Vec<&str> = all.iter().map(|h| h.host.name.as_str()).collect();
-                anyhow::bail!(
-                    "`{n}` holds no backups; hosts with backups: {}",
+                return Err(rampart::error::Usage(format!(
+                    "`{n}` in --hosts holds no backups; hosts with backups: {}",
                     names.join(", ")
-                );
+                ))
+                .into());
             }
         }
     }

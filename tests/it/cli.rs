@@ -116,3 +116,71 @@ fn apply_phases_docs_and_help_come_from_the_phase_list() {
         "{err}"
     );
 }
+
+/// Runs the built rampart in the repository with no terminal on stdin.
+fn rampart(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(args)
+        .current_dir(ROOT)
+        .stdin(Stdio::null())
+        .env_remove("RAMPART_INVENTORY")
+        .env_remove("RAMPART_STATE_DIR")
+        .env_remove("RAMPART_IDENTITY")
+        .output()
+        .unwrap()
+}
+
+/// Usage errors exit 2, as the docs say: clap's own (an unknown flag, a
+/// missing argument) and the ones rampart checks by hand after clap (a host
+/// the inventory does not name, options that only make sense together),
+/// which once exited 1 like a run-time failure.
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["check", "--no-such-flag"][..],
+        &["check"],
+        &["frobnicate"],
+    ] {
+        let out = rampart(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    }
+    for (args, says) in [
+        (
+            &[
+                "hosts",
+                "trust",
+                "-i",
+                "inventories/ha.yaml",
+                "--hosts",
+                "nope",
+            ][..],
+            "unknown host `nope` in --hosts; the inventory names cp1",
+        ),
+        (
+            &["hosts", "unlock", "-i", "inventories/ha.yaml", "nope"],
+            "unknown host `nope` in HOST",
+        ),
+        (
+            &["backup", "restore", "-i", "inventories/ha.yaml"],
+            "which backup?",
+        ),
+        (
+            &[
+                "backup",
+                "restore",
+                "-i",
+                "inventories/ha.yaml",
+                "--rollback",
+                "20261130T150000Z",
+                "backup.db.age",
+            ],
+            "--rollback takes no backup file",
+        ),
+    ] {
+        let out = rampart(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
