@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use rampart::actions::apply::{self, ApplyError, ApplyOptions, ApplyRun};
+use rampart::actions::apply::{self, ApplyError, ApplyOptions, ApplyRun, HostReport};
 use rampart::engine::{each, Cancel, Env, Silent};
 use rampart::inventory::{Host, Inventory};
 use rampart::pki;
@@ -70,6 +70,10 @@ fn connect_options(a: &PlanArgs) -> ConnectOptions {
 }
 
 pub fn plan(a: &PlanArgs, verbose: bool) -> Result<ExitCode> {
+    json_on_failure(a.state.inv.output, |_| run_plan(a, verbose))
+}
+
+fn run_plan(a: &PlanArgs, verbose: bool) -> Result<ExitCode> {
     let (inv, bundle, _) = load(a)?;
     let progress = Progress::new(verbose, a.state.inv.output == Output::Json);
     let cancel = Cancel::default();
@@ -122,6 +126,43 @@ fn print_plan(p: &ApplyRun, output: Output) -> Result<()> {
 }
 
 pub fn apply(a: &ApplyArgs, verbose: bool) -> Result<ExitCode> {
+    json_on_failure(a.plan.state.inv.output, |hosts| {
+        run_apply(a, verbose, hosts)
+    })
+}
+
+/// Runs `plan` or `apply`; with `--output json`, a failure prints one JSON
+/// object too (the error, its exit code, the failed phase, the hosts planned
+/// so far, which `run` leaves in its argument): a connect failure or a
+/// missing state dir as much as a failed phase. A script reading stdout must
+/// not have to tell "no output" from "nothing to say".
+fn json_on_failure(
+    output: Output,
+    run: impl FnOnce(&mut Option<Vec<HostReport>>) -> Result<ExitCode>,
+) -> Result<ExitCode> {
+    let mut hosts = None;
+    let result = run(&mut hosts);
+    if let (Err(e), Output::Json) = (&result, output) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "result": "failed",
+                "error": format!("{e:#}"),
+                "exitCode": super::exit_code(e),
+                "phase": e.downcast_ref::<ApplyError>().and_then(ApplyError::phase),
+                "hosts": hosts.unwrap_or_default(),
+            }))?
+        );
+    }
+    result
+}
+
+/// `apply` itself; `hosts` gets the run's host reports once it has planned.
+fn run_apply(
+    a: &ApplyArgs,
+    verbose: bool,
+    hosts: &mut Option<Vec<HostReport>>,
+) -> Result<ExitCode> {
     let (inv, bundle, bootstrap) = load(&a.plan)?;
     let output = a.plan.state.inv.output;
     let progress = Progress::new(verbose, output == Output::Json);
@@ -156,21 +197,27 @@ pub fn apply(a: &ApplyArgs, verbose: bool) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err((Some(p), e)) => {
-            summary(&p, output, Some(&e))?;
+            match output {
+                Output::Json => *hosts = Some(p.reports()),
+                Output::Table => summary(&p, output, Some(&e))?,
+            }
             Err(e.into())
         }
         Err((None, e)) => Err(e.into()),
     }
 }
 
-/// What each host got, then totals; JSON carries the plans and the error.
+/// What each host got, then totals; JSON carries the plans (a failed run's
+/// JSON is printed by [`apply`], with the error and the exit code).
 fn summary(p: &ApplyRun, output: Output, error: Option<&ApplyError>) -> Result<()> {
     match output {
         Output::Json => println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "result": if error.is_some() { "failed" } else { "ok" },
-                "error": error.map(|e| e.to_string()),
+                "result": "ok",
+                "error": null,
+                "exitCode": 0,
+                "phase": null,
                 "hosts": p.reports(),
             }))?
         ),
