@@ -43,7 +43,7 @@ pub mod code {
 /// the admin did not trust.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
-    #[error("{0} automated CIS check(s) failed")]
+    #[error("{} failed", crate::words::count(*.0, "automated CIS check"))]
     CisFailed(usize),
     #[error("not trusted: {hosts}{hint}")]
     NotTrusted { hosts: String, hint: &'static str },

@@ -15,6 +15,7 @@ use rampart::plan::preflight::Level;
 use rampart::plan::show;
 use rampart::remote::ssh::{self, ConnectOptions, KeyStatus, SshError};
 use rampart::secret::Secret;
+use rampart::words::count;
 use time::OffsetDateTime;
 
 use super::args::{ApplyArgs, InventoryArgs, Output, PlanArgs};
@@ -229,12 +230,16 @@ fn summary(p: &ApplyRun, output: Output, error: Option<&ApplyError>) -> Result<(
             let sent = human_bytes(p.targets.iter().map(|t| t.remote.bytes_sent()).sum());
             let all = p.targets.len();
             match error {
-                None => println!("apply done: {changed} of {all} hosts changed, {sent} sent"),
+                None => println!(
+                    "apply done: {changed} of {} changed, {sent} sent",
+                    count(all, "host")
+                ),
                 // The plan is what was meant, not what happened: a failed
                 // run may have stopped before touching a host it planned for.
                 Some(e) => println!(
-                    "apply failed{}: {changed} of {all} hosts had changes planned, not all of them made; {sent} sent; re-run to converge",
-                    e.phase().map(|ph| format!(" in phase {ph}")).unwrap_or_default()
+                    "apply failed{}: {changed} of {} had changes planned, not all of them made; {sent} sent; re-run to converge",
+                    e.phase().map(|ph| format!(" in phase {ph}")).unwrap_or_default(),
+                    count(all, "host")
                 ),
             }
         }
