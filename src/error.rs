@@ -13,7 +13,10 @@ use crate::inventory::InventoryError;
 pub mod code {
     /// Something failed at run time (I/O, PKI, rendering).
     pub const FAILURE: u8 = 1;
-    // 2 is clap's: bad command-line usage.
+    /// Bad command-line usage: what clap refuses (unknown flag, missing
+    /// argument) and what rampart refuses after it for the same reason
+    /// (options that conflict, a host or phase name that does not exist).
+    pub const USAGE: u8 = 2;
     /// The inventory is invalid; nothing was done.
     pub const INVALID_INVENTORY: u8 = 3;
     /// The CIS self-check found failing automated checks.
@@ -47,7 +50,7 @@ pub mod code {
 /// the admin did not trust.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
-    #[error("{0} automated CIS check(s) failed")]
+    #[error("{} failed", crate::words::count(*.0, "automated CIS check"))]
     CisFailed(usize),
     #[error("not trusted: {hosts}{hint}")]
     NotTrusted { hosts: String, hint: &'static str },
@@ -64,6 +67,14 @@ pub fn verify_code(report: &crate::actions::verify::Report) -> u8 {
     }
 }
 
+/// A command line that clap accepted but that cannot be run as given:
+/// checked by hand because it depends on the inventory (an unknown name in
+/// `--hosts`) or on several options together. It exits like clap's own
+/// usage errors, so scripts see one code for "fix the command".
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
 /// The exit code of an error chain: the code of the first error in it that
 /// rampart knows (the outermost is the most specific), else [`code::FAILURE`].
 pub fn exit_code<'a>(chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>) -> u8 {
@@ -77,18 +88,23 @@ fn code_of(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
     if let Some(e) = e.downcast_ref::<ApplyError>() {
         return Some(match e {
             ApplyError::Hosts(pe) => hosts_code(pe),
-            _ => code::FAILURE,
+            ApplyError::Skip(_) | ApplyError::UnknownHost(..) => code::USAGE,
+            ApplyError::Artifact(_) => code::FAILURE,
         });
     }
     if let Some(e) = e.downcast_ref::<VerifyError>() {
         return Some(match e {
             VerifyError::Hosts(pe) => hosts_code(pe),
             VerifyError::Wanted(ApplyError::Hosts(pe)) => hosts_code(pe),
+            VerifyError::UnknownHost(..) => code::USAGE,
             _ => code::FAILURE,
         });
     }
     if let Some(e) = e.downcast_ref::<RestoreError>() {
         return Some(restore_code(e));
+    }
+    if e.is::<Usage>() {
+        return Some(code::USAGE);
     }
     if let Some(e) = e.downcast_ref::<Refusal>() {
         return Some(match e {
@@ -109,6 +125,10 @@ fn code_of(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
 
 fn restore_code(e: &RestoreError) -> u8 {
     match e {
+        RestoreError::BadId(_)
+        | RestoreError::FileWithRollback
+        | RestoreError::NoFile
+        | RestoreError::NoIdentity(_) => code::USAGE,
         RestoreError::Refused(_) => code::BACKUP_REFUSED,
         RestoreError::Plan(_) => code::PREFLIGHT,
         RestoreError::Hosts(pe) => hosts_code(pe),
@@ -183,6 +203,12 @@ mod tests {
             code::NOT_CONFIRMED
         );
         assert_eq!(code(&Refusal::CisFailed(2)), code::CIS_FAILED);
+        assert_eq!(code(&RestoreError::FileWithRollback), code::USAGE);
+        assert_eq!(
+            code(&ApplyError::UnknownHost("cp9".into(), "cp1".into())),
+            code::USAGE
+        );
+        assert_eq!(code(&Usage("unknown host `cp9`".into())), code::USAGE);
         let io = std::io::Error::other("disk full");
         assert_eq!(code(&io), code::FAILURE);
     }

@@ -18,3 +18,4 @@ pub mod remote;
 pub mod render;
 pub mod restore;
 pub mod secret;
+pub mod words;

@@ -4,11 +4,42 @@
 # a policy-rc.d keeps it stopped: the tests start their own members.
 set -euo pipefail
 pkgs=(openssl etcd-server etcd-client age systemd ca-certificates openssh-server openssh-client sudo)
+# Debian enables the services of etcd-server and openssh-server at boot; the
+# tests start their own etcd members and sshd on loopback, so the admin
+# machine's stay off: disabled (and stopped where systemd runs them). Run on
+# every call, not only after an install: a machine set up by an older deps.sh
+# had etcd left enabled. Quiet unless something is to be done.
+services_off() {
+  local unit
+  for unit in etcd.service ssh.service ssh.socket; do
+    if [ -d /run/systemd/system ]; then
+      # systemd is PID 1 (sd_booted(3)'s test): it can stop the unit as well.
+      if systemctl --quiet is-enabled "$unit" 2>/dev/null || systemctl --quiet is-active "$unit" 2>/dev/null; then
+        [ "$(id -u)" -eq 0 ] || { echo "tests/deps.sh: $unit is enabled; run as root to disable it" >&2; continue; }
+        systemctl disable --now --quiet "$unit" 2>/dev/null || true
+        echo "tests/deps.sh: disabled and stopped the distribution's $unit (the tests run their own)"
+      fi
+    elif compgen -G "/etc/systemd/system/*.wants/$unit" >/dev/null; then
+      # No systemd running (a container): nothing runs the unit now; remove
+      # its enablement the way the package's own scripts would, so that an
+      # upgrade does not enable it again.
+      [ "$(id -u)" -eq 0 ] || { echo "tests/deps.sh: $unit is enabled; run as root to disable it" >&2; continue; }
+      if command -v deb-systemd-helper >/dev/null; then
+        deb-systemd-helper disable "$unit" >/dev/null 2>&1 || true
+      fi
+      rm -f /etc/systemd/system/*.wants/"$unit"
+      echo "tests/deps.sh: disabled the distribution's $unit at boot (the tests run their own)"
+    fi
+  done
+}
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+if [ ${#missing[@]} -eq 0 ]; then
+  services_off
+  exit 0
+fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "tests/deps.sh: missing packages ${missing[*]}; run as root to install them" >&2
   exit 1
@@ -23,9 +54,4 @@ fi
 trap '[ $created_policy -eq 1 ] && rm -f /usr/sbin/policy-rc.d' EXIT
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
-# The ssh tests start their own sshd on loopback; the distribution's stays off
-# (policy-rc.d only stops it starting now, not at the next boot of this root).
-systemctl disable --quiet ssh.service 2>/dev/null || true
-systemctl disable --quiet ssh.socket 2>/dev/null || true
-# The same for Debian's etcd: the tests start their own members.
-systemctl disable --quiet etcd.service 2>/dev/null || true
+services_off

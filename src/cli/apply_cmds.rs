@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use rampart::actions::apply::{self, ApplyError, ApplyOptions, ApplyRun};
+use rampart::actions::apply::{self, ApplyError, ApplyOptions, ApplyRun, HostReport};
 use rampart::engine::{each, Cancel, Env, Silent};
 use rampart::inventory::{Host, Inventory};
 use rampart::pki;
@@ -15,6 +15,7 @@ use rampart::plan::preflight::Level;
 use rampart::plan::show;
 use rampart::remote::ssh::{self, ConnectOptions, KeyStatus, SshError};
 use rampart::secret::Secret;
+use rampart::words::count;
 use time::OffsetDateTime;
 
 use super::args::{ApplyArgs, InventoryArgs, Output, PlanArgs, StateArgs};
@@ -70,6 +71,10 @@ fn connect_options(a: &PlanArgs) -> ConnectOptions {
 }
 
 pub fn plan(a: &PlanArgs, verbose: bool) -> Result<ExitCode> {
+    json_on_failure(a.state.inv.output, |_| run_plan(a, verbose))
+}
+
+fn run_plan(a: &PlanArgs, verbose: bool) -> Result<ExitCode> {
     let (inv, bundle, _) = load(&a.state)?;
     let progress = Progress::new(verbose, a.state.inv.output == Output::Json);
     let cancel = Cancel::default();
@@ -122,6 +127,43 @@ fn print_plan(p: &ApplyRun, output: Output) -> Result<()> {
 }
 
 pub fn apply(a: &ApplyArgs, verbose: bool) -> Result<ExitCode> {
+    json_on_failure(a.plan.state.inv.output, |hosts| {
+        run_apply(a, verbose, hosts)
+    })
+}
+
+/// Runs `plan` or `apply`; with `--output json`, a failure prints one JSON
+/// object too (the error, its exit code, the failed phase, the hosts planned
+/// so far, which `run` leaves in its argument): a connect failure or a
+/// missing state dir as much as a failed phase. A script reading stdout must
+/// not have to tell "no output" from "nothing to say".
+fn json_on_failure(
+    output: Output,
+    run: impl FnOnce(&mut Option<Vec<HostReport>>) -> Result<ExitCode>,
+) -> Result<ExitCode> {
+    let mut hosts = None;
+    let result = run(&mut hosts);
+    if let (Err(e), Output::Json) = (&result, output) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "result": "failed",
+                "error": format!("{e:#}"),
+                "exitCode": super::exit_code(e),
+                "phase": e.downcast_ref::<ApplyError>().and_then(ApplyError::phase),
+                "hosts": hosts.unwrap_or_default(),
+            }))?
+        );
+    }
+    result
+}
+
+/// `apply` itself; `hosts` gets the run's host reports once it has planned.
+fn run_apply(
+    a: &ApplyArgs,
+    verbose: bool,
+    hosts: &mut Option<Vec<HostReport>>,
+) -> Result<ExitCode> {
     let (inv, bundle, bootstrap) = load(&a.plan.state)?;
     let output = a.plan.state.inv.output;
     let progress = Progress::new(verbose, output == Output::Json);
@@ -156,21 +198,27 @@ pub fn apply(a: &ApplyArgs, verbose: bool) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err((Some(p), e)) => {
-            summary(&p, output, Some(&e))?;
+            match output {
+                Output::Json => *hosts = Some(p.reports()),
+                Output::Table => summary(&p, output, Some(&e))?,
+            }
             Err(e.into())
         }
         Err((None, e)) => Err(e.into()),
     }
 }
 
-/// What each host got, then totals; JSON carries the plans and the error.
+/// What each host got, then totals; JSON carries the plans (a failed run's
+/// JSON is printed by [`apply`], with the error and the exit code).
 fn summary(p: &ApplyRun, output: Output, error: Option<&ApplyError>) -> Result<()> {
     match output {
         Output::Json => println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "result": if error.is_some() { "failed" } else { "ok" },
-                "error": error.map(|e| e.to_string()),
+                "result": "ok",
+                "error": null,
+                "exitCode": 0,
+                "phase": null,
                 "hosts": p.reports(),
             }))?
         ),
@@ -182,12 +230,16 @@ fn summary(p: &ApplyRun, output: Output, error: Option<&ApplyError>) -> Result<(
             let sent = human_bytes(p.targets.iter().map(|t| t.remote.bytes_sent()).sum());
             let all = p.targets.len();
             match error {
-                None => println!("apply done: {changed} of {all} hosts changed, {sent} sent"),
+                None => println!(
+                    "apply done: {changed} of {} changed, {sent} sent",
+                    count(all, "host")
+                ),
                 // The plan is what was meant, not what happened: a failed
                 // run may have stopped before touching a host it planned for.
                 Some(e) => println!(
-                    "apply failed{}: {changed} of {all} hosts had changes planned, not all of them made; {sent} sent; re-run to converge",
-                    e.phase().map(|ph| format!(" in phase {ph}")).unwrap_or_default()
+                    "apply failed{}: {changed} of {} had changes planned, not all of them made; {sent} sent; re-run to converge",
+                    e.phase().map(|ph| format!(" in phase {ph}")).unwrap_or_default(),
+                    count(all, "host")
                 ),
             }
         }
@@ -201,6 +253,17 @@ fn human_bytes(n: u64) -> String {
         n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
         n => format!("{n} B"),
     }
+}
+
+/// A host name on the command line that the inventory does not have: a
+/// usage error (exit 2) that lists the names it does have.
+fn unknown_host(name: &str, arg: &str, inv: &Inventory) -> anyhow::Error {
+    let names: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
+    rampart::error::Usage(format!(
+        "unknown host `{name}` in {arg}; the inventory names {}",
+        names.join(", ")
+    ))
+    .into()
 }
 
 /// The known_hosts file a host's keys are checked against and pinned in.
@@ -218,10 +281,7 @@ pub fn hosts_trust(a: &InventoryArgs, only: Option<&[String]>, yes: bool) -> Res
         None => inv.hosts.iter().collect(),
         Some(names) => names
             .iter()
-            .map(|n| {
-                inv.host(n)
-                    .with_context(|| format!("unknown host `{n}` in --hosts"))
-            })
+            .map(|n| inv.host(n).ok_or_else(|| unknown_host(n, "--hosts", &inv)))
             .collect::<Result<_>>()?,
     };
     let opts = &ConnectOptions::default();
@@ -318,7 +378,7 @@ pub fn hosts_unlock(a: &InventoryArgs, name: &str) -> Result<ExitCode> {
     let inv = load_inventory(&a.inventory)?.inventory;
     let host = inv
         .host(name)
-        .with_context(|| format!("unknown host `{name}`"))?;
+        .ok_or_else(|| unknown_host(name, "HOST", &inv))?;
     let rt = runtime()?;
     let state = rt.block_on(async {
         let remote = ssh::connect(host, &ConnectOptions::default()).await?;

@@ -369,3 +369,88 @@ fn skippable_phases() -> clap::builder::PossibleValuesParser {
             .map(|p| clap::builder::PossibleValue::new(p.name).help(p.title)),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    /// The `rampart …` lines of the shell blocks in README.md and docs/, as
+    /// a user would type them: optional `[…]` groups included (those with a
+    /// `…` in them left out), placeholders filled in.
+    fn documented_invocations() -> Vec<(String, String)> {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let mut files = vec![format!("{root}/README.md")];
+        for e in std::fs::read_dir(format!("{root}/docs")).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "md") {
+                files.push(path.display().to_string());
+            }
+        }
+        let mut found = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let mut in_shell = false;
+            for (n, line) in text.lines().enumerate() {
+                let t = line.trim();
+                if let Some(lang) = t.strip_prefix("```") {
+                    in_shell = !in_shell && matches!(lang, "sh" | "bash" | "shell" | "console");
+                    continue;
+                }
+                let Some(cmd) = t.strip_prefix("$ ").or(Some(t)).filter(|_| in_shell) else {
+                    continue;
+                };
+                if !cmd.starts_with("rampart ") {
+                    continue;
+                }
+                let cmd = cmd.split(" #").next().unwrap();
+                found.push((format!("{file}:{}", n + 1), fill_in(cmd)));
+            }
+        }
+        found
+    }
+
+    fn fill_in(cmd: &str) -> String {
+        let mut out = String::new();
+        let mut rest = cmd;
+        while let Some(open) = rest.find('[') {
+            out.push_str(&rest[..open]);
+            let close = open + rest[open..].find(']').expect("an optional group ends");
+            let group = &rest[open + 1..close];
+            if !group.contains('…') {
+                out.push_str(group);
+            }
+            rest = &rest[close + 1..];
+        }
+        out.push_str(rest);
+        out.split_whitespace()
+            .map(|w| match w {
+                "FILE" => "prod-cp1-20261130T060000Z.db.age",
+                "KEY" => "backup.key",
+                "ID" => "20261130T150000Z",
+                "N" => "4",
+                "HOST" => "cp1",
+                "INVENTORY" => "inv.yaml",
+                w => w,
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// A newcomer copied the docs' commands and some did not run (a missing
+    /// `-i`, an old flag): every documented invocation parses.
+    #[test]
+    fn every_documented_command_line_parses() {
+        let found = documented_invocations();
+        assert!(found.len() > 20, "too few found: {found:?}");
+        let bad: Vec<String> = found
+            .iter()
+            .filter_map(|(at, cmd)| {
+                let err = Cli::try_parse_from(cmd.split_whitespace()).err()?;
+                Some(format!("{at}: {cmd}\n{err}"))
+            })
+            .collect();
+        assert!(bad.is_empty(), "{}", bad.join("\n"));
+    }
+}

@@ -11,6 +11,7 @@ use rampart::actions::backup::{self as actions, Holder, MemberBackups};
 use rampart::engine::{Cancel, Env, StepError};
 use rampart::inventory::Inventory;
 use rampart::remote::ssh::ConnectOptions;
+use rampart::words::count;
 
 use super::args::{BackupHostsArgs, Output};
 use super::load_inventory;
@@ -156,10 +157,11 @@ fn selected(inv: &Inventory, only: Option<&[String]>, with_target: bool) -> Resu
         for n in names {
             if !all.iter().any(|h| &h.host.name == n) {
                 let names: Vec<&str> = all.iter().map(|h| h.host.name.as_str()).collect();
-                anyhow::bail!(
-                    "`{n}` holds no backups; hosts with backups: {}",
+                return Err(rampart::error::Usage(format!(
+                    "`{n}` in --hosts holds no backups; hosts with backups: {}",
                     names.join(", ")
-                );
+                ))
+                .into());
             }
         }
     }
@@ -265,15 +267,15 @@ pub fn pull(a: &BackupHostsArgs, to: &Path, latest: bool, verbose: bool) -> Resu
             for f in &failed {
                 println!("{}: {} NOT pulled: {}", f.host, f.file, f.error);
             }
-            println!("{} backups in {}", pulled.len(), to.display());
+            println!("{} in {}", count(pulled.len(), "backup"), to.display());
         }
     }
     if failed.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(
-            "error: {} backup(s) could not be pulled; the others were",
-            failed.len()
+            "error: {} could not be pulled; the others were",
+            count(failed.len(), "backup")
         );
         Ok(ExitCode::from(super::code::HOSTS_FAILED))
     }
@@ -287,9 +289,9 @@ fn print_members(members: &[MemberBackups], output: Output) -> Result<()> {
     for m in members {
         if m.target {
             println!(
-                "{} (backup target): {} copies in {}",
+                "{} (backup target): {} in {}",
                 m.host,
-                m.backups.len(),
+                count(m.backups.len(), "backup"),
                 m.dir
             );
             print_backups(m);
@@ -305,9 +307,9 @@ fn print_members(members: &[MemberBackups], output: Output) -> Result<()> {
             ),
         };
         println!(
-            "{}: {} backups in {}; {last}; timer {}, next run {}",
+            "{}: {} in {}; {last}; timer {}, next run {}",
             m.host,
-            m.backups.len(),
+            count(m.backups.len(), "backup"),
             m.dir,
             m.timer,
             if m.next_run.is_empty() {

@@ -30,6 +30,7 @@ use anyhow::{Context, Result};
 use args::{Cli, Command, InventoryArgs, Output};
 use rampart::backup;
 use rampart::inventory::{self, Loaded};
+use rampart::words::count;
 
 pub use rampart::error::code;
 
@@ -109,7 +110,10 @@ pub(crate) fn load_inventory(path: &Path) -> Result<Loaded> {
     let loaded = inventory::load(path)?;
     let shown = inventory::MAX_PROBLEMS_SHOWN;
     if loaded.warnings.len() > shown {
-        eprintln!("{} warnings; the first {shown}:", loaded.warnings.len());
+        eprintln!(
+            "{}; the first {shown}:",
+            count(loaded.warnings.len(), "warning")
+        );
     }
     for w in loaded.warnings.iter().take(shown) {
         eprintln!("{w}");
@@ -138,15 +142,15 @@ fn check(a: &InventoryArgs) -> Result<ExitCode> {
         }
         Output::Table => {
             println!(
-                "{}: cluster {} ({}), API at {}, {} hosts: {} etcd, {} control plane, {} nodes",
+                "{}: cluster {} ({}), API at {}, {}: {} etcd, {} control plane, {}",
                 a.inventory.display(),
                 inv.cluster.name,
                 inv.cluster.version,
                 inv.cluster.server_url(),
-                inv.hosts.len(),
+                count(inv.hosts.len(), "host"),
                 inv.etcd_members().count(),
                 inv.control_planes().count(),
-                inv.nodes().count()
+                count(inv.nodes().count(), "node")
             );
         }
     }

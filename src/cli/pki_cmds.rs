@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use rampart::inventory::Inventory;
 use rampart::pki::{self, Issuance, StateDir};
+use rampart::words::count;
 use time::OffsetDateTime;
 
 use super::args::{InitArgs, InventoryArgs, Output, RenderArgs, StateArgs, StateArgsNoUnlock};
@@ -62,12 +63,20 @@ pub fn render(a: &RenderArgs) -> Result<ExitCode> {
         Output::Table => {
             for (host, hb) in &bundle.hosts {
                 let services: Vec<&str> = hb.services.iter().map(|s| s.name()).collect();
-                println!("{host}: {} files ({})", hb.files.len(), services.join(", "));
+                // A host that runs none of the services (a backup target)
+                // gets no empty parentheses.
+                let feeds = if services.is_empty() {
+                    String::new()
+                } else {
+                    format!(" for {}", services.join(", "))
+                };
+                println!("{host}: {}{feeds}", count(hb.files.len(), "file"));
             }
             println!(
-                "{}: {files} files for {} hosts (private keys in plaintext, mode 0600)",
+                "{}: {} for {} (private keys in plaintext, mode 0600)",
                 a.out.display(),
-                bundle.hosts.len()
+                count(files, "file"),
+                count(bundle.hosts.len(), "host")
             );
         }
     }

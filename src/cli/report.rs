@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rampart::engine::Reporter;
+use rampart::words::count;
 
 pub enum Progress {
     Bars(Bars),
@@ -82,7 +83,7 @@ impl Reporter for Progress {
                 b.overall.set_length(hosts as u64);
                 b.overall.set_position(0);
             }
-            Progress::Plain { .. } => eprintln!("==> {title} ({hosts} host{})", plural(hosts)),
+            Progress::Plain { .. } => eprintln!("==> {title} ({})", count(hosts, "host")),
         }
     }
     fn step(&self, host: &str, step: &str) {
@@ -105,13 +106,5 @@ impl Reporter for Progress {
             b.overall.inc(1);
             b.host(host).set_message("done");
         }
-    }
-}
-
-fn plural(n: usize) -> &'static str {
-    if n == 1 {
-        ""
-    } else {
-        "s"
     }
 }

@@ -10,6 +10,7 @@ use rampart::actions::verify::{self, VerifyOptions};
 use rampart::actions::verify::{junit, Report, Severity};
 use rampart::engine::Cancel;
 use rampart::remote::ssh::ConnectOptions;
+use rampart::words::count;
 use time::OffsetDateTime;
 
 use super::args::{InventoryArgs, Output, StateArgs, VerifyArgs, VerifyOutput};
@@ -74,9 +75,9 @@ fn print_table(report: &Report, verbose: bool) {
             h.host,
             counts(h.count(Severity::Failure), h.count(Severity::Warning)),
             c.cis_automated,
-            plural(c.files, "managed file"),
-            plural(c.units, "unit"),
-            plural(c.certificates, "certificate"),
+            count(c.files, "managed file"),
+            count(c.units, "unit"),
+            count(c.certificates, "certificate"),
         );
         for f in &h.findings {
             if f.severity == Severity::Info && !verbose {
@@ -92,10 +93,7 @@ fn print_table(report: &Report, verbose: bool) {
         }
         let infos = h.count(Severity::Info);
         if infos > 0 && !verbose {
-            println!(
-                "  ({} not shown: -v lists them)",
-                plural(infos, "info line")
-            );
+            println!("  ({} not shown: -v lists them)", count(infos, "info line"));
         }
     }
     let (fail, warn) = (
@@ -106,7 +104,7 @@ fn print_table(report: &Report, verbose: bool) {
         "{}: {} on {}; {}",
         report.cluster,
         counts(fail, warn),
-        plural(report.hosts.len(), "host"),
+        count(report.hosts.len(), "host"),
         match rampart::error::verify_code(report) {
             0 => "the cluster is as rampart rendered it".to_string(),
             code => format!("exit {code}"),
@@ -118,13 +116,5 @@ fn counts(fail: usize, warn: usize) -> String {
     if fail + warn == 0 {
         return "ok".into();
     }
-    format!("{}, {}", plural(fail, "failure"), plural(warn, "warning"))
-}
-
-fn plural(n: usize, what: &str) -> String {
-    if n == 1 {
-        format!("1 {what}")
-    } else {
-        format!("{n} {what}s")
-    }
+    format!("{}, {}", count(fail, "failure"), count(warn, "warning"))
 }

@@ -96,9 +96,9 @@ impl fmt::Display for PhaseError {
         let n = self.failures.len();
         write!(
             f,
-            "phase {} failed on {n} host{}:",
+            "phase {} failed on {}:",
             self.phase,
-            if n == 1 { "" } else { "s" }
+            crate::words::count(n, "host")
         )?;
         for (host, err) in &self.failures {
             write!(f, "\n  - {host}: {err}")?;

@@ -71,7 +71,7 @@ pub enum InventoryError {
         #[source]
         source: limits::LimitError,
     },
-    #[error("{}: {} problem(s) found\n{}", path.display(), problems.len(), render_problems(problems))]
+    #[error("{}: {} found\n{}", path.display(), crate::words::count(problems.len(), "problem"), render_problems(problems))]
     Invalid {
         path: PathBuf,
         problems: Vec<Problem>,

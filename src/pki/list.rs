@@ -33,8 +33,10 @@ pub enum Status {
     BrokenChain,
 }
 
-/// One row of the listing.
+/// One row of the listing. Keys are camelCase (`commonName`, `notAfter`),
+/// like the inventory and the bundle's manifests.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CertInfo {
     pub name: String,
     pub description: String,

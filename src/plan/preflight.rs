@@ -184,8 +184,8 @@ pub fn check(facts: &HostFacts, e: &Expect) -> Vec<Finding> {
     if e.services.contains(&Service::Kubelet) {
         if let Some(n @ 1..) = facts.swaps {
             node_problem(format!(
-                "swap is on ({n} area{}): the kubelet (failSwapOn) refuses to start; turn it off with `swapoff -a` and remove it from /etc/fstab",
-                if n == 1 { "" } else { "s" }
+                "swap is on ({}): the kubelet (failSwapOn) refuses to start; turn it off with `swapoff -a` and remove it from /etc/fstab",
+                crate::words::count(n as usize, "area")
             ));
         }
     }

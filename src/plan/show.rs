@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use super::{FileAction, HostPlan, ServiceAction};
+use crate::words::count;
 
 /// A unified diff (via `similar`) of two text versions; None for binary data.
 pub fn unified_diff(path: &str, old: &[u8], new: &[u8]) -> Option<String> {
@@ -23,9 +24,13 @@ pub fn unified_diff(path: &str, old: &[u8], new: &[u8]) -> Option<String> {
 /// One-line summary of a host's plan: `cp1: 3 to create, 1 to update, restart etcd`.
 pub fn summary(p: &HostPlan) -> String {
     if p.is_noop() {
-        return format!("{}: no changes ({} files up to date)", p.host, p.unchanged);
+        return format!(
+            "{}: no changes ({} up to date)",
+            p.host,
+            count(p.unchanged, "file")
+        );
     }
-    let count = |a: FileAction| {
+    let of_action = |a: FileAction| {
         p.files
             .iter()
             .chain(&p.binaries)
@@ -34,9 +39,9 @@ pub fn summary(p: &HostPlan) -> String {
     };
     let mut parts = Vec::new();
     for (n, word) in [
-        (count(FileAction::Create), "to create"),
-        (count(FileAction::Update), "to update"),
-        (count(FileAction::Remove), "to remove"),
+        (of_action(FileAction::Create), "to create"),
+        (of_action(FileAction::Update), "to update"),
+        (of_action(FileAction::Remove), "to remove"),
     ] {
         if n > 0 {
             parts.push(format!("{n} {word}"));
@@ -49,21 +54,16 @@ pub fn summary(p: &HostPlan) -> String {
         .count();
     for (n, word) in [(new_dirs, "to create"), (p.dirs.len() - new_dirs, "to fix")] {
         if n > 0 {
-            parts.push(format!("{n} dir{} {word}", if n == 1 { "" } else { "s" }));
+            parts.push(format!("{} {word}", count(n, "dir")));
         }
     }
     if !p.users.is_empty() {
-        let n = p.users.len();
-        parts.push(format!(
-            "{n} user{} to create",
-            if n == 1 { "" } else { "s" }
-        ));
+        parts.push(format!("{} to create", count(p.users.len(), "user")));
     }
     if !p.sysctls.is_empty() {
-        let n = p.sysctls.len();
         parts.push(format!(
-            "{n} kernel setting{} to set",
-            if n == 1 { "" } else { "s" }
+            "{} to set",
+            count(p.sysctls.len(), "kernel setting")
         ));
     }
     if p.apply_manifests {

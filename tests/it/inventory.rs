@@ -164,7 +164,7 @@ fn lab_inventory_needs_only_the_lab_key() {
         .to_string();
     assert_eq!(
         err,
-        "inventories/lab.yaml: 2 problem(s) found\n  \
+        "inventories/lab.yaml: 2 problems found\n  \
          error: ssh.identityFile (line 23): cannot read identity file /var/lib/rampart-lab/ssh/id_ed25519: No such file or directory (os error 2); create it (ssh-keygen -t ed25519 -f /var/lib/rampart-lab/ssh/id_ed25519) or fix the path\n  \
          warning: cluster.apiEndpoint (line 15): 10.77.0.11 is the address of cp1 alone: when it is down, nodes lose the API; use a VIP or load balancer"
     );

@@ -388,6 +388,20 @@ fn list_needs_no_unlock_and_leaks_nothing() {
     assert_eq!(admin.ca.as_deref(), Some("ca"));
     let json = serde_json::to_string(&listed).unwrap();
     assert!(!json.contains("PRIVATE"));
+    // `certs list --output json` once said `common_name`, `not_after`: its
+    // keys are camelCase, like the inventory's and the manifests'.
+    let row = serde_json::to_value(admin).unwrap();
+    let keys: Vec<&str> = row
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert!(
+        keys.contains(&"commonName") && keys.contains(&"notAfter"),
+        "{keys:?}"
+    );
+    assert!(keys.iter().all(|k| !k.contains('_')), "{keys:?}");
     // A year on (leaves live 365 days) everything but the CAs is expiring or expired.
     let later = pki::list(&inv, &f.dir, now() + time::Duration::days(350)).unwrap();
     assert_eq!(

@@ -146,7 +146,7 @@ async fn install_files(ctx: &Ctx<'_>, t: &PlannedHost) -> Result<(), StepError> 
         step(
             ctx,
             t,
-            &format!("stage {n} file{}", if n == 1 { "" } else { "s" }),
+            &format!("stage {}", crate::words::count(n, "file")),
             &script::stage(&staged_files),
             Input::Bytes(bytes),
         )

@@ -248,8 +248,8 @@ fn services(i: &HostInput, checked: &mut Checked) -> Vec<Finding> {
                 Severity::Info,
                 &unit,
                 format!(
-                    "restarted {} time(s) by systemd since it was started",
-                    state.restarts
+                    "restarted by systemd {} since it was started",
+                    crate::words::count(state.restarts as usize, "time")
                 ),
             ));
         }
@@ -456,9 +456,9 @@ fn certificates(i: &HostInput, limits: &Limits, checked: &mut Checked) -> Vec<Fi
                     Severity::Warning,
                     &name,
                     format!(
-                        "{} expires in {} day(s), on {date}",
+                        "{} expires in {}, on {date}",
                         cert.common_name,
-                        left.whole_days()
+                        crate::words::count(left.whole_days() as usize, "day")
                     ),
                 ));
             }

@@ -165,7 +165,10 @@ pub fn cis_findings(
             Area::Cis,
             Severity::Info,
             "manual",
-            format!("{manual} manual CIS check(s) apply to this host: review them by hand (docs/cis.md)"),
+            format!(
+                "{} apply to this host: review them by hand (docs/cis.md)",
+                crate::words::count(manual, "manual CIS check")
+            ),
         ));
     }
     (out, automated, manual)
