@@ -71,6 +71,25 @@ fn has(
     })
 }
 
+/// Runs the host scan on host `i` now: whether it passed, and the drifted
+/// files its metrics report.
+fn scan(lab: &Lab, i: usize) -> (bool, u64) {
+    let ok = lab
+        .ssh(i, "systemctl start rampart-scan.service")
+        .status
+        .success();
+    let metrics = lab.ssh_ok(i, "cat /var/lib/prometheus/node-exporter/rampart.prom");
+    let drift = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rampart_scan_drifted_files "))
+        .unwrap_or_else(|| panic!("no drift metric in {metrics}"))
+        .parse()
+        .unwrap();
+    // A failed scan leaves its unit failed; the lab's other tests want none.
+    lab.ssh_ok(i, "systemctl reset-failed rampart-scan.service");
+    (ok, drift)
+}
+
 fn clean(lab: &Lab, c: &Cluster, what: &str) {
     let (code, report, out) = verify(c, &[]);
     let bad = findings(&report, "warning");
@@ -119,6 +138,12 @@ fn lab_verify_reports_each_fault_with_its_severity() {
         assert!(checked["files"].as_u64().unwrap() > 0, "{h}");
         assert!(checked["certificates"].as_u64().unwrap() > 0, "{h}");
     }
+    // The host-side scan: its timer runs on every host, and a run on a
+    // fresh host passes and says so in its metrics.
+    for i in 0..lab.hosts.len() {
+        assert_eq!(lab.ssh_ok(i, "systemctl is-active rampart-scan.timer"), "active");
+    }
+    assert_eq!(scan(&lab, 0), (true, 0));
     let etcd_units = report["hosts"][0]["checked"]["units"].as_u64().unwrap();
     assert!(etcd_units >= 2, "etcd and the backup timer: {report}");
     let host = |i: usize| lab.hosts[i].name.clone();
@@ -156,7 +181,10 @@ fn lab_verify_reports_each_fault_with_its_severity() {
     );
     // 1.1.21 is a manual check in CIS 1.12 whose test kube-bench still runs.
     assert!(has(&bad, &host(0), "cis", "warning", "1.1.21"), "{bad:#?}");
+    // The host's own scan sees it too, without rampart.
+    assert_eq!(scan(&lab, 0), (false, 1));
     lab.ssh_ok(0, "chmod 600 /etc/kubernetes/pki/apiserver.key");
+    assert_eq!(scan(&lab, 0), (true, 0));
     clean(&lab, &c, "after the key's mode was put back");
 
     // A stopped etcd member: down on its host, quorum degraded on the others.
