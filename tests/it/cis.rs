@@ -24,7 +24,7 @@ pub fn shared_cis(test: &str) -> Option<PathBuf> {
             "{test}: ../shared/cis-1.12 is missing, and CI must have it"
         );
         eprintln!(
-            "skipping {test}: no ../shared/cis-1.12 beside the checkout (kube-bench's definitions)"
+            "{test}: no ../shared/cis-1.12 beside the checkout; skipping what needs kube-bench's definitions"
         );
     }
     found
