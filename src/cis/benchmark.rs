@@ -1,18 +1,23 @@
-//! The benchmark definition: serde types for kube-bench's pre-digested `checks.json`
-//! (one object per check, plus the file roles kube-bench substitutes into audits).
+//! The benchmark definition: the checks and the file roles kube-bench substitutes into
+//! audits, as serde types.
 //!
-//! The file is not embedded in the binary: the CLI takes `--benchmark PATH`, so a newer
-//! digest can be dropped in without a rebuild.
+//! Two sources parse into the same [`Benchmark`]: rampart's own catalogue of CIS v1.12
+//! (`catalogue.yaml`, built in, [`Benchmark::builtin`]) and a kube-bench checks digest
+//! (`checks.json`, [`Benchmark::load`]) for `--benchmark PATH`, so other definitions can be
+//! evaluated without a rebuild. A test keeps the two equal for cis-1.12.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
 /// Why a benchmark file could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchmarkError {
-    #[error("cannot read benchmark {path}; pass the kube-bench digest with --benchmark PATH")]
+    #[error(
+        "cannot read benchmark {path}; omit --benchmark to use the built-in CIS 1.12 catalogue"
+    )]
     Read {
         path: PathBuf,
         #[source]
@@ -27,6 +32,25 @@ pub enum BenchmarkError {
     },
 }
 
+/// Where a benchmark's definitions came from, for the report.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Origin {
+    /// `catalogue.yaml`, compiled into rampart.
+    #[default]
+    Builtin,
+    /// A file given with `--benchmark`.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Builtin => f.write_str("built into rampart"),
+            Origin::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 /// A whole benchmark: the checks in document order and kube-bench's file roles.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Benchmark {
@@ -36,6 +60,9 @@ pub struct Benchmark {
     pub source: String,
     #[serde(default)]
     pub source_commit: String,
+    /// Set by the loader, not read from the definitions.
+    #[serde(skip)]
+    pub origin: Origin,
     /// Role name (`apiserverconf`, `kubeletconf`, …) → candidate paths.
     #[serde(default)]
     pub roles: BTreeMap<String, Role>,
@@ -43,7 +70,7 @@ pub struct Benchmark {
 }
 
 /// A kube-bench file role (`$kubeletconf`, …): the candidates it probes, in order.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Role {
     #[serde(default)]
     pub candidates: Vec<String>,
@@ -52,7 +79,7 @@ pub struct Role {
 }
 
 /// A JSON value that is either one string or a list of strings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -89,16 +116,22 @@ pub struct Check {
     /// Each line of audit output is tested on its own (all must pass).
     #[serde(default)]
     pub use_multiple_values: bool,
-    /// The shell audit, kept for the report and the docs (never run here).
+    /// kube-bench's shell audit, when the definitions carry one (never run here; the
+    /// built-in catalogue leaves it out: `audit_emulation` says what it reads).
     #[serde(default)]
-    pub audit: String,
+    pub audit: Option<String>,
     #[serde(default)]
-    pub audit_config: String,
+    pub audit_config: Option<String>,
+    /// What the audit reads; a check without one has no audit.
+    #[serde(default)]
     pub audit_emulation: Emulation,
     #[serde(default)]
     pub audit_config_emulation: Option<Emulation>,
+    /// The kube-bench role of the file a file check is about (`apiserverconf`, …).
     #[serde(default)]
-    pub remediation: String,
+    pub file_role: Option<String>,
+    #[serde(default)]
+    pub remediation: Option<String>,
 }
 
 /// The node type a check is written for.
@@ -147,7 +180,7 @@ fn yes() -> bool {
 }
 
 /// What the audit shell command reads, in data form (`audit_emulation.kind`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Emulation {
     /// `ps -ef | grep PATTERN`: every process whose line contains the pattern.
@@ -198,20 +231,42 @@ pub enum Emulation {
         format: String,
     },
     /// No audit at all.
+    #[default]
     None,
     /// A kind this version does not know: reported as not evaluable.
     #[serde(other)]
     Unknown,
 }
 
+/// rampart's own catalogue of the CIS v1.12 checks (facts and kube-bench's semantics;
+/// no kube-bench shell or prose).
+const CATALOGUE: &str = include_str!("catalogue.yaml");
+
 impl Benchmark {
+    /// The built-in CIS v1.12 catalogue, parsed once. It is compiled in and a unit test
+    /// parses it, so a parse failure here is a build defect, not a user error.
+    pub fn builtin() -> &'static Benchmark {
+        static BUILTIN: OnceLock<Benchmark> = OnceLock::new();
+        BUILTIN.get_or_init(|| {
+            let de = serde_yaml::Deserializer::from_str(CATALOGUE);
+            serde_path_to_error::deserialize(de).unwrap_or_else(|e| {
+                panic!(
+                    "built-in catalogue.yaml does not parse at {}: {e}",
+                    e.path()
+                )
+            })
+        })
+    }
+
     /// Reads a kube-bench checks digest (`checks.json`).
     pub fn load(path: &Path) -> Result<Benchmark, BenchmarkError> {
         let text = std::fs::read_to_string(path).map_err(|source| BenchmarkError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, path)
+        let mut b = Self::parse(&text, path)?;
+        b.origin = Origin::File(path.to_path_buf());
+        Ok(b)
     }
 
     /// Parses the digest text; `path` only names it in errors.
@@ -222,5 +277,31 @@ impl Benchmark {
             at: e.path().to_string(),
             source: e.into_inner(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_catalogue_parses() {
+        let b = Benchmark::builtin();
+        assert_eq!(b.benchmark, "cis-1.12");
+        assert_eq!(b.origin, Origin::Builtin);
+        assert_eq!(b.checks.len(), 131);
+        assert!(b
+            .checks
+            .iter()
+            .all(|c| c.audit.is_none() && c.remediation.is_none()));
+        // No audit kind the evaluator does not know.
+        assert!(!b
+            .checks
+            .iter()
+            .any(|c| c.audit_emulation == Emulation::Unknown));
+        let c = b.checks.iter().find(|c| c.id == "1.2.10").unwrap();
+        assert_eq!(c.bin_op, BinOp::Or);
+        assert!(!c.tests[1].set);
+        assert_eq!(b.roles["kubeletsvc"].candidates.len(), 7);
     }
 }

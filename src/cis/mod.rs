@@ -1,7 +1,8 @@
-//! CIS Kubernetes Benchmark self-check: evaluates a rendered bundle against kube-bench's
-//! own check definitions, as kube-bench would see each host once the bundle is installed.
+//! CIS Kubernetes Benchmark self-check: evaluates a rendered bundle against the CIS v1.12
+//! checks, as kube-bench would see each host once the bundle is installed.
 //!
-//! [`Benchmark`] is kube-bench's checks digest; [`evaluate`] emulates each check's audit
+//! [`Benchmark`] holds the checks: rampart's built-in catalogue (`catalogue.yaml`) or a
+//! kube-bench digest given with `--benchmark`; [`evaluate`] emulates each check's audit
 //! on each host ([`host`], [`audit`]) and applies kube-bench's test semantics
 //! ([`semantics`]) to the emulated output. Pure: no disk, no network. See docs/cis.md.
 
@@ -14,7 +15,7 @@ pub mod semantics;
 pub mod unit;
 
 pub use benchmark::{
-    Benchmark, BenchmarkError, BinOp, Check, Emulation, OneOrMany, Role, Target, TestItem,
+    Benchmark, BenchmarkError, BinOp, Check, Emulation, OneOrMany, Origin, Role, Target, TestItem,
 };
 pub use report::{CheckResult, HostReport, KubeBenchState, Report, Status, Summary};
 
@@ -30,7 +31,11 @@ pub fn evaluate(benchmark: &Benchmark, bundle: &Bundle) -> Report {
         .iter()
         .map(|(name, hb)| evaluate_host(benchmark, name, hb))
         .collect();
-    Report::new(benchmark.benchmark.clone(), hosts)
+    Report::new(
+        benchmark.benchmark.clone(),
+        benchmark.origin.to_string(),
+        hosts,
+    )
 }
 
 /// The benchmark targets a host is checked as, from the services it runs: the API server

@@ -107,16 +107,19 @@ impl HostReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub benchmark: String,
+    /// Where the check definitions came from: `built into rampart` or the file's path.
+    pub definitions: String,
     pub hosts: Vec<HostReport>,
     pub summary: Summary,
 }
 
 impl Report {
-    pub fn new(benchmark: String, hosts: Vec<HostReport>) -> Self {
+    pub fn new(benchmark: String, definitions: String, hosts: Vec<HostReport>) -> Self {
         let mut summary = Summary::default();
         hosts.iter().for_each(|h| summary.merge(&h.summary));
         Report {
             benchmark,
+            definitions,
             hosts,
             summary,
         }
@@ -132,10 +135,11 @@ impl Report {
         })
     }
 
-    /// A human table: one line per check and host (`host: id status text`), failures
-    /// detailed underneath, then the summary.
+    /// A human table: which definitions were used, one line per check and host
+    /// (`host: id status text`), failures detailed underneath, then the summary.
     pub fn to_table(&self) -> String {
         let mut out = String::new();
+        let _ = writeln!(out, "{}: checks {}", self.benchmark, self.definitions);
         for h in &self.hosts {
             for c in &h.checks {
                 let status = match c.status {

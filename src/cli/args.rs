@@ -344,9 +344,10 @@ pub enum CisCommand {
         /// A directory written by `rampart render`.
         #[arg(long)]
         bundle: PathBuf,
-        /// kube-bench's CIS 1.12 checks in digested JSON form (checks.json).
+        /// Other check definitions: a kube-bench checks digest (checks.json). Without it,
+        /// the CIS v1.12 catalogue built into rampart is used.
         #[arg(long, env = "RAMPART_CIS_BENCHMARK")]
-        benchmark: PathBuf,
+        benchmark: Option<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,

@@ -87,7 +87,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             bundle,
             benchmark,
             output,
-        }) => cis_check(&bundle, &benchmark, output),
+        }) => cis_check(&bundle, benchmark.as_deref(), output),
         Command::Init(a) => pki_cmds::init(&a),
         Command::Render(a) => pki_cmds::render(&a),
         Command::Certs(args::CertsCommand::List(a)) => pki_cmds::certs_list(&a),
@@ -168,11 +168,19 @@ pub(crate) fn state_dir(flag: Option<&PathBuf>, cluster: &str) -> Result<PathBuf
         .join(cluster))
 }
 
-/// Evaluates a written bundle; exit code 4 when an automated check fails.
-fn cis_check(bundle: &Path, benchmark: &Path, output: Output) -> Result<ExitCode> {
-    let benchmark = rampart::cis::Benchmark::load(benchmark)?;
+/// Evaluates a written bundle against `benchmark` (default: the built-in catalogue);
+/// exit code 4 when an automated check fails.
+fn cis_check(bundle: &Path, benchmark: Option<&Path>, output: Output) -> Result<ExitCode> {
+    let loaded;
+    let benchmark = match benchmark {
+        Some(path) => {
+            loaded = rampart::cis::Benchmark::load(path)?;
+            &loaded
+        }
+        None => rampart::cis::Benchmark::builtin(),
+    };
     let bundle = rampart::render::read_bundle(bundle)?;
-    let report = rampart::cis::evaluate(&benchmark, &bundle);
+    let report = rampart::cis::evaluate(benchmark, &bundle);
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => print!("{}", report.to_table()),

@@ -3,6 +3,8 @@
 mod apply;
 mod backup;
 mod cis;
+mod cis_catalogue;
+mod cis_kube_bench;
 mod cli;
 mod etcd;
 mod fuzz;
