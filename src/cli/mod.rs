@@ -102,7 +102,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 pub(crate) fn load_benchmark(path: Option<&Path>) -> Result<rampart::cis::Benchmark> {
     match path {
         Some(p) => Ok(rampart::cis::Benchmark::load(p)?),
-        None => anyhow::bail!("pass --benchmark FILE (a kube-bench checks digest)"),
+        None => Ok(rampart::cis::Benchmark::builtin().clone()),
     }
 }
 
@@ -171,16 +171,9 @@ pub(crate) fn state_dir(flag: Option<&PathBuf>, cluster: &str) -> Result<PathBuf
 /// Evaluates a written bundle against `benchmark` (default: the built-in catalogue);
 /// exit code 4 when an automated check fails.
 fn cis_check(bundle: &Path, benchmark: Option<&Path>, output: Output) -> Result<ExitCode> {
-    let loaded;
-    let benchmark = match benchmark {
-        Some(path) => {
-            loaded = rampart::cis::Benchmark::load(path)?;
-            &loaded
-        }
-        None => rampart::cis::Benchmark::builtin(),
-    };
+    let benchmark = load_benchmark(benchmark)?;
     let bundle = rampart::render::read_bundle(bundle)?;
-    let report = rampart::cis::evaluate(benchmark, &bundle);
+    let report = rampart::cis::evaluate(&benchmark, &bundle);
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => print!("{}", report.to_table()),
