@@ -77,8 +77,37 @@ async fn upload_binaries(ctx: &Ctx<'_>, t: &PlannedHost) -> Result<(), StepError
             Input::File(path.clone()),
         )
         .await?;
+        if change.path == crate::backup::RAMPART_PATH {
+            agent_runs(ctx, t, &change.path).await?;
+        }
     }
     commit(ctx, t, &t.plan.binaries, false).await
+}
+
+/// The rampart agent is this very binary, built on the admin machine: one
+/// linked against a newer glibc than the host has cannot start there. It is
+/// run once, staged, before it replaces anything; if it cannot run, the
+/// staged copy goes and the host keeps what it had.
+async fn agent_runs(ctx: &Ctx<'_>, t: &PlannedHost, path: &str) -> Result<(), StepError> {
+    let staged = script::at(&script::staged_path(path));
+    let check = format!(
+        "{}if ! out=$({staged} --version 2>&1); then rm -f {staged}; printf '%s\\n' \"$out\" >&2; exit 1; fi\n",
+        script::PRELUDE
+    );
+    ctx.reporter.step(&t.host.name, "check the uploaded rampart runs");
+    let out = t.remote.run(&check, Input::None).await?;
+    if out.success() {
+        return Ok(());
+    }
+    Err(StepError::Script {
+        step: "run the uploaded rampart agent".into(),
+        status: out.status.map_or("signal".into(), |s| s.to_string()),
+        stderr: format!(
+            "{}: the rampart built on this machine does not start on {} (often a newer glibc here than there); build rampart on a machine no newer than the hosts. Nothing was replaced",
+            out.stderr_tail(),
+            t.host.name
+        ),
+    })
 }
 
 impl Phase<ApplyRun<'_>> for InstallFiles {
