@@ -405,7 +405,12 @@ mod tests {
                 if !cmd.starts_with("rampart ") {
                     continue;
                 }
-                let cmd = cmd.split(" #").next().unwrap();
+                // The command itself: not its comment, pipe or redirection.
+                let cmd = [" #", " |", " >", " 2>", " &&", " ;"]
+                    .iter()
+                    .filter_map(|sep| cmd.find(sep))
+                    .min()
+                    .map_or(cmd, |end| &cmd[..end]);
                 found.push((format!("{file}:{}", n + 1), fill_in(cmd)));
             }
         }
