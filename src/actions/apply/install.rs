@@ -94,7 +94,8 @@ async fn agent_runs(ctx: &Ctx<'_>, t: &PlannedHost, path: &str) -> Result<(), St
         "{}if ! out=$({staged} --version 2>&1); then rm -f {staged}; printf '%s\\n' \"$out\" >&2; exit 1; fi\n",
         script::PRELUDE
     );
-    ctx.reporter.step(&t.host.name, "check the uploaded rampart runs");
+    ctx.reporter
+        .step(&t.host.name, "check the uploaded rampart runs");
     let out = t.remote.run(&check, Input::None).await?;
     if out.success() {
         return Ok(());

@@ -139,7 +139,7 @@ fn lab_backups_are_scheduled_encrypted_listed_and_pulled() {
     assert_eq!(
         lab.ssh_ok(
             3,
-            "ls /usr/local/bin/rampart /etc/rampart 2>&1 | grep -c 'No such'"
+            "ls /usr/local/bin/rampart /etc/rampart/backup.yaml 2>&1 | grep -c 'No such'"
         ),
         "2",
         "the worker runs no backup job"

@@ -89,7 +89,10 @@ fn lab_backup_target_receives_copies_with_its_own_retention() {
         .ssh_ok(TARGET, "/usr/local/bin/rampart --version")
         .starts_with("rampart"));
     assert_eq!(
-        lab.ssh_ok(TARGET, "ls /etc/rampart 2>&1 | grep -c 'No such'"),
+        lab.ssh_ok(
+            TARGET,
+            "ls /etc/rampart/backup.yaml 2>&1 | grep -c 'No such'"
+        ),
         "1",
         "the target holds no push key and no job config"
     );
