@@ -16,6 +16,7 @@
 #
 # Usage (root; brings up its own lab and takes it down on exit):
 #   [BENCH_LAB_PREFIX=rz BENCH_LAB_NET=10.83.0] bash tests/bench/apply-fanout.sh [HOSTS] [RUNS] [BASELINE_RUNS]
+# BASELINE_RUNS=0 leaves out the OpenSSH baselines (minutes) and the byte counts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 self=$PWD/tests/bench/apply-fanout.sh
@@ -156,6 +157,12 @@ YAML
     jq -e 'all(.hosts[]; (.plan.files | length) == 0)' "$WORK/noop-out.json" > /dev/null ||
         { echo "the re-apply was not a no-op" >&2; exit 1; }
 
+    if [ "$base_runs" = 0 ]; then
+        # BASELINE_RUNS=0: rampart's own figures only (the baselines take minutes).
+        echo "=== $(lab_hosts | wc -l) hosts, $files files; nproc $(nproc), load $(cut -d' ' -f1-3 /proc/loadavg)"
+        for f in first noop verify; do printf '%-8s %s\n' "$f" "$(stats "$WORK/$f.json")"; done
+        return
+    fi
     echo "::: OpenSSH, one ssh per host: no-op check ($runs runs)"
     "${hf[@]}" "$WORK/host-check.json" --runs "$runs" "bash $self _host_check"
     echo "::: OpenSSH naive: no-op check, one ssh per file ($base_runs runs)"

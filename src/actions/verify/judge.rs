@@ -80,7 +80,7 @@ pub fn request(
         .files
         .iter()
         .filter(|f| matches!(f.contents, Contents::Plain(_)))
-        .map(|f| f.path.clone())
+        .map(|f| (f.path.clone(), f.sha256()))
         .collect();
     let mut health = Vec::new();
     if runs(Service::Etcd) {
@@ -408,17 +408,21 @@ fn backups(i: &HostInput, limits: &Limits) -> Vec<Finding> {
 /// sha256 matches the bundle (a changed kubeconfig is already drift).
 fn certificates(i: &HostInput, limits: &Limits, checked: &mut Checked) -> Vec<Finding> {
     let mut pems: Vec<(String, String)> = Vec::new();
-    for (path, bytes) in &i.probe.files {
-        if path.ends_with(".crt") || path.ends_with(".pem") {
-            pems.push((path.clone(), String::from_utf8_lossy(bytes).into_owned()));
-        }
-    }
     for f in &i.rendered.files {
+        // The host's copy: the bundle's when the sha256 matches, else what
+        // the probe sent back (public files only; a changed key or
+        // kubeconfig is drift and its certificate is not read).
         let live = i.facts.files.get(&f.path).and_then(|l| l.sha256.as_deref());
-        if live != Some(f.sha256().as_str()) {
+        let bytes = if live == Some(f.sha256().as_str()) {
+            f.contents.bytes()
+        } else if let Some(b) = i.probe.files.get(&f.path) {
+            b.as_slice()
+        } else {
             continue;
-        }
-        if let Some(pem) = embedded_client_cert(f.contents.bytes()) {
+        };
+        if f.path.ends_with(".crt") || f.path.ends_with(".pem") {
+            pems.push((f.path.clone(), String::from_utf8_lossy(bytes).into_owned()));
+        } else if let Some(pem) = embedded_client_cert(bytes) {
             pems.push((f.path.clone(), pem));
         }
     }

@@ -22,8 +22,10 @@ pub struct ProbeRequest {
     pub stat: Vec<String>,
     /// Directories listed with everything below them (`find`), stat only.
     pub find: Vec<String>,
-    /// Public files whose contents are wanted (never keys).
-    pub read: Vec<String>,
+    /// Public files (never keys) and the sha256 the bundle has for each: a
+    /// file is sent back only when the host's copy differs, so a host as
+    /// rendered answers with hashes alone.
+    pub read: Vec<(String, String)>,
     /// `(name, unit, command)`: run only while `unit` is active; its status
     /// and output are reported.
     pub health: Vec<(String, String, String)>,
@@ -61,11 +63,14 @@ pub fn script(req: &ProbeRequest) -> String {
     // Relative names from "$R/", as the facts script does.
     s.push_str("cd \"$R/\"\n");
     let rel = |p: &String| quote(p.trim_start_matches('/'));
-    for p in &req.stat {
+    // One stat for every path (a missing one is only a line on stderr): a
+    // process per path is what makes a probe slow on a busy host.
+    if !req.stat.is_empty() {
+        let paths: Vec<String> = req.stat.iter().map(rel).collect();
         let _ = writeln!(
             s,
             "stat -c 'v\tstat\t%a\t%U\t%G\t%F\t%n' -- {} 2>/dev/null",
-            rel(p)
+            paths.join(" ")
         );
     }
     for p in &req.find {
@@ -75,11 +80,22 @@ pub fn script(req: &ProbeRequest) -> String {
             rel(p)
         );
     }
-    for p in &req.read {
-        let r = rel(p);
+    if !req.read.is_empty() {
+        // sha256sum prints `<sha>  <path>`; awk passes on the paths whose
+        // line is not the expected one; only those are read.
+        let paths: Vec<String> = req.read.iter().map(|(p, _)| rel(p)).collect();
+        let want: Vec<String> = req
+            .read
+            .iter()
+            .map(|(p, sha)| format!("{sha}  {}", p.trim_start_matches('/')))
+            .collect();
+        // The expected lines come in on fd 3 from a quoted here-document,
+        // which the shell takes literally (paths never hold a newline).
         let _ = writeln!(
             s,
-            "if [ -f {r} ]; then printf 'v\\tfile\\t%s\\t%s\\n' {r} \"$(base64 -w0 < {r})\"; fi"
+            "sha256sum -- {} 2>/dev/null | awk 'BEGIN {{ while ((getline l < \"/dev/fd/3\") > 0) ok[l] = 1 }} !($0 in ok) {{ sub(/^[0-9a-f]+  /, \"\"); print }}' 3<<'WANT' | while IFS= read -r p; do printf 'v\\tfile\\t%s\\t%s\\n' \"$p\" \"$(base64 -w0 < \"$p\")\"; done\n{}\nWANT",
+            paths.join(" "),
+            want.join("\n")
         );
     }
     for (name, unit, cmd) in &req.health {
@@ -277,12 +293,20 @@ mod tests {
         std::fs::create_dir_all(root.join("etc/kubernetes/pki")).unwrap();
         std::fs::create_dir_all(root.join("etc/systemd/system")).unwrap();
         std::fs::write(root.join("etc/kubernetes/pki/ca.crt"), "PEM").unwrap();
+        std::fs::write(root.join("etc/kubernetes/pki/same.crt"), "SAME").unwrap();
         std::fs::write(root.join("etc/systemd/system/kube-extra.service"), "").unwrap();
         let req = ProbeRequest {
             units: vec!["rampart-nonexistent.service".into()],
             stat: vec!["/etc/kubernetes".into(), "/nope".into()],
             find: vec!["/etc/kubernetes/pki".into()],
-            read: vec!["/etc/kubernetes/pki/ca.crt".into(), "/nope".into()],
+            read: vec![
+                ("/etc/kubernetes/pki/ca.crt".into(), "0".repeat(64)),
+                (
+                    "/etc/kubernetes/pki/same.crt".into(),
+                    crate::digest::sha256_hex(b"SAME"),
+                ),
+                ("/nope".into(), "0".repeat(64)),
+            ],
             health: vec![(
                 "x".into(),
                 "rampart-nonexistent.service".into(),
@@ -302,7 +326,9 @@ mod tests {
         assert!(!p.entries["/etc/kubernetes/pki/ca.crt"].is_dir);
         assert!(p.entries.contains_key("/etc/kubernetes/pki"));
         assert!(!p.entries.contains_key("/nope"));
+        // Sent back: the file that differs from the bundle, not the one that matches.
         assert_eq!(p.files["/etc/kubernetes/pki/ca.crt"], b"PEM");
+        assert!(!p.files.contains_key("/etc/kubernetes/pki/same.crt"));
         assert_eq!(p.health["x"].ok, None);
         assert_eq!(p.backups.as_deref(), Some("a\tb\nend\n"));
         assert!(p.argv.is_empty());
