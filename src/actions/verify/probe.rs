@@ -39,17 +39,52 @@ pub struct ProbeRequest {
 const UNIT_DIR: &str = "/etc/systemd/system";
 const UNIT_PREFIXES: [&str; 4] = ["etcd", "kube", "containerd", "rampart-backup"];
 
+/// Reads `$shown` (`systemctl show` of several units: blocks of `Key=value`
+/// lines, a blank line between units) in the current shell: a `unit` line
+/// per block, the main process's argv and environment when it runs, and
+/// `$active` extended with each active unit.
+const UNIT_BLOCKS: &str = r#"id=; props=; pid=0; st=
+flush() {
+  if [ -n "$id" ]; then
+    printf 'v\tunit\t%s\t%s\n' "$id" "$props"
+    if [ "$st" = active ]; then active="$active$id "; fi
+    if [ "$pid" -gt 0 ] 2>/dev/null && [ -r "/proc/$pid/cmdline" ]; then
+      printf 'v\tcmdline\t%s\t%s\n' "$id" "$(base64 -w0 < "/proc/$pid/cmdline")"
+      printf 'v\tenviron\t%s\t%s\n' "$id" "$(base64 -w0 < "/proc/$pid/environ")"
+    fi
+  fi
+  id=; props=; pid=0; st=
+}
+while IFS= read -r l; do
+  case "$l" in
+    '') flush ;;
+    Id=*) id=${l#Id=} ;;
+    *)
+      props="$props $l"
+      case "$l" in MainPID=*) pid=${l#MainPID=} ;; ActiveState=*) st=${l#ActiveState=} ;; esac
+      ;;
+  esac
+done <<SHOWN
+$shown
+SHOWN
+flush
+"#;
+
 /// The probe script (POSIX sh, GNU coreutils and findutils).
 pub fn script(req: &ProbeRequest) -> String {
     let mut s = String::from("set +e\nR=\"${ROOT:-}\"\n");
-    for unit in &req.units {
-        let u = quote(unit);
+    // One `systemctl show` for every unit (each call is a round trip to
+    // PID 1, slow on a busy host); its blocks are read in this shell, which
+    // remembers the active units for the health commands below.
+    s.push_str("active=' '\n");
+    if !req.units.is_empty() {
+        let units: Vec<String> = req.units.iter().map(|u| quote(u)).collect();
         let _ = writeln!(
             s,
-            "printf 'v\\tunit\\t%s\\t%s\\n' {u} \"$(systemctl show {u} -p ActiveState -p SubState -p Result -p MainPID -p NRestarts 2>/dev/null | tr '\\n' ' ')\"\n\
-             pid=$(systemctl show {u} -p MainPID --value 2>/dev/null)\n\
-             if [ \"${{pid:-0}}\" -gt 0 ] 2>/dev/null && [ -r /proc/$pid/cmdline ]; then printf 'v\\tcmdline\\t%s\\t%s\\n' {u} \"$(base64 -w0 < /proc/$pid/cmdline)\"; printf 'v\\tenviron\\t%s\\t%s\\n' {u} \"$(base64 -w0 < /proc/$pid/environ)\"; fi"
+            "shown=$(systemctl show -p Id -p ActiveState -p SubState -p Result -p MainPID -p NRestarts -- {} 2>/dev/null)",
+            units.join(" ")
         );
+        s.push_str(UNIT_BLOCKS);
     }
     let prefixes: Vec<String> = UNIT_PREFIXES
         .iter()
@@ -101,7 +136,7 @@ pub fn script(req: &ProbeRequest) -> String {
     for (name, unit, cmd) in &req.health {
         let _ = writeln!(
             s,
-            "if systemctl is-active -q {u} 2>/dev/null; then o=$( ( {cmd} ) 2>&1 ); st=$?; else o=; st=-; fi; printf 'v\\thealth\\t%s\\t%s\\t%s\\n' {n} \"$st\" \"$(printf '%s' \"$o\" | base64 -w0)\"",
+            "case \"$active\" in *' '{u}' '*) o=$( ( {cmd} ) 2>&1 ); st=$? ;; *) o=; st=- ;; esac; printf 'v\\thealth\\t%s\\t%s\\t%s\\n' {n} \"$st\" \"$(printf '%s' \"$o\" | base64 -w0)\"",
             u = quote(unit),
             n = quote(name),
         );
