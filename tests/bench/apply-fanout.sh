@@ -219,8 +219,14 @@ if [ -e "$state" ] || [ -e "/run/netns/$prefix-lab" ]; then
     exit 1
 fi
 
-cargo build --release --quiet
-export BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/rampart
+# BENCH_BIN=PATH measures another rampart (an older build, for a before/after).
+if [ -n "${BENCH_BIN:-}" ]; then
+    BIN=$BENCH_BIN
+else
+    cargo build --release --quiet
+    BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/rampart
+fi
+export BIN
 WORK=$(mktemp -d /tmp/rampart-bench.XXXXXX)
 export WORK
 th=(env TH_PREFIX="$prefix" TH_NET="$net" bash tests/lab/testhosts.sh)
