@@ -72,6 +72,27 @@ impl Service {
     pub fn unit_rendered(self) -> bool {
         self != Service::Containerd
     }
+    /// The services `apply` starts together with this one (its own start
+    /// phase): a node is containerd, kubelet and kube-proxy; a control plane
+    /// the apiserver, controller-manager and scheduler. A group with one
+    /// binary missing is not started at all.
+    pub fn group(self) -> &'static [Service] {
+        const NODE: &[Service] = &[Service::Containerd, Service::Kubelet, Service::KubeProxy];
+        const CONTROL_PLANE: &[Service] = &[
+            Service::KubeApiserver,
+            Service::KubeControllerManager,
+            Service::KubeScheduler,
+        ];
+        match self {
+            Service::Containerd | Service::Kubelet | Service::KubeProxy => NODE,
+            Service::KubeApiserver | Service::KubeControllerManager | Service::KubeScheduler => {
+                CONTROL_PLANE
+            }
+            Service::Etcd => &[Service::Etcd],
+            Service::Backups => &[Service::Backups],
+            Service::Scan => &[Service::Scan],
+        }
+    }
     /// The binary the unit runs.
     pub fn binary(self) -> &'static str {
         match self {

@@ -114,29 +114,20 @@ fn unit_path(timer: bool) -> String {
 /// checked only when all its binaries are installed (apply starts a group
 /// only then).
 fn unit_list(inv: &Inventory, services: &[Service]) -> String {
-    let dir = |d: &str, name: &str| format!("{}/{name}", d.trim_end_matches('/'));
-    let k8s = |names: &[&str]| -> Vec<String> {
-        names.iter().map(|n| dir(&inv.binaries.dir, n)).collect()
+    // Where apply installs each binary (as `plan::desired::needed_binaries`
+    // says; render cannot call plan, which depends on it).
+    let path = |s: Service| {
+        let dir = match s {
+            Service::Containerd => "/usr/bin",
+            Service::Backups => return crate::backup::RAMPART_PATH.to_string(),
+            Service::Etcd => &inv.binaries.etcd_dir,
+            _ => &inv.binaries.dir,
+        };
+        format!("{}/{}", dir.trim_end_matches('/'), s.binary())
     };
     let mut out = String::new();
-    for s in services {
-        let bins = match s {
-            Service::Scan => continue,
-            Service::Etcd => vec![dir(&inv.binaries.etcd_dir, "etcd")],
-            Service::KubeApiserver | Service::KubeControllerManager | Service::KubeScheduler => {
-                k8s(&[
-                    "kube-apiserver",
-                    "kube-controller-manager",
-                    "kube-scheduler",
-                ])
-            }
-            Service::Containerd | Service::Kubelet | Service::KubeProxy => {
-                let mut b = vec!["/usr/bin/containerd".to_string()];
-                b.extend(k8s(&["kubelet", "kube-proxy"]));
-                b
-            }
-            Service::Backups => vec![crate::backup::RAMPART_PATH.to_string()],
-        };
+    for s in services.iter().filter(|s| **s != Service::Scan) {
+        let bins: Vec<String> = s.group().iter().map(|g| path(*g)).collect();
         out.push_str(&format!("{}\t{}\n", s.unit(), bins.join(" ")));
     }
     out

@@ -293,27 +293,14 @@ fn services(i: &HostInput, checked: &mut Checked) -> Vec<Finding> {
     out
 }
 
-/// The binary missing for `s` to run, when one is: its own, or one of its
-/// group's (a node is containerd, kubelet and kube-proxy; a control plane is
-/// the apiserver, controller-manager and scheduler). apply starts a group
-/// only with all of them, so a group with one missing was deliberately not
-/// started (`--skip-phases`, a lab without Kubernetes binaries).
+/// The binary missing for `s` to run, when one is: one of its group's
+/// ([`Service::group`]). apply starts a group only with all of them, so a
+/// group with one missing was deliberately not started (`--skip-phases`, a
+/// lab without Kubernetes binaries).
 fn not_installed(i: &HostInput, s: Service) -> Option<&'static str> {
-    const GROUPS: [&[Service]; 2] = [
-        &[Service::Containerd, Service::Kubelet, Service::KubeProxy],
-        &[
-            Service::KubeApiserver,
-            Service::KubeControllerManager,
-            Service::KubeScheduler,
-        ],
-    ];
-    let group = GROUPS
+    s.group()
         .iter()
-        .find(|g| g.contains(&s))
         .copied()
-        .unwrap_or(&[]);
-    std::iter::once(s)
-        .chain(group.iter().copied())
         .filter(|g| i.rendered.services.contains(g))
         .map(Service::binary)
         .find(|b| i.facts.binaries.get(*b) == Some(&None))
