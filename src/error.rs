@@ -5,6 +5,7 @@
 
 use crate::actions::apply::ApplyError;
 use crate::actions::restore::RestoreError;
+use crate::actions::rotate::RotateError;
 use crate::actions::verify::VerifyError;
 use crate::engine::{PhaseError, StepError};
 use crate::inventory::InventoryError;
@@ -103,6 +104,9 @@ fn code_of(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
     if let Some(e) = e.downcast_ref::<RestoreError>() {
         return Some(restore_code(e));
     }
+    if let Some(e) = e.downcast_ref::<RotateError>() {
+        return Some(rotate_code(e));
+    }
     if e.is::<Usage>() {
         return Some(code::USAGE);
     }
@@ -140,6 +144,24 @@ fn restore_code(e: &RestoreError) -> u8 {
 }
 
 /// A phase that failed on hosts: the most specific cause any host had.
+fn rotate_code(e: &RotateError) -> u8 {
+    match e {
+        RotateError::BadId(_)
+        | RotateError::OtherCa { .. }
+        | RotateError::InProgress { .. }
+        | RotateError::Finished { .. }
+        | RotateError::RollingBack { .. }
+        | RotateError::NoSavedPlan { .. } => code::USAGE,
+        RotateError::NotConfirmed => code::NOT_CONFIRMED,
+        RotateError::Hosts(pe) => hosts_code(pe),
+        RotateError::Rollout(ApplyError::Skip(_) | ApplyError::UnknownHost(..)) => code::USAGE,
+        RotateError::Stopped { cause, .. } | RotateError::Unfinished { cause, .. } => {
+            rotate_code(cause)
+        }
+        _ => code::FAILURE,
+    }
+}
+
 fn hosts_code(pe: &PhaseError) -> u8 {
     let any = |f: fn(&StepError) -> bool| pe.failures.iter().any(|(_, e)| f(e));
     if pe.cancelled() {

@@ -17,5 +17,6 @@ pub mod plan;
 pub mod remote;
 pub mod render;
 pub mod restore;
+pub mod rotate;
 pub mod secret;
 pub mod words;

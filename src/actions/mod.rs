@@ -5,6 +5,8 @@
 //!   as data, show it, then run the phases that carry it out;
 //! - [`restore`]: `backup restore`, the first runbook (journaled, resumable,
 //!   with `--rollback`);
+//! - [`rotate`]: `rotate ca`, a runbook that rolls each stage of a CA
+//!   rotation out with `apply`'s phases;
 //! - [`backup`]: `backup list`, `now` and `pull`, work on each member;
 //! - [`verify`]: `verify`, the read-only audit of the live fleet;
 //! - [`gates`]: the health gates apply and restore start services behind.
@@ -16,4 +18,5 @@ pub mod apply;
 pub mod backup;
 pub(crate) mod gates;
 pub mod restore;
+pub mod rotate;
 pub mod verify;

@@ -43,6 +43,9 @@ pub enum Command {
     /// Audit the live cluster over SSH, read-only: CIS checks on what runs, drift from the
     /// rendered files, health, backups and certificate expiry.
     Verify(VerifyArgs),
+    /// Rotate a CA across the fleet, with an overlap (resumable, rollback-able).
+    #[command(subcommand)]
+    Rotate(RotateCommand),
     /// Host keys and locks.
     #[command(subcommand)]
     Hosts(HostsCommand),
@@ -312,6 +315,89 @@ pub struct RenderArgs {
 pub enum CertsCommand {
     /// The certificate catalogue: name, CA, subject, SANs, expiry, status.
     List(StateArgsNoUnlock),
+    /// Reissue leaf certificates (new keys) and roll them out with apply's
+    /// phases: etcd members one at a time behind cluster health, control
+    /// planes one at a time behind /readyz.
+    Renew(RenewArgs),
+}
+
+/// How a rollout's `apply` runs, for the commands that roll out state-dir changes.
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    /// Print the plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Go ahead without asking.
+    #[arg(long)]
+    pub yes: bool,
+    /// apply phases to leave out of every rollout, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = skippable_phases())]
+    pub skip_phases: Vec<String>,
+    /// Hosts worked on at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// Trust and record host keys never seen before (trust on first use).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+}
+
+/// `rampart certs renew`.
+#[derive(Debug, Args)]
+pub struct RenewArgs {
+    /// Leaves to renew, by catalogue name (`rampart certs list`).
+    #[arg(conflicts_with_all = ["expiring_within", "all"])]
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Every leaf that expires within this many days (`30` or `30d`).
+    #[arg(long, value_name = "DAYS", value_parser = parse_days, conflicts_with = "all")]
+    pub expiring_within: Option<u32>,
+    /// Every leaf.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RotateCommand {
+    /// Replace a CA: trust old + new everywhere, reissue its leaves under the
+    /// new one, drop the old one; each step rolled out and journaled.
+    Ca(RotateCaArgs),
+}
+
+/// Which CA `rotate ca` replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CaArg {
+    Kubernetes,
+    Etcd,
+    FrontProxy,
+}
+
+/// `rampart rotate ca`.
+#[derive(Debug, Args)]
+pub struct RotateCaArgs {
+    /// The CA to replace.
+    #[arg(long, value_enum)]
+    pub ca: CaArg,
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Continue rotation ID from what the hosts' journals and the state dir record.
+    #[arg(long, value_name = "ID", conflicts_with = "rollback")]
+    pub resume: Option<String>,
+    /// Undo rotation ID, step by step (not after it finished).
+    #[arg(long, value_name = "ID")]
+    pub rollback: Option<String>,
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
+}
+
+/// `30` or `30d`: a number of days.
+fn parse_days(s: &str) -> Result<u32, String> {
+    s.strip_suffix('d')
+        .unwrap_or(s)
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of days (e.g. 30 or 30d)"))
 }
 
 #[derive(Debug, Args)]

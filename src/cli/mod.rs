@@ -18,6 +18,7 @@ mod out;
 mod pki_cmds;
 mod report;
 mod restore_cmds;
+mod rotate_cmds;
 mod session;
 mod unlock;
 mod verify_cmds;
@@ -91,6 +92,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Init(a) => pki_cmds::init(&a),
         Command::Render(a) => pki_cmds::render(&a),
         Command::Certs(args::CertsCommand::List(a)) => pki_cmds::certs_list(&a),
+        Command::Certs(args::CertsCommand::Renew(a)) => rotate_cmds::certs_renew(&a, verbose),
+        Command::Rotate(args::RotateCommand::Ca(a)) => rotate_cmds::rotate_ca(&a, verbose),
         Command::Users(args::UsersCommand::Kubeconfig { name, state, out }) => {
             pki_cmds::user_kubeconfig(&name, &state, out.as_deref())
         }

@@ -18,6 +18,7 @@ use super::inspect::CertFacts;
 use super::issue::{self, Policy, Signer};
 use super::material::{encryption_key, push_keys, service_account, super_admin_conf, Missing};
 use super::report::{InitReport, Issuance};
+use super::rotation::{self, CaView};
 use super::store::{Pending, StateDir, StateKey, Unlock};
 use super::{par_map, Issued, Pki, PkiError};
 
@@ -62,20 +63,23 @@ pub fn init_with(
     let mut certs = BTreeMap::new();
     let mut pending = Vec::new();
     let mut cas = BTreeMap::new();
+    let mut trust = BTreeMap::new();
 
     for (spec, st) in specs.iter().zip(&stored).filter(|(s, _)| s.is_ca()) {
         let (issued, action) = match (&st.cert, &st.key) {
             (Some(cert), Some(k)) => {
-                check_ca(&spec.name, cert, k, Some(now))?;
-                let issued = Issued {
+                let current = Issued {
                     cert_pem: cert.clone(),
                     key_pem: k.clone(),
                 };
-                (issued, Issuance::Reused)
+                let view = checked_view(dir, &key, &spec.name, current, Some(now))?;
+                trust.insert(spec.name.clone(), view.trust());
+                (view.signer, Issuance::Reused)
             }
             (None, None) => {
                 let issued = issue::self_signed_ca(spec, &policy)?;
                 pending.extend(files_for(dir, &key, &spec.name, &issued)?);
+                trust.insert(spec.name.clone(), issued.cert_pem.clone());
                 (issued, Issuance::Issued)
             }
             (cert, _) => return Err(half_missing(dir, &spec.name, cert.is_some())),
@@ -158,6 +162,7 @@ pub fn init_with(
 
     let pki = Pki {
         certs,
+        trust,
         service_account_key: sa_key,
         service_account_pub: sa_pub,
         encryption_key,
@@ -177,6 +182,7 @@ pub fn load(inv: &Inventory, dir: &StateDir, unlock: &Unlock) -> Result<Pki, Pki
     let stored = read_all(dir, &key, &specs)?;
     let mut cas = BTreeMap::new();
     let mut certs = BTreeMap::new();
+    let mut trust = BTreeMap::new();
     for (spec, st) in specs.iter().zip(&stored) {
         let (Some(cert), Some(key_pem)) = (&st.cert, &st.key) else {
             return Err(PkiError::NotInitialised {
@@ -185,8 +191,18 @@ pub fn load(inv: &Inventory, dir: &StateDir, unlock: &Unlock) -> Result<Pki, Pki
             });
         };
         if spec.is_ca() {
-            let facts = check_ca(&spec.name, cert, key_pem, None)?;
-            cas.insert(spec.name.clone(), facts);
+            let current = Issued {
+                cert_pem: cert.clone(),
+                key_pem: key_pem.clone(),
+            };
+            let view = checked_view(dir, &key, &spec.name, current, None)?;
+            cas.insert(
+                spec.name.clone(),
+                CertFacts::parse(&spec.name, &view.signer.cert_pem)?,
+            );
+            trust.insert(spec.name.clone(), view.trust());
+            certs.insert(spec.name.clone(), view.signer);
+            continue;
         } else {
             let ca = &cas[spec.ca.as_deref().unwrap_or_default()];
             if let Some(Issuance::Reissued { reason }) =
@@ -213,6 +229,7 @@ pub fn load(inv: &Inventory, dir: &StateDir, unlock: &Unlock) -> Result<Pki, Pki
     let (push_keys, _) = push_keys(inv, dir, &key, None)?;
     Ok(Pki {
         certs,
+        trust,
         service_account_key: sa_key,
         service_account_pub: sa_pub,
         encryption_key,
@@ -230,6 +247,30 @@ fn read_all(dir: &StateDir, key: &StateKey, specs: &[CertSpec]) -> Result<Vec<St
     })
     .into_iter()
     .collect()
+}
+
+/// CA `name` as it stands in its rotation (see [`rotation::view`]), each
+/// certificate in it checked with [`check_ca`].
+fn checked_view(
+    dir: &StateDir,
+    key: &StateKey,
+    name: &str,
+    current: Issued,
+    now: Option<OffsetDateTime>,
+) -> Result<CaView, PkiError> {
+    let view = rotation::view(dir, key, name, current)?;
+    check_ca(name, &view.signer.cert_pem, &view.signer.key_pem, now)?;
+    if let Some(other) = &view.other {
+        let facts = CertFacts::parse(name, other)?;
+        if !facts.is_ca {
+            return Err(PkiError::BrokenChain {
+                name: name.into(),
+                ca: name.into(),
+                reason: "the other CA of its rotation is not a CA certificate".into(),
+            });
+        }
+    }
+    Ok(view)
 }
 
 /// A CA must be a CA, sign itself, match its key and (when `now` is known) be valid.

@@ -62,7 +62,13 @@ pub fn list(
     let mut facts: BTreeMap<String, CertFacts> = BTreeMap::new();
     let mut out = Vec::with_capacity(specs.len());
     for spec in &specs {
-        let Some(pem) = dir.read_cert(&spec.name)? else {
+        // Mid-rotation, leaves are judged against the CA that signs them now.
+        let pem = if spec.is_ca() {
+            super::rotation::signer_cert(dir, &spec.name)?
+        } else {
+            dir.read_cert(&spec.name)?
+        };
+        let Some(pem) = pem else {
             out.push(CertInfo {
                 name: spec.name.clone(),
                 description: spec.description.clone(),

@@ -194,7 +194,7 @@ pub fn super_admin_kubeconfig(inv: &Inventory, pki: &Pki) -> Secret {
     kubeconfig(
         &inv.cluster.name,
         &inv.cluster.server_url(),
-        &pki.get(names::CA).cert_pem,
+        pki.trust(names::CA),
         "kubernetes-super-admin",
         pki.get(names::SUPER_ADMIN),
     )

@@ -21,6 +21,7 @@ mod list;
 mod material;
 pub mod names;
 mod report;
+pub mod rotation;
 pub mod store;
 mod user;
 
@@ -51,6 +52,9 @@ pub struct Issued {
 pub struct Pki {
     /// By catalogue name (see [`names`]): CAs and leaves.
     pub certs: BTreeMap<String, Issued>,
+    /// By CA name: the PEM bundle hosts trust for it. Outside a rotation the
+    /// CA alone; during one, the signing CA then the other (see [`rotation`]).
+    pub trust: BTreeMap<String, String>,
     /// The service-account signing key (private, PEM) and its public half (PEM).
     pub service_account_key: Secret,
     pub service_account_pub: String,
@@ -76,6 +80,13 @@ impl Pki {
         self.certs
             .get(name)
             .unwrap_or_else(|| panic!("pki has no `{name}`: catalogue and render disagree"))
+    }
+    /// What hosts trust for CA `ca`: the bundle, or the CA itself when the
+    /// PKI was built without bundles (tests).
+    pub fn trust(&self, ca: &str) -> &str {
+        self.trust
+            .get(ca)
+            .map_or_else(|| self.get(ca).cert_pem.as_str(), String::as_str)
     }
     /// The named cert, or None (for callers that probe, e.g. per-host names).
     pub fn try_get(&self, name: &str) -> Option<&Issued> {
@@ -105,7 +116,7 @@ impl Pki {
         kubeconfig(
             &inv.cluster.name,
             server_url,
-            &self.get(names::CA).cert_pem,
+            self.trust(names::CA),
             &user,
             issued,
         )

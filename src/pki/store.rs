@@ -9,6 +9,8 @@
 //! <dir>/pki/<name>.key.age       private keys, sealed to the state key
 //! <dir>/pki/sa.key.age, sa.pub   service-account signing key pair
 //! <dir>/pki/encryption-key.age   the 32-byte key for Secrets at rest
+//! <dir>/pki/<ca>.next.crt, <ca>.next.key.age, <ca>.rotation.json
+//!                                a CA rotation under way (see `pki::rotation`)
 //! ```
 //!
 //! Every secret is sealed to the state key's recipient, not to the admin directly,
@@ -122,6 +124,10 @@ impl StateDir {
     }
     pub fn push_pub_path(&self, member: &str) -> PathBuf {
         self.root.join(format!("pki/backup-push-{member}.pub"))
+    }
+    /// The stage of a rotation of CA `ca` (see `pki::rotation`).
+    pub fn rotation_path(&self, ca: &str) -> PathBuf {
+        self.root.join("pki").join(format!("{ca}.rotation.json"))
     }
     pub fn super_admin_conf_path(&self) -> PathBuf {
         self.root.join("super-admin.conf.age")

@@ -60,7 +60,9 @@ pub fn user_kubeconfig(
             .read_sealed(&dir.key_path(names::CA), &key)?
             .ok_or_else(|| not_there("key"))?,
     };
-    let signer = Signer::new(names::CA, &ca)?;
+    // Mid-rotation: signed by the CA that signs now, trusting both.
+    let view = super::rotation::view(dir, &key, names::CA, ca)?;
+    let signer = Signer::new(names::CA, &view.signer)?;
     let spec = CertSpec {
         name: format!("user-{user}"),
         description: format!("tenant user {user}"),
@@ -80,7 +82,7 @@ pub fn user_kubeconfig(
     Ok(kubeconfig(
         &inv.cluster.name,
         &inv.cluster.server_url(),
-        &ca.cert_pem,
+        &view.trust(),
         user,
         &issued,
     ))

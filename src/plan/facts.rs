@@ -17,6 +17,8 @@ pub struct FileFact {
     pub kind: String,
     /// None when the file exists but could not be hashed (not a regular file).
     pub sha256: Option<String>,
+    /// Last modified (seconds since the epoch), when the host said.
+    pub mtime: Option<i64>,
 }
 
 /// `systemctl is-active` / `is-enabled` of one unit.
@@ -24,6 +26,9 @@ pub struct FileFact {
 pub struct ServiceFact {
     pub active: String,
     pub enabled: String,
+    /// When it last became active (seconds since the epoch); None when
+    /// it never did or the host did not say.
+    pub since: Option<i64>,
 }
 
 impl ServiceFact {
@@ -121,12 +126,13 @@ impl HostFacts {
                 ["user", name, yes] => {
                     f.users.insert(name.to_string(), *yes == "yes");
                 }
-                ["svc", name, active, enabled] => {
+                ["svc", name, active, enabled, since] => {
                     f.services.insert(
                         name.to_string(),
                         ServiceFact {
                             active: active.to_string(),
                             enabled: enabled.to_string(),
+                            since: since.strip_prefix('@').and_then(|t| t.parse().ok()),
                         },
                     );
                 }
@@ -139,12 +145,13 @@ impl HostFacts {
                     // drives removals, and removing nothing is the safe side.
                     f.record = serde_json::from_slice(&bytes).ok();
                 }
-                ["stat", mode, owner, group, kind, path] => {
+                ["stat", mode, owner, group, kind, mtime, path] => {
                     let entry = f.files.entry(format!("/{path}")).or_default();
                     entry.mode = u32::from_str_radix(mode, 8).map_err(|_| err("bad mode"))?;
                     entry.owner = owner.to_string();
                     entry.group = group.to_string();
                     entry.kind = kind.to_string();
+                    entry.mtime = mtime.parse().ok();
                 }
                 ["dir", mode, owner, group, kind, path] => {
                     f.dirs.insert(
@@ -155,6 +162,7 @@ impl HostFacts {
                             group: group.to_string(),
                             kind: kind.to_string(),
                             sha256: None,
+                            mtime: None,
                         },
                     );
                 }
@@ -199,9 +207,9 @@ mod tests {
     fn parses_every_kind_of_line() {
         let text =
             "os\tdebian\t12\ntime\t1790000000\nsystemd\t252\ndisk\t1048576\nlisten\t22 2379\n\
-bin\tetcd\tetcd Version: 3.4.23\nbin\tkubelet\t-\nuser\tetcd\tyes\nsvc\tetcd\tactive\tenabled\n\
+bin\tetcd\tetcd Version: 3.4.23\nbin\tkubelet\t-\nuser\tetcd\tyes\nsvc\tetcd\tactive\tenabled\t@1790000100\n\
 dir\t700\tetcd\tetcd\tdirectory\tvar/lib/etcd\n\
-stat\t600\troot\troot\tregular file\tetc/kubernetes/admin.conf\n\
+stat\t600\troot\troot\tregular file\t1790000200\tetc/kubernetes/admin.conf\n\
 sha\tabcd  etc/kubernetes/admin.conf\nend\n";
         let f = HostFacts::parse(text).unwrap();
         assert_eq!(f.os_id, "debian");
@@ -212,6 +220,10 @@ sha\tabcd  etc/kubernetes/admin.conf\nend\n";
         assert_eq!(f.dirs["/var/lib/etcd"].owner, "etcd");
         let admin = &f.files["/etc/kubernetes/admin.conf"];
         assert_eq!((admin.mode, admin.sha256.as_deref()), (0o600, Some("abcd")));
+        assert_eq!(
+            (f.services["etcd"].since, admin.mtime),
+            (Some(1790000100), Some(1790000200))
+        );
     }
 
     #[test]

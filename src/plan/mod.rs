@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::render::{Service, SystemUser};
 use desired::{Desired, Want};
-use facts::HostFacts;
+use facts::{HostFacts, ServiceFact};
 
 pub use crate::layout::{
     ADDONS_DIR, ADDONS_STAMP, BACKUP_DIR, CLUSTER_ADMINS_ADDON, HOLD_DIR, LOCK, RECORD, STATE_DIR,
@@ -320,6 +320,11 @@ pub fn plan_host(host: &str, desired: &Desired, facts: &HostFacts, skips: &Skips
             .map(|c| c.path.clone())
             .collect();
         let state = facts.services.get(&svc.unit());
+        let because = if because.is_empty() {
+            stale_inputs(desired, facts, svc, state)
+        } else {
+            because
+        };
         if !because.is_empty() {
             services.insert(svc, ServiceAction::Restart { because });
         } else if !state.is_some_and(|s| s.is_active()) {
@@ -408,4 +413,102 @@ pub fn addons_stamp(desired: &Desired) -> Option<(String, String)> {
     let stamp = format!("{}\n", hex::encode(hasher.finalize()));
     let sha = hex::encode(Sha256::digest(stamp.as_bytes()));
     Some((stamp, sha))
+}
+
+/// The service's inputs the host wrote after the service last started: an
+/// earlier run installed them and stopped before the restart (killed, or a
+/// gate failed). The bytes match now, but what runs does not have them.
+fn stale_inputs(
+    desired: &Desired,
+    facts: &HostFacts,
+    svc: Service,
+    state: Option<&ServiceFact>,
+) -> Vec<String> {
+    let Some(since) = state.filter(|s| s.is_active()).and_then(|s| s.since) else {
+        return Vec::new();
+    };
+    desired
+        .files
+        .iter()
+        .chain(&desired.binaries)
+        .filter(|w| w.services.contains(&svc))
+        .filter(|w| {
+            facts
+                .files
+                .get(&w.path)
+                .and_then(|f| f.mtime)
+                .is_some_and(|m| m > since)
+        })
+        .map(|w| format!("{} (written after {} started)", w.path, svc.unit()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::facts::FileFact;
+    use crate::render::Contents;
+
+    /// etcd running, its CA file already holding the new bytes.
+    fn etcd_host(ca_written: i64, etcd_since: i64) -> (Desired, HostFacts) {
+        let bytes = b"new bundle".to_vec();
+        let want = Want {
+            path: "/etc/kubernetes/pki/etcd/ca.crt".into(),
+            mode: 0o600,
+            owner: "root".into(),
+            group: "root".into(),
+            sha256: crate::digest::sha256_hex(&bytes),
+            secret: false,
+            services: vec![Service::Etcd],
+            body: desired::Body::Rendered(Contents::Plain(bytes)),
+        };
+        let mut facts = HostFacts::default();
+        facts.files.insert(
+            want.path.clone(),
+            FileFact {
+                mode: 0o600,
+                owner: "root".into(),
+                group: "root".into(),
+                kind: "regular file".into(),
+                sha256: Some(want.sha256.clone()),
+                mtime: Some(ca_written),
+            },
+        );
+        facts.services.insert(
+            Service::Etcd.unit(),
+            ServiceFact {
+                active: "active".into(),
+                enabled: "enabled".into(),
+                since: Some(etcd_since),
+            },
+        );
+        let desired = Desired {
+            files: vec![want],
+            binaries: vec![],
+            dirs: vec![],
+            users: vec![],
+            services: vec![Service::Etcd],
+        };
+        (desired, facts)
+    }
+
+    #[test]
+    fn a_service_older_than_its_installed_inputs_is_restarted() {
+        // A run installed the file and was killed before the restart.
+        let (desired, facts) = etcd_host(1_000, 900);
+        let plan = plan_host("m1", &desired, &facts, &Skips::default());
+        match plan.services.get(&Service::Etcd) {
+            Some(ServiceAction::Restart { because }) => {
+                assert!(
+                    because[0].contains("written after etcd.service started"),
+                    "{because:?}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // Restarted since: nothing to do.
+        let (desired, facts) = etcd_host(1_000, 1_000);
+        let plan = plan_host("m1", &desired, &facts, &Skips::default());
+        assert!(plan.services.is_empty(), "{:?}", plan.services);
+    }
 }

@@ -369,6 +369,7 @@ mod tests {
             ServiceFact {
                 active: "active".into(),
                 enabled: "enabled".into(),
+                since: None,
             },
         );
         assert!(check(&f, &expect(&etcd_bin(), &[])).is_empty());

@@ -93,7 +93,7 @@ pub fn facts(req: &FactsRequest) -> String {
     for svc in &req.services {
         let _ = writeln!(
             s,
-            "printf 'svc\\t%s\\t%s\\t%s\\n' {u} \"$(systemctl is-active {u} 2>/dev/null)\" \"$(systemctl is-enabled {u} 2>/dev/null)\"",
+            "printf 'svc\\t%s\\t%s\\t%s\\t%s\\n' {u} \"$(systemctl is-active {u} 2>/dev/null)\" \"$(systemctl is-enabled {u} 2>/dev/null)\" \"$(systemctl show -p ActiveEnterTimestamp --timestamp=unix --value {u} 2>/dev/null)\"",
             u = quote(svc)
         );
     }
@@ -138,7 +138,7 @@ pub fn facts(req: &FactsRequest) -> String {
         let files = rel(&req.files);
         let _ = writeln!(
             s,
-            "stat -c 'stat\t%a\t%U\t%G\t%F\t%n' -- {files} 2>/dev/null"
+            "stat -c 'stat\t%a\t%U\t%G\t%F\t%Y\t%n' -- {files} 2>/dev/null"
         );
         let _ = writeln!(s, "sha256sum -- {files} 2>/dev/null | sed 's/^/sha\t/'");
     }
@@ -146,7 +146,7 @@ pub fn facts(req: &FactsRequest) -> String {
         let files = rel(&req.cached);
         let _ = writeln!(
             s,
-            "stat -c 'stat\t%a\t%U\t%G\t%F\t%n' -- {files} 2>/dev/null"
+            "stat -c 'stat\t%a\t%U\t%G\t%F\t%Y\t%n' -- {files} 2>/dev/null"
         );
         // A binary is hashed again only when its size, mtime, ctime or inode
         // moved since the cached line was written (any write, rename over it

@@ -10,7 +10,7 @@ use crate::pki::{names, Pki};
 
 use super::builder::Builder;
 use super::context::{https_url, secure_port, ApiserverUnit, ControlPlaneUnit, EtcdUnit, NodeUnit};
-use super::shared::{cert, Shared};
+use super::shared::{cert, trust, Shared};
 use super::templates::{self, render};
 use super::{Contents, HostBundle, RenderError, Service};
 use crate::pki::kubeconfig;
@@ -77,7 +77,7 @@ fn etcd(
     // The etcd CA's key stays in the state dir: nothing on a host signs etcd certs.
     b.cert(
         &format!("{PKI}/etcd/ca.crt"),
-        &cert(pki, names::ETCD_CA, n)?.cert_pem,
+        trust(pki, names::ETCD_CA, n)?,
         &[Etcd, KubeApiserver],
     );
     b.pair(
@@ -128,16 +128,29 @@ fn control_plane(
 
     b.dir(PKI, 0o700, "root");
     b.dir(&format!("{PKI}/etcd"), 0o700, "root");
-    let ca = cert(pki, names::CA, n)?;
-    // ca.key is the controller-manager's CSR signer (kubelet certificate rotation).
-    b.pair(
-        &format!("{PKI}/ca"),
+    let ca = trust(pki, names::CA, n)?;
+    b.cert(
+        &format!("{PKI}/ca.crt"),
         ca,
         &[KubeApiserver, KubeControllerManager, Kubelet],
     );
+    // The controller-manager's CSR signer (kubelet certificate rotation):
+    // one certificate, the CA that signs now, since ca.crt holds two CAs
+    // during a rotation and the signer refuses a bundle.
+    let signer = cert(pki, names::CA, n)?;
+    b.cert(
+        &format!("{PKI}/ca-signer.crt"),
+        &signer.cert_pem,
+        &[KubeControllerManager],
+    );
+    b.secret(
+        &format!("{PKI}/ca.key"),
+        signer.key_pem.clone(),
+        &[KubeControllerManager],
+    );
     b.cert(
         &format!("{PKI}/front-proxy-ca.crt"),
-        &cert(pki, names::FRONT_PROXY_CA, n)?.cert_pem,
+        trust(pki, names::FRONT_PROXY_CA, n)?,
         &[KubeApiserver, KubeControllerManager],
     );
     for (name, base) in [
@@ -154,7 +167,7 @@ fn control_plane(
     }
     b.cert(
         &format!("{PKI}/etcd/ca.crt"),
-        &cert(pki, names::ETCD_CA, n)?.cert_pem,
+        trust(pki, names::ETCD_CA, n)?,
         &[KubeApiserver],
     );
     b.secret(
@@ -206,7 +219,7 @@ fn control_plane(
             KubeScheduler,
         ),
     ] {
-        let conf = kubeconfig(cluster, &local, &ca.cert_pem, user, cert(pki, name, n)?);
+        let conf = kubeconfig(cluster, &local, ca, user, cert(pki, name, n)?);
         b.secret(path, conf, &[service]);
     }
     b.secret("/etc/kubernetes/admin.conf", shared.admin_conf.clone(), &[]);
@@ -248,8 +261,8 @@ fn node(
     b.config(&unit_path(KubeProxy), unit, &[KubeProxy]);
 
     b.dir(PKI, 0o700, "root");
-    let ca = cert(pki, names::CA, n)?;
-    b.cert(&format!("{PKI}/ca.crt"), &ca.cert_pem, &[Kubelet]);
+    let ca = trust(pki, names::CA, n)?;
+    b.cert(&format!("{PKI}/ca.crt"), ca, &[Kubelet]);
     b.config(
         "/var/lib/kubelet/config.yaml",
         shared.kubelet_config.clone(),
@@ -271,7 +284,7 @@ fn node(
     let conf = kubeconfig(
         &inv.cluster.name,
         &inv.cluster.server_url(),
-        &ca.cert_pem,
+        ca,
         &format!("system:node:{n}"),
         cert(pki, &names::kubelet_client(n), n)?,
     );

@@ -45,13 +45,19 @@ pub fn cert<'p>(pki: &'p Pki, name: &str, host: &str) -> Result<&'p Issued, Rend
     })
 }
 
+/// The trust bundle of CA `ca` (see [`Pki::trust`]), or an error naming who needed it.
+pub fn trust<'p>(pki: &'p Pki, ca: &str, host: &str) -> Result<&'p str, RenderError> {
+    cert(pki, ca, host)?;
+    Ok(pki.trust(ca))
+}
+
 impl Shared {
     pub fn new(inv: &Inventory, pki: &Pki) -> Result<Self, RenderError> {
         let cluster = &inv.cluster.name;
         let server = inv.cluster.server_url();
         // Errors here are about the cluster, not one host: name the cluster.
         let who = format!("cluster {cluster}");
-        let ca = &cert(pki, names::CA, &who)?.cert_pem;
+        let ca = trust(pki, names::CA, &who)?;
         let yaml_err = |path: &'static str| {
             let who = who.clone();
             move |source| RenderError::Yaml {

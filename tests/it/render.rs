@@ -121,6 +121,7 @@ pub fn fake_pki(inv: &Inventory) -> Pki {
     }
     Pki {
         certs: all.iter().map(|n| (n.clone(), issued(n))).collect(),
+        trust: Default::default(),
         service_account_key: Secret::from(
             "-----BEGIN PRIVATE KEY-----\nFAKE sa\n-----END PRIVATE KEY-----\n".to_string(),
         ),

@@ -25,6 +25,7 @@ mod hostile;
 mod kubernetes;
 mod oci;
 mod restore;
+mod rotate;
 mod smoke;
 mod verify;
 

@@ -1,0 +1,139 @@
+//! The rotation's steps. Every step, forward or back, is the same shape
+//! ([`Carry`]): move the state dir to the step's stage, roll that out to
+//! every host with `apply`, then journal the step on every host. Which
+//! steps still have to run is read from the journals and the state dir
+//! ([`needed`]), so a resumed run or a rollback does exactly what is left.
+
+use time::OffsetDateTime;
+
+use crate::actions::apply::{self, ApplyOptions};
+use crate::engine::runbook::new_id;
+use crate::engine::{each, step, Env, Phase, PhaseError};
+use crate::pki::rotation::{self, Stage};
+use crate::remote::{BoxFuture, Input};
+use crate::rotate::Step;
+
+use super::{Rollout, RotateError, RotateRun};
+
+/// Whether `step` still has to run: forward steps until every host
+/// journaled them; a rollback's steps only from the stages they undo
+/// (never moving the state dir forward), until every host journaled them.
+pub(super) fn needed(run: &RotateRun, step: Step) -> bool {
+    if run.without(step).is_empty() {
+        return false;
+    }
+    let marker = run.own_marker();
+    let at = |stages: &[Stage]| marker.is_some_and(|m| stages.contains(&m.stage));
+    let reached = |stage: Stage| marker.is_some_and(|m| m.furthest >= stage);
+    match step {
+        Step::AddNew | Step::Reissue | Step::DropOld | Step::Finish => true,
+        Step::RestoreOld => at(&[Stage::DropOld, Stage::Reissue]) && reached(Stage::DropOld),
+        Step::ReissueOld => at(&[Stage::Reissue, Stage::AddNew]) && reached(Stage::Reissue),
+        Step::ForgetNew => at(&[Stage::AddNew, Stage::RolledBack]),
+    }
+}
+
+/// One step of the rotation (see the module doc).
+pub struct Carry(pub Step);
+
+impl Phase<RotateRun<'_>> for Carry {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn title(&self) -> &'static str {
+        match self.0 {
+            Step::AddNew => "trust the new CA beside the old one",
+            Step::Reissue => "reissue the leaves under the new CA",
+            Step::DropOld => "stop trusting the old CA",
+            Step::Finish => "keep the new CA alone",
+            Step::RestoreOld => "trust the old CA again",
+            Step::ReissueOld => "reissue the leaves under the old CA",
+            Step::ForgetNew => "stop trusting the new CA",
+        }
+    }
+    fn skippable(&self) -> bool {
+        false
+    }
+    fn hosts(&self, s: &RotateRun) -> usize {
+        if needed(s, self.0) {
+            s.reach.hosts.len()
+        } else {
+            0
+        }
+    }
+    fn run<'a>(
+        &'a self,
+        env: &'a Env<'a>,
+        s: &'a mut RotateRun<'_>,
+    ) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(async move {
+            match carry(env, s, self.0).await {
+                Ok(()) => Ok(()),
+                Err(RotateError::Hosts(e)) => Err(e),
+                Err(other) => {
+                    // Not a host's failure (the state dir, render): kept
+                    // whole for `execute` to report.
+                    s.fault = Some(other);
+                    Err(PhaseError {
+                        phase: self.0.name(),
+                        failures: Vec::new(),
+                    })
+                }
+            }
+        })
+    }
+}
+
+async fn carry(env: &Env<'_>, s: &mut RotateRun<'_>, the: Step) -> Result<(), RotateError> {
+    let now = OffsetDateTime::now_utc();
+    let r = &s.rollout;
+    let t = rotation::advance(env.inv, &r.dir, r.unlock, s.ca, &s.id, the.stage(), now)?;
+    if !t.reissued.is_empty() {
+        env.reporter.line(
+            "state dir",
+            &format!("reissued {}", crate::words::count(t.reissued.len(), "leaf")),
+        );
+    }
+    s.marker = rotation::rotation(&r.dir, s.ca.cert_name())?;
+    // `done` changes which files hold the CA, not what hosts get.
+    if the != Step::Finish {
+        let changed = roll_out(env, &s.rollout, now).await?;
+        s.changed.push((the, changed));
+    }
+    let text = &crate::rotate::note(&s.id, the);
+    each(
+        env,
+        the.name(),
+        s.reach.fleet.members().iter().collect(),
+        |m| Box::pin(async move { step(env, m, "journal", text, Input::None).await.map(drop) }),
+    )
+    .await?;
+    for h in &s.reach.hosts {
+        s.journals.entry(h.name.clone()).or_default().push(the);
+    }
+    Ok(())
+}
+
+/// Renders what the state dir holds now and converges every host to it
+/// with `apply`'s phases; returns how many hosts changed.
+pub async fn roll_out(
+    env: &Env<'_>,
+    r: &Rollout<'_>,
+    now: OffsetDateTime,
+) -> Result<usize, RotateError> {
+    let (pki, _) = crate::pki::init(env.inv, &r.dir, r.unlock, now)?;
+    let bundle = crate::render::render(env.inv, &pki)?;
+    let o = ApplyOptions {
+        stamp: new_id(now),
+        admin_time: now.unix_timestamp(),
+        bootstrap: Some(crate::pki::super_admin_kubeconfig(env.inv, &pki)),
+        ..r.options.clone()
+    };
+    let mut run =
+        apply::prepare(env.inv, &bundle, r.connector, &o, env.reporter, env.cancel).await?;
+    let result = apply::execute(env.inv, &mut run, &o, env.reporter, env.cancel).await;
+    let changed = run.targets.iter().filter(|t| !t.plan.is_noop()).count();
+    run.release().await;
+    result?;
+    Ok(changed)
+}

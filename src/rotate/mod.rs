@@ -1,0 +1,174 @@
+//! CA rotation as data: the runbook's journal steps, its plan, and the
+//! scripts it runs on hosts. Pure; `crate::actions::rotate` runs it.
+//!
+//! A rotation moves the state dir through the stages of
+//! [`crate::pki::rotation`] and rolls each stage out to every host with
+//! `apply` (etcd members one at a time behind cluster health, control
+//! planes one at a time behind `/readyz`). A host journals a step once the
+//! rollout that carries it succeeded on every host, so `--resume` starts
+//! again at the first step some host has not recorded.
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::runbook::{journal_path, journal_prelude, JournalStep};
+use crate::pki::rotation::{Authority, Stage};
+use crate::remote::script::at;
+
+/// Names the journals (`/var/lib/rampart/rotate-ca/<id>.journal`) and the
+/// saved plans (`<state dir>/rotate-cas/<id>.json`).
+pub const KIND: &str = "rotate-ca";
+
+/// A step every host records once the fleet carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    /// Every trust bundle holds the old and the new CA.
+    AddNew,
+    /// Every leaf of the CA is reissued under the new one.
+    Reissue,
+    /// The old CA is gone from every bundle.
+    DropOld,
+    /// The state dir keeps the new CA alone; the rotation is over.
+    Finish,
+    /// Rollback: the bundles hold both CAs again.
+    RestoreOld,
+    /// Rollback: the leaves are reissued under the old CA.
+    ReissueOld,
+    /// Rollback: the new CA is gone from every bundle; the rotation is over.
+    ForgetNew,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::AddNew => "add-new",
+            Step::Reissue => "reissue",
+            Step::DropOld => "drop-old",
+            Step::Finish => "finish",
+            Step::RestoreOld => "restore-old",
+            Step::ReissueOld => "reissue-old",
+            Step::ForgetNew => "forget-new",
+        }
+    }
+
+    /// The state-dir stage this step rolls out.
+    pub fn stage(self) -> Stage {
+        match self {
+            Step::AddNew | Step::ReissueOld => Stage::AddNew,
+            Step::Reissue | Step::RestoreOld => Stage::Reissue,
+            Step::DropOld => Stage::DropOld,
+            Step::Finish => Stage::Done,
+            Step::ForgetNew => Stage::RolledBack,
+        }
+    }
+
+    /// What hosts trust and what signs once the step is done, for the plan.
+    pub fn effect(self, ca: Authority) -> String {
+        let ca = ca.as_str();
+        match self {
+            Step::AddNew => format!("generate a new {ca} CA; every bundle trusts old + new"),
+            Step::Reissue => format!("reissue every {ca} leaf under the new CA (new keys)"),
+            Step::DropOld => format!("drop the old {ca} CA from every bundle"),
+            Step::Finish => "keep the new CA alone in the state dir".into(),
+            Step::RestoreOld => "every bundle trusts old + new again".into(),
+            Step::ReissueOld => format!("reissue every {ca} leaf under the old CA"),
+            Step::ForgetNew => "drop the new CA from every bundle and the state dir".into(),
+        }
+    }
+}
+
+impl JournalStep for Step {
+    const ALL: &'static [Step] = &[
+        Step::AddNew,
+        Step::Reissue,
+        Step::DropOld,
+        Step::Finish,
+        Step::RestoreOld,
+        Step::ReissueOld,
+        Step::ForgetNew,
+    ];
+    fn name(self) -> &'static str {
+        Step::name(self)
+    }
+}
+
+/// The forward steps, in order.
+pub const FORWARD: [Step; 4] = [Step::AddNew, Step::Reissue, Step::DropOld, Step::Finish];
+/// The rollback's steps, in order (each undoes one forward step, last first).
+pub const BACKWARD: [Step; 3] = [Step::RestoreOld, Step::ReissueOld, Step::ForgetNew];
+
+/// What a rotation run does, as data: shown by `--dry-run`, saved before
+/// the first host changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationPlan {
+    pub id: String,
+    pub ca: Authority,
+    /// `rotate` (a new or resumed run) or `rollback`.
+    pub direction: Direction,
+    /// Where the state dir stands now (None: no rotation recorded).
+    pub stage: Option<Stage>,
+    /// Every host of the inventory: each rollout converges all of them.
+    pub hosts: Vec<String>,
+    /// The leaves the CA signs (reissued by `reissue` and `reissue-old`).
+    pub leaves: Vec<String>,
+    pub steps: Vec<PlannedStep>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    Rotate,
+    Rollback,
+}
+
+/// One step of the plan and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedStep {
+    pub step: Step,
+    pub effect: String,
+    /// Every host recorded it already: the run skips it.
+    pub done: bool,
+}
+
+/// Prints each host's journal of run `id` (empty when there is none).
+pub fn read_journal(id: &str) -> String {
+    format!("cat {} 2>/dev/null || true\n", at(&journal_path(KIND, id)))
+}
+
+/// Records `step` in the journal of run `id`.
+pub fn note(id: &str, step: Step) -> String {
+    let mut s = journal_prelude(KIND, id);
+    s.push_str(&format!("note {}\n", step.name()));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::runbook::parse_journal;
+
+    #[test]
+    fn each_step_rolls_out_its_stage_and_the_journal_names_round_trip() {
+        let stages: Vec<Stage> = FORWARD.iter().map(|s| s.stage()).collect();
+        assert_eq!(
+            stages,
+            [Stage::AddNew, Stage::Reissue, Stage::DropOld, Stage::Done]
+        );
+        let back: Vec<Stage> = BACKWARD.iter().map(|s| s.stage()).collect();
+        assert_eq!(back, [Stage::Reissue, Stage::AddNew, Stage::RolledBack]);
+        let text: String = Step::ALL
+            .iter()
+            .map(|s| format!("{}\t2026-12-02T10:00:00Z\n", s.name()))
+            .collect();
+        assert_eq!(parse_journal::<Step>(&text), Step::ALL);
+    }
+
+    #[test]
+    fn the_note_script_appends_one_line_to_this_runs_journal() {
+        let s = note("20261202T100000Z", Step::Reissue);
+        assert!(s.contains("/var/lib/rampart/rotate-ca/20261202T100000Z.journal"));
+        assert!(s.trim_end().ends_with("note reissue"), "{s}");
+    }
+}
