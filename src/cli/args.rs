@@ -315,10 +315,31 @@ pub struct RenderArgs {
 pub enum CertsCommand {
     /// The certificate catalogue: name, CA, subject, SANs, expiry, status.
     List(StateArgsNoUnlock),
+    /// Every certificate installed on the hosts (files, kubeconfigs, the
+    /// kubelet's rotated one): expiry, chain to the state dir's CAs, drift.
+    /// Exit 0 all well, 12 something expires within --warn-days, 13 expired,
+    /// not chaining, or not what the state dir holds.
+    Check(CertsCheckArgs),
     /// Reissue leaf certificates (new keys) and roll them out with apply's
     /// phases: etcd members one at a time behind cluster health, control
     /// planes one at a time behind /readyz.
     Renew(RenewArgs),
+}
+
+/// `rampart certs check`.
+#[derive(Debug, Args)]
+pub struct CertsCheckArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Only these hosts (comma-separated inventory names).
+    #[arg(long, value_delimiter = ',')]
+    pub hosts: Option<Vec<String>>,
+    /// Hosts read at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// A certificate that expires within this many days is a warning (exit 12).
+    #[arg(long, default_value_t = 30)]
+    pub warn_days: u32,
 }
 
 /// How a rollout's `apply` runs, for the commands that roll out state-dir changes.

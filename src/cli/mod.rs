@@ -92,6 +92,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Init(a) => pki_cmds::init(&a),
         Command::Render(a) => pki_cmds::render(&a),
         Command::Certs(args::CertsCommand::List(a)) => pki_cmds::certs_list(&a),
+        Command::Certs(args::CertsCommand::Check(a)) => verify_cmds::certs_check(&a, cli.verbose),
         Command::Certs(args::CertsCommand::Renew(a)) => rotate_cmds::certs_renew(&a, verbose),
         Command::Rotate(args::RotateCommand::Ca(a)) => rotate_cmds::rotate_ca(&a, verbose),
         Command::Users(args::UsersCommand::Kubeconfig { name, state, out }) => {

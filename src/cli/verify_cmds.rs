@@ -6,14 +6,14 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use rampart::actions::verify::judge::Limits;
-use rampart::actions::verify::{self, VerifyOptions};
+use rampart::actions::verify::{self, Scope, VerifyOptions};
 use rampart::actions::verify::{junit, Report, Severity};
 use rampart::engine::Cancel;
 use rampart::remote::ssh::ConnectOptions;
 use rampart::words::count;
 use time::OffsetDateTime;
 
-use super::args::{InventoryArgs, Output, StateArgs, VerifyArgs, VerifyOutput};
+use super::args::{CertsCheckArgs, InventoryArgs, Output, StateArgs, VerifyArgs, VerifyOutput};
 use super::report::Progress;
 use super::session::{on_ctrl_c, runtime, Ssh};
 
@@ -41,6 +41,7 @@ pub fn verify(a: &VerifyArgs, verbosity: u8) -> Result<ExitCode> {
             warn_days: a.warn_days,
             backup_max_age_hours: a.backup_max_age_hours,
         },
+        scope: Scope::Everything,
     };
     let report = rt.block_on(async {
         on_ctrl_c(&cancel);
@@ -57,6 +58,71 @@ pub fn verify(a: &VerifyArgs, verbosity: u8) -> Result<ExitCode> {
         VerifyOutput::Table => print_table(&report, verbosity > 0),
     }
     Ok(ExitCode::from(rampart::error::verify_code(&report)))
+}
+
+/// `rampart certs check`: `verify` over the certificates alone.
+pub fn certs_check(a: &CertsCheckArgs, verbosity: u8) -> Result<ExitCode> {
+    let (inv, bundle, _) = super::apply_cmds::load(&a.state)?;
+    let output = a.state.inv.output;
+    let progress = Progress::new(verbosity > 0, output == Output::Json);
+    let cancel = Cancel::default();
+    let rt = runtime()?;
+    let ssh = Ssh(ConnectOptions::default());
+    let options = VerifyOptions {
+        hosts: a.hosts.clone(),
+        concurrency: usize::from(a.concurrency),
+        limits: Limits {
+            now: OffsetDateTime::now_utc(),
+            warn_days: a.warn_days,
+            backup_max_age_hours: 0,
+        },
+        scope: Scope::Certificates,
+    };
+    let benchmark = rampart::cis::Benchmark::builtin();
+    let report = rt.block_on(async {
+        on_ctrl_c(&cancel);
+        verify::run(&inv, &bundle, benchmark, &ssh, &options, &progress, &cancel).await
+    });
+    progress.finish();
+    let report = report?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Table => print_certs(&report, a.warn_days),
+    }
+    Ok(ExitCode::from(rampart::error::verify_code(&report)))
+}
+
+fn print_certs(report: &Report, warn_days: u32) {
+    for h in &report.hosts {
+        println!(
+            "{}: {} ({} installed)",
+            h.host,
+            counts(h.count(Severity::Failure), h.count(Severity::Warning)),
+            count(h.checked.certificates, "certificate"),
+        );
+        for f in h.findings.iter().filter(|f| f.severity != Severity::Info) {
+            println!("  {} {}: {}", label(f.severity), f.id, f.message);
+        }
+    }
+    let certs: usize = report.hosts.iter().map(|h| h.checked.certificates).sum();
+    println!(
+        "{}: {} on {}; {}",
+        report.cluster,
+        count(certs, "certificate"),
+        count(report.hosts.len(), "host"),
+        match rampart::error::verify_code(report) {
+            0 => format!(
+                "all chain to the state dir's CAs and are valid for more than {warn_days} days"
+            ),
+            code => format!(
+                "{}; exit {code}",
+                counts(
+                    report.count(Severity::Failure),
+                    report.count(Severity::Warning)
+                )
+            ),
+        }
+    );
 }
 
 fn label(s: Severity) -> &'static str {

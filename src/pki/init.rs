@@ -78,7 +78,7 @@ pub fn init_with(
             }
             (None, None) => {
                 let issued = issue::self_signed_ca(spec, &policy)?;
-                pending.extend(files_for(dir, &key, &spec.name, &issued)?);
+                pending.extend(dir.issued_files(&key, &spec.name, &issued)?);
                 trust.insert(spec.name.clone(), issued.cert_pem.clone());
                 (issued, Issuance::Issued)
             }
@@ -122,7 +122,7 @@ pub fn init_with(
     let fresh = par_map(&to_issue, |spec| {
         let (signer, _) = &cas[spec.ca.as_deref().unwrap_or_default()];
         let issued = signer.sign(spec, &policy)?;
-        let files = files_for(dir, &key, &spec.name, &issued)?;
+        let files = dir.issued_files(&key, &spec.name, &issued)?;
         Ok::<_, PkiError>((issued, files))
     });
     for (spec, r) in to_issue.iter().zip(fresh) {
@@ -357,24 +357,4 @@ fn half_missing(dir: &StateDir, name: &str, have_cert: bool) -> PkiError {
         path,
         reason: format!("the {name} CA is half there; a CA is never regenerated automatically"),
     }
-}
-
-/// The cert (public) and the sealed key of one issued item.
-pub(super) fn files_for(
-    dir: &StateDir,
-    key: &StateKey,
-    name: &str,
-    issued: &Issued,
-) -> Result<[Pending; 2], PkiError> {
-    let key_path = dir.key_path(name);
-    Ok([
-        Pending {
-            bytes: key.seal(issued.key_pem.expose(), &key_path)?,
-            path: key_path,
-        },
-        Pending {
-            path: dir.cert_path(name),
-            bytes: issued.cert_pem.clone().into_bytes(),
-        },
-    ])
 }

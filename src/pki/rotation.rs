@@ -279,7 +279,7 @@ pub fn advance(
                 .find(|s| s.name == ca)
                 .expect("every CA is in the catalogue");
             let issued = issue::self_signed_ca(&spec, &policy)?;
-            pending.extend(super::init::files_for(dir, &key, &next_name(ca), &issued)?);
+            pending.extend(dir.issued_files(&key, &next_name(ca), &issued)?);
         }
         Stage::AddNew if this_run(Stage::Reissue) => {
             t.reissued = reissue(inv, dir, &key, ca, &current()?, &policy, &mut pending)?;
@@ -369,7 +369,7 @@ fn sign_into(
     let signer = Signer::new(ca, signer)?;
     let fresh = super::par_map(leaves, |spec| {
         let issued = signer.sign(spec, policy)?;
-        super::init::files_for(dir, key, &spec.name, &issued)
+        dir.issued_files(key, &spec.name, &issued)
     });
     for files in fresh {
         pending.extend(files?);

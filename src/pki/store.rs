@@ -133,6 +133,27 @@ impl StateDir {
         self.root.join("super-admin.conf.age")
     }
 
+    /// The certificate (public) and the sealed key of one issued item, to be
+    /// written by [`StateDir::write_all`].
+    pub fn issued_files(
+        &self,
+        key: &StateKey,
+        name: &str,
+        issued: &super::Issued,
+    ) -> Result<[Pending; 2], PkiError> {
+        let key_path = self.key_path(name);
+        Ok([
+            Pending {
+                bytes: key.seal(issued.key_pem.expose(), &key_path)?,
+                path: key_path,
+            },
+            Pending {
+                path: self.cert_path(name),
+                bytes: issued.cert_pem.clone().into_bytes(),
+            },
+        ])
+    }
+
     /// Unlocks the state key, creating the dir and a fresh key on first use.
     /// A missing state key next to sealed files is not a first use: a new key
     /// would open none of them, so it is an error, and nothing is written.

@@ -126,15 +126,14 @@ impl HostFacts {
                 ["user", name, yes] => {
                     f.users.insert(name.to_string(), *yes == "yes");
                 }
-                ["svc", name, active, enabled, since] => {
-                    f.services.insert(
-                        name.to_string(),
-                        ServiceFact {
-                            active: active.to_string(),
-                            enabled: enabled.to_string(),
-                            since: since.strip_prefix('@').and_then(|t| t.parse().ok()),
-                        },
-                    );
+                ["svc", name, active, enabled] => {
+                    let svc = f.services.entry(name.to_string()).or_default();
+                    svc.active = active.to_string();
+                    svc.enabled = enabled.to_string();
+                }
+                ["since", name, since] => {
+                    f.services.entry(name.to_string()).or_default().since =
+                        since.strip_prefix('@').and_then(|t| t.parse().ok());
                 }
                 ["record", b64] => {
                     use base64::Engine;
@@ -207,7 +206,7 @@ mod tests {
     fn parses_every_kind_of_line() {
         let text =
             "os\tdebian\t12\ntime\t1790000000\nsystemd\t252\ndisk\t1048576\nlisten\t22 2379\n\
-bin\tetcd\tetcd Version: 3.4.23\nbin\tkubelet\t-\nuser\tetcd\tyes\nsvc\tetcd\tactive\tenabled\t@1790000100\n\
+bin\tetcd\tetcd Version: 3.4.23\nbin\tkubelet\t-\nuser\tetcd\tyes\nsvc\tetcd\tactive\tenabled\nsince\tetcd\t@1790000100\n\
 dir\t700\tetcd\tetcd\tdirectory\tvar/lib/etcd\n\
 stat\t600\troot\troot\tregular file\t1790000200\tetc/kubernetes/admin.conf\n\
 sha\tabcd  etc/kubernetes/admin.conf\nend\n";

@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 
 use super::live;
 use super::probe::{Probe, ProbeRequest};
-use super::{Area, Checked, Finding, HostVerdict, Severity};
+use super::{Area, Checked, Finding, HostVerdict, Scope, Severity};
 use crate::actions::backup::{self, Holder};
 use crate::actions::gates;
 use crate::cis::{Benchmark, Emulation};
@@ -76,12 +76,7 @@ pub fn request(
     stat.dedup();
     find.sort();
     find.dedup();
-    let read = rendered
-        .files
-        .iter()
-        .filter(|f| matches!(f.contents, Contents::Plain(_)))
-        .map(|f| (f.path.clone(), f.sha256()))
-        .collect();
+    let read = public_files(rendered);
     let mut health = Vec::new();
     if runs(Service::Etcd) {
         health.push((
@@ -125,12 +120,58 @@ pub fn request(
         read,
         health,
         backups: holder.map(|h| backup::list_script(&h.dir, h.target)),
+        certs: unrendered_certs(rendered),
+    }
+}
+
+/// What to ask `host` for `certs check`: its public files (only those that
+/// differ from the bundle come back) and the kubelet's rotated certificate.
+pub fn cert_request(rendered: &HostBundle) -> ProbeRequest {
+    ProbeRequest {
+        read: public_files(rendered),
+        certs: unrendered_certs(rendered),
+        ..ProbeRequest::default()
+    }
+}
+
+/// The bundle's files that hold no secret, with the sha256 rendered.
+fn public_files(rendered: &HostBundle) -> Vec<(String, String)> {
+    rendered
+        .files
+        .iter()
+        .filter(|f| matches!(f.contents, Contents::Plain(_)))
+        .map(|f| (f.path.clone(), f.sha256()))
+        .collect()
+}
+
+/// Where the kubelet keeps the client certificate it renewed itself
+/// (`rotateCertificates`): certificate and key in one file, not rendered.
+pub const KUBELET_ROTATED_CERT: &str = "/var/lib/kubelet/pki/kubelet-client-current.pem";
+
+fn unrendered_certs(rendered: &HostBundle) -> Vec<String> {
+    if rendered.services.contains(&Service::Kubelet) {
+        vec![KUBELET_ROTATED_CERT.to_string()]
+    } else {
+        Vec::new()
     }
 }
 
 /// One host's verdict.
-pub fn host(i: &HostInput, benchmark: &Benchmark, limits: &Limits) -> HostVerdict {
+pub fn host(i: &HostInput, benchmark: &Benchmark, limits: &Limits, scope: Scope) -> HostVerdict {
     let mut checked = Checked::default();
+    if scope == Scope::Certificates {
+        let mut findings: Vec<Finding> = drift(i, &mut checked)
+            .into_iter()
+            .filter(|f| is_pki_path(&f.id))
+            .collect();
+        findings.extend(certificates(i, limits, &mut checked));
+        findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.area.cmp(&b.area)));
+        return HostVerdict {
+            host: i.host.name.clone(),
+            checked,
+            findings,
+        };
+    }
     let mut findings = drift(i, &mut checked);
     findings.extend(services(i, &mut checked));
     findings.extend(backups(i, limits));
@@ -148,6 +189,15 @@ pub fn host(i: &HostInput, benchmark: &Benchmark, limits: &Limits) -> HostVerdic
         checked,
         findings,
     }
+}
+
+/// Certificates, keys and kubeconfigs: what `certs check` reports drift of.
+fn is_pki_path(path: &str) -> bool {
+    let under = ["/etc/kubernetes/", "/var/lib/kubelet/pki/"];
+    under.iter().any(|d| path.starts_with(d))
+        && [".crt", ".key", ".pem", ".conf"]
+            .iter()
+            .any(|ext| path.ends_with(ext))
 }
 
 /// Managed files, binaries and directories that differ from the bundle,
@@ -413,6 +463,10 @@ fn certificates(i: &HostInput, limits: &Limits, checked: &mut Checked) -> Vec<Fi
             pems.push((f.path.clone(), pem));
         }
     }
+    for (path, bytes) in &i.probe.cert_files {
+        pems.push((path.clone(), String::from_utf8_lossy(bytes).into_owned()));
+    }
+    let anchors = anchors(i.rendered);
     let mut out = Vec::new();
     let warn = time::Duration::days(i64::from(limits.warn_days));
     for (path, text) in pems {
@@ -432,6 +486,28 @@ fn certificates(i: &HostInput, limits: &Limits, checked: &mut Checked) -> Vec<Fi
                 continue;
             };
             checked.certificates += 1;
+            // A leaf must be signed by a CA the state dir trusts; a CA
+            // must be one of them.
+            let trusted = if cert.is_ca {
+                anchors
+                    .iter()
+                    .any(|a| a.public_key_der == cert.public_key_der)
+            } else {
+                anchors.iter().any(|a| cert.verify_signed_by(a).is_ok())
+            };
+            if !trusted {
+                let what = if cert.is_ca {
+                    "is a CA the state dir does not trust"
+                } else {
+                    "is not signed by any CA the state dir trusts"
+                };
+                out.push(Finding::new(
+                    Area::Certificates,
+                    Severity::Failure,
+                    &name,
+                    format!("{} {what}", cert.common_name),
+                ));
+            }
             let left = cert.not_after - limits.now;
             let date = cert.not_after.date();
             if left.is_negative() {
@@ -456,6 +532,19 @@ fn certificates(i: &HostInput, limits: &Limits, checked: &mut Checked) -> Vec<Fi
         }
     }
     out
+}
+
+/// The CAs hosts are meant to trust: every CA certificate in the rendered
+/// `.crt` files (the state dir's trust bundles, both CAs mid-rotation).
+fn anchors(rendered: &HostBundle) -> Vec<crate::pki::inspect::CertFacts> {
+    rendered
+        .files
+        .iter()
+        .filter(|f| f.path.ends_with(".crt"))
+        .flat_map(|f| pem_blocks(&String::from_utf8_lossy(f.contents.bytes())))
+        .filter_map(|pem| crate::pki::inspect::CertFacts::parse("trust", &pem).ok())
+        .filter(|c| c.is_ca)
+        .collect()
 }
 
 /// The PEM blocks of a certificate file (a bundle may hold several).

@@ -42,6 +42,18 @@ pub struct VerifyOptions {
     pub hosts: Option<Vec<String>>,
     pub concurrency: usize,
     pub limits: Limits,
+    pub scope: Scope,
+}
+
+/// What a run looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `verify`: CIS, drift, health, backups, certificates.
+    Everything,
+    /// `certs check`: the certificates installed (files, kubeconfigs, the
+    /// kubelet's rotated one), their expiry and chain, and drift of the
+    /// PKI files from the state dir.
+    Certificates,
 }
 
 /// One host's question and, once asked, its answer.
@@ -162,8 +174,14 @@ pub async fn run(
         .iter()
         .map(|h| {
             let rendered = bundle.hosts.get(&h.name).cloned().unwrap_or_default();
-            let holder = holders.iter().find(|x| x.host.name == h.name).cloned();
-            let probe = judge::request(inv, h, &rendered, benchmark, holder.as_ref());
+            let (holder, probe) = match o.scope {
+                Scope::Everything => {
+                    let holder = holders.iter().find(|x| x.host.name == h.name).cloned();
+                    let probe = judge::request(inv, h, &rendered, benchmark, holder.as_ref());
+                    (holder, probe)
+                }
+                Scope::Certificates => (None, judge::cert_request(&rendered)),
+            };
             let asked = Asked {
                 wanted: wanted
                     .remove(&h.name)
@@ -206,7 +224,7 @@ pub async fn run(
                 probe,
                 holder: a.holder.as_ref(),
             };
-            Some(judge::host(&input, benchmark, &o.limits))
+            Some(judge::host(&input, benchmark, &o.limits, o.scope))
         })
         .collect();
     Ok(Report {

@@ -32,6 +32,10 @@ pub struct ProbeRequest {
     /// The backup job's list script (see `actions::backup`), when the host
     /// holds backups.
     pub backups: Option<String>,
+    /// Files rampart does not render that hold certificates beside a key
+    /// (the kubelet's rotated client certificate): only their certificate
+    /// blocks are sent back, never the key.
+    pub certs: Vec<String>,
 }
 
 /// Where systemd units rampart could have installed live; every unit file
@@ -133,6 +137,13 @@ pub fn script(req: &ProbeRequest) -> String {
             want.join("\n")
         );
     }
+    for p in &req.certs {
+        let _ = writeln!(
+            s,
+            "if [ -r {f} ]; then printf 'v\\tcerts\\t%s\\t%s\\n' {f} \"$(sed -n '/-----BEGIN CERTIFICATE-----/,/-----END CERTIFICATE-----/p' {f} | base64 -w0)\"; fi",
+            f = rel(p)
+        );
+    }
     for (name, unit, cmd) in &req.health {
         let _ = writeln!(
             s,
@@ -192,6 +203,8 @@ pub struct Probe {
     pub health: BTreeMap<String, Health>,
     /// The backup list script's own lines, for `actions::backup::parse_list`.
     pub backups: Option<String>,
+    /// Path → the certificate blocks of a [`ProbeRequest::certs`] file.
+    pub cert_files: BTreeMap<String, Vec<u8>>,
 }
 
 /// Why a probe's output was refused.
@@ -257,6 +270,9 @@ pub fn parse(text: &str) -> Result<Probe, ProbeError> {
             }
             ["file", path, v] => {
                 p.files.insert(format!("/{path}"), decode(v)?);
+            }
+            ["certs", path, v] => {
+                p.cert_files.insert(format!("/{path}"), decode(v)?);
             }
             ["health", name, status, v] => {
                 let ok = match *status {

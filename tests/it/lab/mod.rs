@@ -21,6 +21,7 @@
 mod apply;
 mod backup;
 mod backup_target;
+mod certs;
 mod hostile;
 mod kubernetes;
 mod oci;
