@@ -12,6 +12,8 @@
 #      name + `ssh chown/chmod/mv`; no-op = per host, per file `ssh sha256sum`
 #      compared with `rampart render`'s manifest.json
 #   4. `rampart verify` on the same hosts (target: about a no-op apply)
+#   4b. `rampart certs check` on all hosts and on one (the difference over
+#      the other hosts is the per-host cost of one SSH round trip each)
 #   5. bytes rampart sends (`apply --output json`, per host `bytes_sent`)
 #
 # Usage (root; brings up its own lab and takes it down on exit):
@@ -149,6 +151,12 @@ YAML
     # 13 here (etcd is not started: start-etcd is skipped), hence -i.
     echo "::: rampart verify ($runs runs)"
     "${hf[@]}" "$WORK/verify.json" --runs "$runs" --warmup 1 -i "$bin verify -i $inv"
+    # certs check: one round trip per host. Exits 0 or 12 (the lab's leaves
+    # are valid for a year), hence -i as well.
+    local one; one=$(lab_hosts | head -1 | cut -d' ' -f1)
+    echo "::: rampart certs check ($runs runs), all hosts and $one alone"
+    "${hf[@]}" "$WORK/certs.json" --runs "$runs" --warmup 1 -i "$bin certs check -i $inv"
+    "${hf[@]}" "$WORK/certs-one.json" --runs "$runs" --warmup 1 -i "$bin certs check -i $inv --hosts $one"
 
     # Bytes: one more first apply and one no-op, with --output json.
     reset_hosts
@@ -160,7 +168,9 @@ YAML
     if [ "$base_runs" = 0 ]; then
         # BASELINE_RUNS=0: rampart's own figures only (the baselines take minutes).
         echo "=== $(lab_hosts | wc -l) hosts, $files files; nproc $(nproc), load $(cut -d' ' -f1-3 /proc/loadavg)"
-        for f in first noop verify; do printf '%-8s %s\n' "$f" "$(stats "$WORK/$f.json")"; done
+        for f in first noop verify certs certs-one; do printf '%-9s %s\n' "$f" "$(stats "$WORK/$f.json")"; done
+        awk -v a="$(median certs)" -v b="$(median certs-one)" -v n="$(lab_hosts | wc -l)" \
+            'BEGIN{printf "certs check: %.0f ms per host beyond the first\n", (a-b)/(n-1)*1000}'
         return
     fi
     echo "::: OpenSSH, one ssh per host: no-op check ($runs runs)"
@@ -177,6 +187,7 @@ YAML
     printf '%-46s %6s %7s %6s %4s\n' "measurement" min_s median_s max_s runs
     local label f lo med hi n
     for label in "rampart apply, first:first" "rampart apply, no-op:noop" "rampart verify:verify" \
+        "rampart certs check, all hosts:certs" "rampart certs check, one host:certs-one" \
         "OpenSSH naive, first (scp+ssh per file):naive-install" \
         "OpenSSH naive, no-op (ssh per file):naive-check" \
         "OpenSSH, no-op (one ssh per host):host-check"; do

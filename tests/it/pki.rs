@@ -757,3 +757,141 @@ fn an_interrupted_commit_is_finished_by_the_next_open() {
     assert!(!cert.with_file_name(".apiserver.crt.tmp").exists());
     assert!(!root.parent().unwrap().join("outside").exists());
 }
+
+/// The CA rotation's stages in a real state dir: what hosts trust and who
+/// signs at each, leaves verified with openssl against each bundle, a jump
+/// or a second rotation refused, and a rollback that ends where it began.
+#[test]
+fn ca_rotation_stages_overlap_trust_and_roll_back() {
+    use rampart::pki::rotation::{advance, Authority, Stage};
+    let f = fixture();
+    let inv = inventory(HA);
+    pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
+    let old_ca = pki::load(&inv, &f.dir, &f.unlock)
+        .unwrap()
+        .get("etcd-ca")
+        .cert_pem
+        .clone();
+    let go = |id: &str, to: Stage| advance(&inv, &f.dir, &f.unlock, Authority::Etcd, id, to, now());
+    let pems = |s: &str| s.matches("BEGIN CERTIFICATE").count();
+    let id = "20261202T100000Z";
+
+    // A jump is refused; the state dir is untouched.
+    let err = go(id, Stage::DropOld).unwrap_err().to_string();
+    assert!(
+        err.contains("cannot go from no rotation to drop-old"),
+        "{err}"
+    );
+
+    go(id, Stage::AddNew).unwrap();
+    let p = pki::load(&inv, &f.dir, &f.unlock).unwrap();
+    assert_eq!(
+        p.get("etcd-ca").cert_pem,
+        old_ca,
+        "add-new: the old CA still signs"
+    );
+    assert_eq!(pems(p.trust("etcd-ca")), 2, "add-new: hosts trust both");
+    assert_eq!(pems(p.trust("ca")), 1, "other CAs are untouched");
+    // Another rotation of the same CA waits for this one.
+    let err = go("20261202T110000Z", Stage::AddNew)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--resume 20261202T100000Z"), "{err}");
+
+    let t = go(id, Stage::Reissue).unwrap();
+    assert!(t.reissued.contains(&"etcd-server-cp1".to_string()), "{t:?}");
+    assert!(
+        t.reissued.contains(&"apiserver-etcd-client".to_string()),
+        "{t:?}"
+    );
+    assert!(
+        !t.reissued.iter().any(|n| n == "apiserver"),
+        "only the etcd CA's leaves"
+    );
+    let p = pki::load(&inv, &f.dir, &f.unlock).unwrap();
+    let new_ca = p.get("etcd-ca").cert_pem.clone();
+    assert_ne!(new_ca, old_ca);
+    assert!(
+        p.trust("etcd-ca").starts_with(new_ca.trim_end()),
+        "the signer comes first"
+    );
+    let (ok, text) = openssl_verify(
+        f.tmp.path(),
+        p.trust("etcd-ca"),
+        &p.get("etcd-server-cp1").cert_pem,
+        "sslserver",
+    );
+    assert!(ok, "{text}");
+    let (ok, _) = openssl_verify(
+        f.tmp.path(),
+        &old_ca,
+        &p.get("etcd-peer-cp2").cert_pem,
+        "sslclient",
+    );
+    assert!(!ok, "reissued leaves chain to the new CA only");
+    // Running the step again reissues nothing.
+    assert!(go(id, Stage::Reissue).unwrap().reissued.is_empty());
+
+    go(id, Stage::DropOld).unwrap();
+    let p = pki::load(&inv, &f.dir, &f.unlock).unwrap();
+    assert_eq!(p.trust("etcd-ca").trim_end(), new_ca.trim_end());
+    assert_eq!(
+        fs::read_to_string(f.dir.cert_path("etcd-ca")).unwrap(),
+        old_ca,
+        "the state dir keeps the old CA until the rotation is done"
+    );
+
+    // Back, one stage at a time, to the old CA alone and leaves under it.
+    go(id, Stage::Reissue).unwrap();
+    let t = go(id, Stage::AddNew).unwrap();
+    assert!(t.reissued.contains(&"etcd-server-cp1".to_string()));
+    go(id, Stage::RolledBack).unwrap();
+    let p = pki::load(&inv, &f.dir, &f.unlock).unwrap();
+    assert_eq!(p.get("etcd-ca").cert_pem, old_ca);
+    assert_eq!(pems(p.trust("etcd-ca")), 1);
+    let (ok, text) = openssl_verify(
+        f.tmp.path(),
+        &old_ca,
+        &p.get("etcd-server-cp3").cert_pem,
+        "sslserver",
+    );
+    assert!(ok, "{text}");
+    assert!(!f.dir.cert_path("etcd-ca.next").exists());
+
+    // A second rotation runs to the end: the new CA takes the old one's files.
+    let id2 = "20261202T120000Z";
+    for stage in [Stage::AddNew, Stage::Reissue, Stage::DropOld, Stage::Done] {
+        go(id2, stage).unwrap();
+    }
+    let p = pki::load(&inv, &f.dir, &f.unlock).unwrap();
+    assert_ne!(p.get("etcd-ca").cert_pem, old_ca);
+    assert_eq!(pems(p.trust("etcd-ca")), 1);
+    let err = go(id2, Stage::RolledBack).unwrap_err().to_string();
+    assert!(err.contains("cannot go from done"), "{err}");
+    // init agrees with the result: nothing to reissue.
+    let (_, report) = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
+    assert!(
+        report.entries.iter().all(|(_, a)| *a == Issuance::Reused),
+        "{report:?}"
+    );
+
+    // Renewal: new keys for the named leaves only.
+    let before = pki::load(&inv, &f.dir, &f.unlock).unwrap();
+    let renewed =
+        pki::rotation::renew(&inv, &f.dir, &f.unlock, &["etcd-peer-cp1".into()], now()).unwrap();
+    assert_eq!(renewed, ["etcd-peer-cp1"]);
+    let after = pki::load(&inv, &f.dir, &f.unlock).unwrap();
+    assert_ne!(
+        before.get("etcd-peer-cp1").cert_pem,
+        after.get("etcd-peer-cp1").cert_pem
+    );
+    assert_ne!(
+        before.get("etcd-peer-cp1").key_pem.expose(),
+        after.get("etcd-peer-cp1").key_pem.expose(),
+        "renewal makes a new key"
+    );
+    assert_eq!(
+        before.get("etcd-peer-cp2").cert_pem,
+        after.get("etcd-peer-cp2").cert_pem
+    );
+}

@@ -675,3 +675,42 @@ fn dual_stack_ranges_reach_every_flag_primary_first() {
     let sysctl = file_text(&v4, "w1", "/etc/sysctl.d/90-rampart-kubelet.conf");
     assert!(!sysctl.contains("ipv6"), "{sysctl}");
 }
+
+/// Kubelets renew their client certificates without an admin: the kubelet
+/// asks (`rotateCertificates`), the RBAC addon lets nodes' own renewal
+/// requests be approved, and the controller-manager signs them with one
+/// CA certificate (never the trust bundle, which holds two mid-rotation).
+#[test]
+fn kubelet_client_certificates_renew_themselves() {
+    let (_, bundle) = rendered(HA);
+    assert!(file_text(&bundle, "w1", "/var/lib/kubelet/config.yaml")
+        .contains("rotateCertificates: true"));
+    let cm = file_text(
+        &bundle,
+        "cp1",
+        "/etc/systemd/system/kube-controller-manager.service",
+    );
+    assert!(
+        cm.contains("--cluster-signing-cert-file=/etc/kubernetes/pki/ca-signer.crt"),
+        "{cm}"
+    );
+    assert!(
+        cm.contains("--cluster-signing-key-file=/etc/kubernetes/pki/ca.key"),
+        "{cm}"
+    );
+    assert!(
+        !cm.contains("--controllers="),
+        "every default controller (csrapproving, csrsigning) runs"
+    );
+    let rbac = file_text(&bundle, "cp1", "/etc/kubernetes/addons/rbac.yaml");
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&rbac)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    assert!(
+        docs.iter().any(|d| d["kind"] == "ClusterRoleBinding"
+            && d["roleRef"]["name"]
+                == "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient"
+            && d["subjects"][0]["name"] == "system:nodes"),
+        "{rbac}"
+    );
+}

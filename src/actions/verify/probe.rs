@@ -346,6 +346,12 @@ mod tests {
         std::fs::write(root.join("etc/kubernetes/pki/ca.crt"), "PEM").unwrap();
         std::fs::write(root.join("etc/kubernetes/pki/same.crt"), "SAME").unwrap();
         std::fs::write(root.join("etc/systemd/system/kube-extra.service"), "").unwrap();
+        let cert = "-----BEGIN CERTIFICATE-----\nQUJD\n-----END CERTIFICATE-----\n";
+        std::fs::write(
+            root.join("etc/kubernetes/pki/both.pem"),
+            format!("{cert}-----BEGIN EC PRIVATE KEY-----\nSECRET\n-----END EC PRIVATE KEY-----\n"),
+        )
+        .unwrap();
         let req = ProbeRequest {
             units: vec!["rampart-nonexistent.service".into()],
             stat: vec!["/etc/kubernetes".into(), "/nope".into()],
@@ -364,6 +370,7 @@ mod tests {
                 "true".into(),
             )],
             backups: Some("echo 'a\tb'\necho end".into()),
+            certs: vec!["/etc/kubernetes/pki/both.pem".into(), "/nope.pem".into()],
         };
         let out = std::process::Command::new("sh")
             .arg("-c")
@@ -383,6 +390,12 @@ mod tests {
         assert_eq!(p.health["x"].ok, None);
         assert_eq!(p.backups.as_deref(), Some("a\tb\nend\n"));
         assert!(p.argv.is_empty());
+        // A certificate beside its key: the certificate comes back, the key never.
+        assert_eq!(
+            p.cert_files["/etc/kubernetes/pki/both.pem"],
+            cert.as_bytes()
+        );
+        assert!(!p.cert_files.contains_key("/nope.pem"));
     }
 
     #[test]
