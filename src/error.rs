@@ -151,6 +151,7 @@ fn rotate_code(e: &RotateError) -> u8 {
         | RotateError::InProgress { .. }
         | RotateError::Finished { .. }
         | RotateError::RollingBack { .. }
+        | RotateError::NeedsPhase { .. }
         | RotateError::NoSavedPlan { .. } => code::USAGE,
         RotateError::NotConfirmed => code::NOT_CONFIRMED,
         RotateError::Hosts(pe) => hosts_code(pe),

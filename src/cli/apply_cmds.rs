@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 
 use super::args::{ApplyArgs, InventoryArgs, Output, PlanArgs, StateArgs};
 use super::report::Progress;
-use super::session::{confirm, on_ctrl_c, runtime, Ssh};
+use super::session::{confirm, on_ctrl_c, owner, runtime, Ssh};
 use super::{load_inventory, state_dir, unlock};
 
 /// Inventory, rendered bundle and the super-admin kubeconfig (for the one
@@ -45,18 +45,12 @@ pub(super) fn load(state: &StateArgs) -> Result<(Inventory, rampart::render::Bun
 
 fn options(a: &PlanArgs, lock: bool, bootstrap: Option<Secret>) -> ApplyOptions {
     let now = OffsetDateTime::now_utc();
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let machine = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
     ApplyOptions {
         hosts: a.hosts.clone(),
-        skip: a.skip_phases.clone(),
-        concurrency: usize::from(a.concurrency),
+        skip: a.phases.skip_phases.clone(),
+        concurrency: usize::from(a.phases.concurrency),
         lock,
-        owner: format!(
-            "rampart apply by {user}@{} pid {}",
-            machine.trim(),
-            std::process::id()
-        ),
+        owner: owner("apply"),
         admin_time: now.unix_timestamp(),
         stamp: rampart::engine::runbook::new_id(now),
         bootstrap,
@@ -65,7 +59,7 @@ fn options(a: &PlanArgs, lock: bool, bootstrap: Option<Secret>) -> ApplyOptions 
 
 fn connect_options(a: &PlanArgs) -> ConnectOptions {
     ConnectOptions {
-        accept_new_host_keys: a.accept_new_host_keys,
+        accept_new_host_keys: a.phases.accept_new_host_keys,
         ..Default::default()
     }
 }

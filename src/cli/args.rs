@@ -186,6 +186,14 @@ pub struct PlanArgs {
     /// Only these hosts (comma-separated inventory names).
     #[arg(long, value_delimiter = ',')]
     pub hosts: Option<Vec<String>>,
+    #[command(flatten)]
+    pub phases: PhaseArgs,
+}
+
+/// How apply's phases run: for `plan`, `apply` and the commands that roll
+/// out with them (`certs renew`, `rotate ca`).
+#[derive(Debug, Args)]
+pub struct PhaseArgs {
     /// Phases to leave out, comma-separated (connect, lock and facts always run).
     #[arg(long, value_delimiter = ',', value_parser = skippable_phases())]
     pub skip_phases: Vec<String>,
@@ -208,15 +216,8 @@ pub struct VerifyArgs {
     /// age identity file that unlocks the state dir (else: RAMPART_PASSPHRASE or a prompt).
     #[arg(long, env = "RAMPART_IDENTITY")]
     pub identity: Option<PathBuf>,
-    /// Only these hosts (comma-separated inventory names).
-    #[arg(long, value_delimiter = ',')]
-    pub hosts: Option<Vec<String>>,
-    /// Hosts read at once.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
-    pub concurrency: u16,
-    /// A certificate that expires within this many days is a warning.
-    #[arg(long, default_value_t = 30)]
-    pub warn_days: u32,
+    #[command(flatten)]
+    pub read: ReadArgs,
     /// A member whose newest backup is older than this many hours is a warning.
     #[arg(long, default_value_t = 48)]
     pub backup_max_age_hours: u32,
@@ -331,6 +332,14 @@ pub enum CertsCommand {
 pub struct CertsCheckArgs {
     #[command(flatten)]
     pub state: StateArgs,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+/// Which hosts `verify` and `certs check` read, how many at once, and when
+/// a certificate's end is near.
+#[derive(Debug, Args)]
+pub struct ReadArgs {
     /// Only these hosts (comma-separated inventory names).
     #[arg(long, value_delimiter = ',')]
     pub hosts: Option<Vec<String>>,
@@ -351,15 +360,8 @@ pub struct RolloutArgs {
     /// Go ahead without asking.
     #[arg(long)]
     pub yes: bool,
-    /// apply phases to leave out of every rollout, comma-separated.
-    #[arg(long, value_delimiter = ',', value_parser = skippable_phases())]
-    pub skip_phases: Vec<String>,
-    /// Hosts worked on at once.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
-    pub concurrency: u16,
-    /// Trust and record host keys never seen before (trust on first use).
-    #[arg(long)]
-    pub accept_new_host_keys: bool,
+    #[command(flatten)]
+    pub phases: PhaseArgs,
 }
 
 /// `rampart certs renew`.

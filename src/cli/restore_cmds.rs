@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 
 use super::args::{Output, RestoreArgs};
 use super::report::Progress;
-use super::session::{on_ctrl_c, on_path, on_terminate, runtime, Ask, Ssh};
+use super::session::{on_ctrl_c, on_path, on_terminate, owner, runtime, Ask, Ssh};
 use super::{load_inventory, state_dir};
 
 pub fn restore(a: &RestoreArgs, verbose: bool) -> Result<ExitCode> {
@@ -40,14 +40,7 @@ pub fn restore(a: &RestoreArgs, verbose: bool) -> Result<ExitCode> {
         state_dir: state_dir(a.state_dir.as_ref(), &inv.cluster.name)?,
         concurrency: usize::from(a.concurrency),
         dry_run: a.dry_run,
-        owner: format!(
-            "rampart backup restore by {}@{} pid {}",
-            std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-            std::fs::read_to_string("/etc/hostname")
-                .unwrap_or_default()
-                .trim(),
-            std::process::id()
-        ),
+        owner: owner("backup restore"),
         now: OffsetDateTime::now_utc(),
     };
     // Signals are handled from here on (the runtime's workers run the

@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 
 use super::args::{CaArg, Output, RenewArgs, RolloutArgs, RotateCaArgs, StateArgs};
 use super::report::Progress;
-use super::session::{on_ctrl_c, on_terminate, runtime, Ask, Ssh};
+use super::session::{on_ctrl_c, on_terminate, owner, runtime, Ask, Ssh};
 use super::{load_inventory, state_dir, unlock};
 
 /// The inventory (with the targets' pinned host keys) and its state dir,
@@ -40,17 +40,10 @@ fn open(state: &StateArgs) -> Result<(Inventory, StateDir)> {
 fn options(r: &RolloutArgs, what: &str, now: OffsetDateTime) -> ApplyOptions {
     ApplyOptions {
         hosts: None,
-        skip: r.skip_phases.clone(),
-        concurrency: usize::from(r.concurrency),
+        skip: r.phases.skip_phases.clone(),
+        concurrency: usize::from(r.phases.concurrency),
         lock: true,
-        owner: format!(
-            "rampart {what} by {}@{} pid {}",
-            std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-            std::fs::read_to_string("/etc/hostname")
-                .unwrap_or_default()
-                .trim(),
-            std::process::id()
-        ),
+        owner: owner(what),
         admin_time: now.unix_timestamp(),
         stamp: rampart::engine::runbook::new_id(now),
         bootstrap: None,
@@ -59,7 +52,7 @@ fn options(r: &RolloutArgs, what: &str, now: OffsetDateTime) -> ApplyOptions {
 
 fn connector(r: &RolloutArgs) -> Ssh {
     Ssh(ConnectOptions {
-        accept_new_host_keys: r.accept_new_host_keys,
+        accept_new_host_keys: r.phases.accept_new_host_keys,
         ..Default::default()
     })
 }

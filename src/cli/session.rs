@@ -36,6 +36,19 @@ impl Connector for Ssh {
     }
 }
 
+/// Who holds a host lock, as the lock file records it:
+/// `rampart <command> by <user>@<machine> pid <pid>`.
+pub(crate) fn owner(command: &str) -> String {
+    format!(
+        "rampart {command} by {}@{} pid {}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+        std::fs::read_to_string("/etc/hostname")
+            .unwrap_or_default()
+            .trim(),
+        std::process::id()
+    )
+}
+
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -13,7 +13,9 @@ use rampart::remote::ssh::ConnectOptions;
 use rampart::words::count;
 use time::OffsetDateTime;
 
-use super::args::{CertsCheckArgs, InventoryArgs, Output, StateArgs, VerifyArgs, VerifyOutput};
+use super::args::{
+    CertsCheckArgs, InventoryArgs, Output, ReadArgs, StateArgs, VerifyArgs, VerifyOutput,
+};
 use super::report::Progress;
 use super::session::{on_ctrl_c, runtime, Ssh};
 
@@ -27,31 +29,9 @@ pub fn verify(a: &VerifyArgs, verbosity: u8) -> Result<ExitCode> {
         identity: a.identity.clone(),
     };
     let benchmark = super::load_benchmark(a.benchmark.as_deref())?;
-    let (inv, bundle, _) = super::apply_cmds::load(&state)?;
-    let progress = Progress::new(verbosity > 0, a.output != VerifyOutput::Table);
-    let cancel = Cancel::default();
-    let rt = runtime()?;
-    // Read-only: host keys must already be known (`rampart hosts trust`).
-    let ssh = Ssh(ConnectOptions::default());
-    let options = VerifyOptions {
-        hosts: a.hosts.clone(),
-        concurrency: usize::from(a.concurrency),
-        limits: Limits {
-            now: OffsetDateTime::now_utc(),
-            warn_days: a.warn_days,
-            backup_max_age_hours: a.backup_max_age_hours,
-        },
-        scope: Scope::Everything,
-    };
-    let report = rt.block_on(async {
-        on_ctrl_c(&cancel);
-        verify::run(
-            &inv, &bundle, &benchmark, &ssh, &options, &progress, &cancel,
-        )
-        .await
-    });
-    progress.finish();
-    let report = report?;
+    let options = options(&a.read, Scope::Everything, a.backup_max_age_hours);
+    let quiet = a.output != VerifyOutput::Table;
+    let report = read_hosts(&state, &benchmark, &options, verbosity > 0, quiet)?;
     match a.output {
         VerifyOutput::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         VerifyOutput::Junit => println!("{}", junit::render(&report).context("JUnit XML")?),
@@ -62,34 +42,51 @@ pub fn verify(a: &VerifyArgs, verbosity: u8) -> Result<ExitCode> {
 
 /// `rampart certs check`: `verify` over the certificates alone.
 pub fn certs_check(a: &CertsCheckArgs, verbosity: u8) -> Result<ExitCode> {
-    let (inv, bundle, _) = super::apply_cmds::load(&a.state)?;
     let output = a.state.inv.output;
-    let progress = Progress::new(verbosity > 0, output == Output::Json);
-    let cancel = Cancel::default();
-    let rt = runtime()?;
-    let ssh = Ssh(ConnectOptions::default());
-    let options = VerifyOptions {
-        hosts: a.hosts.clone(),
-        concurrency: usize::from(a.concurrency),
-        limits: Limits {
-            now: OffsetDateTime::now_utc(),
-            warn_days: a.warn_days,
-            backup_max_age_hours: 0,
-        },
-        scope: Scope::Certificates,
-    };
+    let options = options(&a.read, Scope::Certificates, 0);
     let benchmark = rampart::cis::Benchmark::builtin();
-    let report = rt.block_on(async {
-        on_ctrl_c(&cancel);
-        verify::run(&inv, &bundle, benchmark, &ssh, &options, &progress, &cancel).await
-    });
-    progress.finish();
-    let report = report?;
+    let quiet = output == Output::Json;
+    let report = read_hosts(&a.state, benchmark, &options, verbosity > 0, quiet)?;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Output::Table => print_certs(&report, a.warn_days),
+        Output::Table => print_certs(&report, a.read.warn_days),
     }
     Ok(ExitCode::from(rampart::error::verify_code(&report)))
+}
+
+fn options(r: &ReadArgs, scope: Scope, backup_max_age_hours: u32) -> VerifyOptions {
+    VerifyOptions {
+        hosts: r.hosts.clone(),
+        concurrency: usize::from(r.concurrency),
+        limits: Limits {
+            now: OffsetDateTime::now_utc(),
+            warn_days: r.warn_days,
+            backup_max_age_hours,
+        },
+        scope,
+    }
+}
+
+/// Loads and renders as `plan` does, then reads and judges every host.
+fn read_hosts(
+    state: &StateArgs,
+    benchmark: &rampart::cis::Benchmark,
+    options: &VerifyOptions,
+    verbose: bool,
+    quiet: bool,
+) -> Result<Report> {
+    let (inv, bundle, _) = super::apply_cmds::load(state)?;
+    let progress = Progress::new(verbose, quiet);
+    let cancel = Cancel::default();
+    let rt = runtime()?;
+    // Read-only: host keys must already be known (`rampart hosts trust`).
+    let ssh = Ssh(ConnectOptions::default());
+    let report = rt.block_on(async {
+        on_ctrl_c(&cancel);
+        verify::run(&inv, &bundle, benchmark, &ssh, options, &progress, &cancel).await
+    });
+    progress.finish();
+    Ok(report?)
 }
 
 fn print_certs(report: &Report, warn_days: u32) {

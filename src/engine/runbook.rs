@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::error::PhaseError;
+use super::error::{PhaseError, StepError};
 use super::fleet::{each, step, Env};
 use super::phase::{BoxPhase, Phase};
 use super::reach::Reaches;
@@ -241,6 +241,58 @@ impl<'r, S: Reaches<'r> + Sync> Phase<S> for OnHosts<S> {
             })
             .await
             .map(drop)
+        })
+    }
+}
+
+/// A runbook's `facts` phase: one script on every connected host, its
+/// output parsed per host and stored in the state (the journal of this
+/// run, and whatever else the runbook plans from). Read-only.
+pub struct ReadHosts<S, T> {
+    pub title: &'static str,
+    /// The script, from the run's environment (the inventory) and state.
+    pub script: fn(&Env, &S) -> String,
+    /// The host's stdout, or why it cannot be read.
+    pub parse: fn(&str) -> Result<T, String>,
+    pub store: fn(&mut S, std::collections::BTreeMap<String, T>),
+}
+
+impl<'r, S: Reaches<'r> + Sync, T: Send + Sync> Phase<S> for ReadHosts<S, T> {
+    fn name(&self) -> &'static str {
+        "facts"
+    }
+    fn title(&self) -> &'static str {
+        self.title
+    }
+    fn skippable(&self) -> bool {
+        false
+    }
+    fn hosts(&self, s: &S) -> usize {
+        s.reach().fleet.members().len()
+    }
+    fn run<'a>(&'a self, env: &'a Env<'a>, s: &'a mut S) -> BoxFuture<'a, Result<(), PhaseError>> {
+        Box::pin(async move {
+            let text = &(self.script)(env, s);
+            let parse = self.parse;
+            let read = each(
+                env,
+                "facts",
+                s.reach().fleet.members().iter().collect(),
+                |m| {
+                    Box::pin(async move {
+                        env.reporter.step(&m.host.name, "facts");
+                        let out = m.remote.run(text, Input::None).await?;
+                        if !out.success() {
+                            return Err(StepError::script("facts", &out));
+                        }
+                        let facts = parse(&out.stdout_text()).map_err(StepError::Facts)?;
+                        Ok((m.host.name.clone(), facts))
+                    })
+                },
+            )
+            .await?;
+            (self.store)(s, read.into_iter().collect());
+            Ok(())
         })
     }
 }

@@ -15,14 +15,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::backup::{self, Decrypted, VerifyError, VerifyOptions};
-use crate::engine::runbook::{new_id, valid_id, PlanStore, PlanStoreError};
+use crate::engine::runbook::{new_id, valid_id, PlanStore, PlanStoreError, ReadHosts};
 use crate::engine::{
-    each, run_in_order, BoxPhase, Cancel, Connect, Connector, Env, Lock, Phase, PhaseError, Prompt,
-    Reach, Reaches, Reporter, StepError,
+    run_in_order, BoxPhase, Cancel, Connect, Connector, Env, Lock, PhaseError, Prompt, Reach,
+    Reaches, Reporter,
 };
 use crate::inventory::{Host, Inventory};
 use crate::plan::LOCK;
-use crate::remote::{BoxFuture, Input};
 use crate::restore::{
     plan_restore, plan_resume, plan_rollback, script, PlanError, RestoreFacts, RestorePlan,
     RollbackPlan, SnapshotMeta, Step,
@@ -174,50 +173,12 @@ impl<'r> Reaches<'r> for RestoreRun<'r> {
 
 /// `facts`: one round trip per host for its etcd, tools, units, data dirs and
 /// the journal of this run.
-struct ReadRestoreFacts;
-
-impl Phase<RestoreRun<'_>> for ReadRestoreFacts {
-    fn name(&self) -> &'static str {
-        "facts"
-    }
-    fn title(&self) -> &'static str {
-        "read host facts"
-    }
-    fn skippable(&self) -> bool {
-        false
-    }
-    fn hosts(&self, s: &RestoreRun) -> usize {
-        s.reach.fleet.members().len()
-    }
-    fn run<'a>(
-        &'a self,
-        env: &'a Env<'a>,
-        s: &'a mut RestoreRun<'_>,
-    ) -> BoxFuture<'a, Result<(), PhaseError>> {
-        Box::pin(async move {
-            let text = script::facts(&env.inv.binaries.etcd_dir, &s.id);
-            let text = &text;
-            let read = each(
-                env,
-                "facts",
-                s.reach.fleet.members().iter().collect(),
-                |m| {
-                    Box::pin(async move {
-                        env.reporter.step(&m.host.name, "facts");
-                        let out = m.remote.run(text, Input::None).await?;
-                        if !out.success() {
-                            return Err(StepError::script("facts", &out));
-                        }
-                        let facts =
-                            RestoreFacts::parse(&out.stdout_text()).map_err(StepError::Facts)?;
-                        Ok((m.host.name.clone(), facts))
-                    })
-                },
-            )
-            .await?;
-            s.facts = read.into_iter().collect();
-            Ok(())
-        })
+fn read_restore_facts<'r>() -> ReadHosts<RestoreRun<'r>, RestoreFacts> {
+    ReadHosts {
+        title: "read host facts",
+        script: |env, s| script::facts(&env.inv.binaries.etcd_dir, &s.id),
+        parse: RestoreFacts::parse,
+        store: |s, facts| s.facts = facts,
     }
 }
 
@@ -376,7 +337,7 @@ pub async fn prepare<'r>(
     let first: Vec<BoxPhase<'_, RestoreRun>> = vec![
         Box::new(Connect),
         Box::new(Lock),
-        Box::new(ReadRestoreFacts),
+        Box::new(read_restore_facts()),
     ];
     let env = env(inv, req, reporter, cancel);
     let planned = match run_in_order(&env, &mut run, &first, &[]).await {

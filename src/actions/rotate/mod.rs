@@ -13,16 +13,17 @@ pub mod runbook;
 
 use std::collections::BTreeMap;
 
-use crate::engine::runbook::{new_id, parse_journal, valid_id, PlanStore, PlanStoreError};
+use crate::engine::runbook::{
+    new_id, parse_journal, valid_id, PlanStore, PlanStoreError, ReadHosts,
+};
 use crate::engine::{
-    each, run_in_order, BoxPhase, Cancel, Connect, Connector, Env, Lock, Phase, PhaseError, Prompt,
-    Reach, Reaches, Reporter, StepError,
+    run_in_order, BoxPhase, Cancel, Connect, Connector, Env, Lock, PhaseError, Prompt, Reach,
+    Reaches, Reporter,
 };
 use crate::inventory::Inventory;
 use crate::pki::rotation::{self, Authority, Rotation, Stage};
 use crate::pki::{catalogue, PkiError, StateDir, Unlock};
 use crate::plan::LOCK;
-use crate::remote::{BoxFuture, Input};
 use crate::rotate::{Direction, PlannedStep, RotationPlan, Step, BACKWARD, FORWARD, KIND};
 
 use super::apply::{ApplyError, ApplyOptions};
@@ -72,6 +73,11 @@ pub enum RotateError {
     Finished { id: String },
     #[error("rotation {id} is being rolled back (a host journaled {step}); finish that with `--rollback {id}`")]
     RollingBack { id: String, step: &'static str },
+    #[error("--skip-phases {phase}: rotating the {ca} CA needs it, or the hosts keep trusting only the old CA in memory while their files trust the new one")]
+    NeedsPhase {
+        ca: &'static str,
+        phase: &'static str,
+    },
     #[error(
         "the rotation was not confirmed; nothing was changed: review the plan above and pass --yes"
     )]
@@ -179,54 +185,37 @@ impl RotateRun<'_> {
 }
 
 /// `facts`: this run's journal on every host.
-struct ReadJournals;
+fn read_journals<'r>() -> ReadHosts<RotateRun<'r>, Vec<Step>> {
+    ReadHosts {
+        title: "read the rotation's journals",
+        script: |_, s| crate::rotate::read_journal(&s.id),
+        parse: |text| Ok(parse_journal(text)),
+        store: |s, journals| s.journals = journals,
+    }
+}
 
-impl Phase<RotateRun<'_>> for ReadJournals {
-    fn name(&self) -> &'static str {
-        "facts"
-    }
-    fn title(&self) -> &'static str {
-        "read the rotation's journals"
-    }
-    fn skippable(&self) -> bool {
-        false
-    }
-    fn hosts(&self, s: &RotateRun) -> usize {
-        s.reach.fleet.members().len()
-    }
-    fn run<'a>(
-        &'a self,
-        env: &'a Env<'a>,
-        s: &'a mut RotateRun<'_>,
-    ) -> BoxFuture<'a, Result<(), PhaseError>> {
-        Box::pin(async move {
-            let text = &crate::rotate::read_journal(&s.id);
-            let read = each(
-                env,
-                "facts",
-                s.reach.fleet.members().iter().collect(),
-                |m| {
-                    Box::pin(async move {
-                        env.reporter.step(&m.host.name, "journal");
-                        let out = m.remote.run(text, Input::None).await?;
-                        if !out.success() {
-                            return Err(StepError::script("journal", &out));
-                        }
-                        let steps = parse_journal::<Step>(&out.stdout_text());
-                        Ok((m.host.name.clone(), steps))
-                    })
-                },
-            )
-            .await?;
-            s.journals = read.into_iter().collect();
-            Ok(())
-        })
+/// The start phases that restart what reads the CA's files: a rotation
+/// that skipped them would only look done.
+fn required_phases(ca: Authority) -> &'static [&'static str] {
+    match ca {
+        Authority::Etcd => &["start-etcd"],
+        Authority::Kubernetes => &["start-control-plane", "start-nodes"],
+        Authority::FrontProxy => &["start-control-plane"],
     }
 }
 
 /// The run's id, after checking the request against the state dir and the
 /// saved plans.
 fn run_id(req: &RotateRequest) -> Result<String, RotateError> {
+    if let Some(phase) = required_phases(req.ca)
+        .iter()
+        .find(|p| req.apply.skip.iter().any(|s| s == *p))
+    {
+        return Err(RotateError::NeedsPhase {
+            ca: req.ca.as_str(),
+            phase,
+        });
+    }
     let ca = req.ca.cert_name();
     let marker = rotation::rotation(&req.dir, ca)?;
     let id = match &req.mode {
@@ -304,7 +293,7 @@ pub async fn prepare<'r>(
         fault: None,
     };
     let first: Vec<BoxPhase<'_, RotateRun>> =
-        vec![Box::new(Connect), Box::new(Lock), Box::new(ReadJournals)];
+        vec![Box::new(Connect), Box::new(Lock), Box::new(read_journals())];
     let env = Env {
         inv,
         reporter,

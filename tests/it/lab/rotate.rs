@@ -259,6 +259,25 @@ fn lab_rotate_etcd_ca_and_renew_leaves_without_a_failed_write() {
         "{text}"
     );
     assert!(stage(&c).is_none(), "a dry run moved the state dir");
+    // Skipping etcd's restarts would leave it trusting the old CA only.
+    let out = c.run(&[
+        "rotate",
+        "ca",
+        "--ca",
+        "etcd",
+        "-i",
+        &inv,
+        "--yes",
+        "--skip-phases",
+        "start-etcd",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stage(&c).is_none());
 
     // Killed inside each step's rollout, resumed each time.
     kill_during(&c, "add-new", &[]);
