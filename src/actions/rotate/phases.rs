@@ -9,20 +9,26 @@ use time::OffsetDateTime;
 use crate::actions::apply::{self, ApplyOptions};
 use crate::engine::runbook::new_id;
 use crate::engine::{each, step, Env, Phase, PhaseError};
-use crate::pki::rotation::{self, Stage};
+use crate::pki::rotation::{self, Rotation, Stage};
 use crate::remote::{BoxFuture, Input};
 use crate::rotate::Step;
 
 use super::{Rollout, RotateError, RotateRun};
 
-/// Whether `step` still has to run: forward steps until every host
-/// journaled them; a rollback's steps only from the stages they undo
-/// (never moving the state dir forward), until every host journaled them.
+/// Whether `step` still has to run in `run` (see [`needs`]).
 pub(super) fn needed(run: &RotateRun, step: Step) -> bool {
-    if run.without(step).is_empty() {
+    needs(step, !run.without(step).is_empty(), run.own_marker())
+}
+
+/// Whether `step` still has to run, given whether some host has not
+/// journaled it and this run's record in the state dir: forward steps until
+/// every host journaled them; a rollback's steps only from the stages they
+/// undo (never moving the state dir forward), and only if the rotation got
+/// as far as the step they undo.
+fn needs(step: Step, pending: bool, marker: Option<&Rotation>) -> bool {
+    if !pending {
         return false;
     }
-    let marker = run.own_marker();
     let at = |stages: &[Stage]| marker.is_some_and(|m| stages.contains(&m.stage));
     let reached = |stage: Stage| marker.is_some_and(|m| m.furthest >= stage);
     match step {
@@ -136,4 +142,45 @@ pub async fn roll_out(
     run.release().await;
     result?;
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(stage: Stage, furthest: Stage) -> Option<Rotation> {
+        Some(Rotation {
+            id: "20261202T100000Z".into(),
+            stage,
+            furthest,
+        })
+    }
+
+    /// A rollback undoes exactly what the rotation got to, in order, and
+    /// never moves the state dir forward; a journaled step is never redone.
+    #[test]
+    fn a_rollback_undoes_only_what_happened() {
+        use Stage::{AddNew, Done, DropOld, Reissue, RolledBack};
+        use Step::{ForgetNew, ReissueOld, RestoreOld};
+        let rollback = |m: Option<Rotation>| -> Vec<Step> {
+            [RestoreOld, ReissueOld, ForgetNew]
+                .into_iter()
+                .filter(|s| needs(*s, true, m.as_ref()))
+                .collect()
+        };
+        assert_eq!(rollback(None), []);
+        assert_eq!(rollback(at(AddNew, AddNew)), [ForgetNew]);
+        assert_eq!(rollback(at(Reissue, Reissue)), [ReissueOld]);
+        assert_eq!(rollback(at(DropOld, DropOld)), [RestoreOld]);
+        // Stopped after restore-old moved the state dir, before its rollout
+        // finished: restore-old again (hosts may still trust the new CA
+        // alone), then the rest.
+        assert_eq!(rollback(at(Reissue, DropOld)), [RestoreOld, ReissueOld]);
+        // Stopped inside reissue-old: never reissue forward again.
+        assert_eq!(rollback(at(AddNew, DropOld)), [ReissueOld, ForgetNew]);
+        assert_eq!(rollback(at(RolledBack, RolledBack)), [ForgetNew]);
+        assert_eq!(rollback(at(Done, Done)), []);
+        assert!(!needs(Step::AddNew, false, at(AddNew, AddNew).as_ref()));
+        assert!(needs(Step::Reissue, true, at(AddNew, AddNew).as_ref()));
+    }
 }
