@@ -89,7 +89,13 @@ pub fn rotate_ca(a: &RotateCaArgs, verbose: bool) -> Result<ExitCode> {
         let progress = Progress::new(verbose, output == Output::Json);
         let prepared = rotate::prepare(&inv, req, &ssh, &progress, &cancel).await;
         progress.finish();
-        let mut run = prepared?;
+        let mut run = match prepared {
+            Ok(run) => run,
+            Err(e) => {
+                failed_json(output, &e)?;
+                return Err(e.into());
+            }
+        };
         if output == Output::Table || a.rollout.dry_run {
             print_rotation(run.plan(), output)?;
         }
@@ -104,12 +110,36 @@ pub fn rotate_ca(a: &RotateCaArgs, verbose: bool) -> Result<ExitCode> {
         progress.finish();
         run.release().await;
         if let Err(e @ (RotateError::NotConfirmed | RotateError::Store(_))) = r {
+            failed_json(output, &e)?;
             return Err(e.into());
         }
         rotation_summary(&run, &r, output)?;
         r?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn code(e: &RotateError) -> u8 {
+    rampart::error::exit_code([e as &(dyn std::error::Error + 'static)])
+}
+
+/// With `--output json`, a run that ends before it has a plan to report
+/// still prints one JSON object: a script must not have to tell "no
+/// output" from "nothing to say".
+fn failed_json(output: Output, e: &RotateError) -> Result<()> {
+    if output == Output::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "plan": null,
+                "result": "failed",
+                "error": format!("{e}"),
+                "exitCode": code(e),
+                "rollouts": [],
+            }))?
+        );
+    }
+    Ok(())
 }
 
 fn print_rotation(p: &RotationPlan, output: Output) -> Result<()> {
@@ -164,7 +194,7 @@ fn rotation_summary(run: &RotateRun, r: &Result<(), RotateError>, output: Output
                 "plan": p,
                 "result": if r.is_ok() { "ok" } else { "failed" },
                 "error": r.as_ref().err().map(|e| format!("{e}")),
-                "exitCode": r.as_ref().err().map_or(0, |e| rampart::error::exit_code([e as &(dyn std::error::Error + 'static)])),
+                "exitCode": r.as_ref().err().map_or(0, code),
                 "rollouts": changed,
             }))?
         ),

@@ -40,7 +40,7 @@ pub enum PkiError {
         ca: String,
         reason: String,
     },
-    #[error("{name}: the CA expired on {not_after}; CAs are never rotated automatically, see the rotation runbook")]
+    #[error("{name}: the CA expired on {not_after}; a CA is never replaced behind the admin's back: rotate CAs before they expire (`rampart rotate ca`, docs/rotation.md)")]
     CaExpired { name: String, not_after: String },
     #[error("{name}: the CA's certificate and key in the state dir do not belong together; restore the state dir from a backup")]
     CaKeyMismatch { name: String },

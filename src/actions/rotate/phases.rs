@@ -97,7 +97,10 @@ async fn carry(env: &Env<'_>, s: &mut RotateRun<'_>, the: Step) -> Result<(), Ro
     if !t.reissued.is_empty() {
         env.reporter.line(
             "state dir",
-            &format!("reissued {}", crate::words::count(t.reissued.len(), "leaf")),
+            &format!(
+                "reissued {}",
+                crate::words::count(t.reissued.len(), "certificate")
+            ),
         );
     }
     s.marker = rotation::rotation(&r.dir, s.ca.cert_name())?;

@@ -23,12 +23,28 @@ const PKI: &str = "/etc/kubernetes/pki/etcd";
 /// read while `apply` renames its two files can mismatch; a client that
 /// reloads credentials from disk keeps its last working pair then (as
 /// Kubernetes' certificate reloaders do), and the write goes out with it.
-/// `reload` lines count those; `fail` lines are writes the cluster refused
-/// or could not take.
+/// `reload` lines count those. A write that reached a member while it
+/// restarted gets a transport error before etcd processed it (`transport:
+/// missing content-type field` while the member's gRPC server starts, or
+/// `Unavailable`); it is sent again, as etcd's own client does for requests
+/// that were never processed, and counted on a `retry` line. A TLS failure
+/// (handshake, x509: what a rotation could break) is never retried. `fail`
+/// lines are writes the cluster refused or could not take in three tries.
 fn writer(endpoints: &str) -> String {
     format!(
         r#"P={PKI}; W=/tmp/rotate-writer; mkdir -p $W; rm -f $W/stop $W/log
-put() {{ ETCDCTL_API=3 etcdctl --endpoints={endpoints} --cacert=$W/$1.ca --cert=$W/$1.crt --key=$W/$1.key --command-timeout=15s put /rotate-test/$2 $2 2>&1; }}
+once() {{ ETCDCTL_API=3 etcdctl --endpoints={endpoints} --cacert=$W/$1.ca --cert=$W/$1.crt --key=$W/$1.key --command-timeout=15s put /rotate-test/$2 $2 2>&1; }}
+put() {{
+  for t in 1 2 3; do
+    if out=$(once "$1" "$2"); then return 0; fi
+    case "$out" in
+      *handshake*|*x509*|*certificate*) break ;;
+      *'transport:'*|*'code = Unavailable'*) echo "retry $2 $out" | tr '\n' ' ' >> $W/log; echo >> $W/log; sleep 0.2 ;;
+      *) break ;;
+    esac
+  done
+  echo "$out"; return 1
+}}
 i=0
 while [ ! -e $W/stop ]; do
   i=$((i+1))
@@ -90,6 +106,7 @@ impl Drop for WriterGuard<'_> {
 struct Written {
     ok: usize,
     reloads: usize,
+    retries: usize,
     failed: Vec<String>,
 }
 
@@ -98,6 +115,7 @@ fn written(lab: &Lab) -> Written {
     Written {
         ok: log.lines().filter(|l| l.starts_with("ok ")).count(),
         reloads: log.lines().filter(|l| l.starts_with("reload ")).count(),
+        retries: log.lines().filter(|l| l.starts_with("retry ")).count(),
         failed: log
             .lines()
             .filter(|l| l.starts_with("fail "))
@@ -355,9 +373,11 @@ fn lab_rotate_etcd_ca_and_renew_leaves_without_a_failed_write() {
 
     let w = stop_writer(&lab);
     eprintln!(
-        "writer: {} writes, {} sent with the last working pair while apply renamed the files, {} failed",
+        "writer: {} writes, {} sent with the last working pair while apply renamed the files, \
+         {} sent again after a transport error from a restarting member, {} failed",
         w.ok,
         w.reloads,
+        w.retries,
         w.failed.len()
     );
     assert!(
