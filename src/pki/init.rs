@@ -51,12 +51,7 @@ pub fn init_with(
     replace_lost: bool,
 ) -> Result<(Pki, InitReport), PkiError> {
     let key = dir.unlock_or_create(unlock)?;
-    let policy = Policy {
-        key_algorithm: inv.security.key_algorithm,
-        ca_validity_days: inv.security.ca_validity_days,
-        leaf_validity_days: inv.security.leaf_validity_days,
-        now,
-    };
+    let policy = Policy::of(inv, now);
     let specs = catalogue(inv);
     let stored = read_all(dir, &key, &specs)?;
     let mut report = InitReport::default();

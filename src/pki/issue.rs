@@ -31,6 +31,18 @@ pub struct Policy {
     pub now: OffsetDateTime,
 }
 
+impl Policy {
+    /// The inventory's `security` lifetimes and key algorithm, at `now`.
+    pub fn of(inv: &crate::inventory::Inventory, now: OffsetDateTime) -> Policy {
+        Policy {
+            key_algorithm: inv.security.key_algorithm,
+            ca_validity_days: inv.security.ca_validity_days,
+            leaf_validity_days: inv.security.leaf_validity_days,
+            now,
+        }
+    }
+}
+
 /// A fresh private key of the configured algorithm.
 pub fn generate_key(alg: KeyAlgorithm, name: &str) -> Result<KeyPair, PkiError> {
     let r = match alg {

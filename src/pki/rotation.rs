@@ -181,15 +181,19 @@ fn read_next(dir: &StateDir, key: &StateKey, ca: &str) -> Result<Issued, PkiErro
     }
 }
 
-/// The CA's own files (`<ca>.crt`, `<ca>.key.age`).
-fn read_ca(dir: &StateDir, key: &StateKey, ca: &str) -> Result<Issued, PkiError> {
-    match (dir.read_cert(ca)?, dir.read_sealed(&dir.key_path(ca), key)?) {
-        (Some(cert_pem), Some(key_pem)) => Ok(Issued { cert_pem, key_pem }),
-        _ => Err(PkiError::NotInitialised {
-            name: ca.into(),
-            reason: "the CA is missing from the state dir".into(),
-        }),
-    }
+/// The CA's own files (`<ca>.crt`, `<ca>.key.age`); naming the half
+/// that is missing.
+pub(super) fn read_ca(dir: &StateDir, key: &StateKey, ca: &str) -> Result<Issued, PkiError> {
+    let not_there = |what: &str| PkiError::NotInitialised {
+        name: ca.into(),
+        reason: format!("the CA's {what} is missing from the state dir"),
+    };
+    Ok(Issued {
+        cert_pem: dir.read_cert(ca)?.ok_or_else(|| not_there("certificate"))?,
+        key_pem: dir
+            .read_sealed(&dir.key_path(ca), key)?
+            .ok_or_else(|| not_there("key"))?,
+    })
 }
 
 /// The certificate of the CA that signs leaves now (no unlock needed):
@@ -267,7 +271,7 @@ pub fn advance(
         })
         .expect("a rotation serializes"),
     };
-    let policy = policy(inv, now);
+    let policy = Policy::of(inv, now);
     let current = || read_ca(dir, &key, ca);
     let this_run = |stage: Stage| same && from == Some(stage);
     let mut pending = Vec::new();
@@ -377,15 +381,6 @@ fn sign_into(
     Ok(leaves.iter().map(|s| s.name.clone()).collect())
 }
 
-fn policy(inv: &Inventory, now: OffsetDateTime) -> Policy {
-    Policy {
-        key_algorithm: inv.security.key_algorithm,
-        ca_validity_days: inv.security.ca_validity_days,
-        leaf_validity_days: inv.security.leaf_validity_days,
-        now,
-    }
-}
-
 /// Which leaves `certs renew` reissues.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
@@ -454,7 +449,7 @@ pub fn renew(
     now: OffsetDateTime,
 ) -> Result<Vec<String>, PkiError> {
     let key = dir.unlock(unlock)?;
-    let policy = policy(inv, now);
+    let policy = Policy::of(inv, now);
     let specs = catalogue(inv);
     let mut by_ca: BTreeMap<&str, Vec<CertSpec>> = BTreeMap::new();
     for s in specs.iter().filter(|s| leaves.contains(&s.name)) {

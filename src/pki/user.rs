@@ -10,7 +10,7 @@ use super::catalogue::{CertSpec, Usage};
 use super::issue::{Policy, Signer, MAX_ORGANIZATIONS};
 use super::kubeconfig::kubeconfig;
 use super::store::{StateDir, Unlock};
-use super::{names, Issued, PkiError};
+use super::{names, PkiError};
 
 /// The group a tenant's users carry in their certificates (`O=`). Prefixed so it
 /// can never collide with a group an admin names in the inventory.
@@ -48,19 +48,8 @@ pub fn user_kubeconfig(
         });
     }
     let key = dir.unlock(unlock)?;
-    let not_there = |what: &str| PkiError::NotInitialised {
-        name: names::CA.into(),
-        reason: format!("the cluster CA {what} is missing"),
-    };
-    let ca = Issued {
-        cert_pem: dir
-            .read_cert(names::CA)?
-            .ok_or_else(|| not_there("certificate"))?,
-        key_pem: dir
-            .read_sealed(&dir.key_path(names::CA), &key)?
-            .ok_or_else(|| not_there("key"))?,
-    };
     // Mid-rotation: signed by the CA that signs now, trusting both.
+    let ca = super::rotation::read_ca(dir, &key, names::CA)?;
     let view = super::rotation::view(dir, &key, names::CA, ca)?;
     let signer = Signer::new(names::CA, &view.signer)?;
     let spec = CertSpec {
@@ -72,12 +61,7 @@ pub fn user_kubeconfig(
         usage: Usage::Client,
         sans: vec![],
     };
-    let policy = Policy {
-        key_algorithm: inv.security.key_algorithm,
-        ca_validity_days: inv.security.ca_validity_days,
-        leaf_validity_days: inv.security.leaf_validity_days,
-        now,
-    };
+    let policy = Policy::of(inv, now);
     let issued = signer.sign(&spec, &policy)?;
     Ok(kubeconfig(
         &inv.cluster.name,
