@@ -43,6 +43,9 @@ pub mod code {
     /// `verify` found failures: a failed automated CIS check, drift, a
     /// service down, an expired certificate, a failed backup run.
     pub const VERIFY_FAILURES: u8 = 13;
+    /// A rotation step has to wait (the service-account key's old tokens
+    /// may still be valid); nothing is wrong: `--resume` it later.
+    pub const NOT_YET: u8 = 14;
     /// Interrupted (Ctrl-C, SIGTERM, SIGHUP) between steps.
     pub const CANCELLED: u8 = 130;
 }
@@ -154,6 +157,8 @@ fn rotate_code(e: &RotateError) -> u8 {
         | RotateError::NeedsPhase { .. }
         | RotateError::NoSavedPlan { .. } => code::USAGE,
         RotateError::NotConfirmed => code::NOT_CONFIRMED,
+        RotateError::TokensLive { .. } => code::NOT_YET,
+        RotateError::KubeletCerts { .. } => code::HOSTS_FAILED,
         RotateError::Hosts(pe) => hosts_code(pe),
         RotateError::Rollout(ApplyError::Skip(_) | ApplyError::UnknownHost(..)) => code::USAGE,
         RotateError::Stopped { cause, .. } | RotateError::Unfinished { cause, .. } => {

@@ -43,7 +43,8 @@ pub enum Command {
     /// Audit the live cluster over SSH, read-only: CIS checks on what runs, drift from the
     /// rendered files, health, backups and certificate expiry.
     Verify(VerifyArgs),
-    /// Rotate a CA across the fleet, with an overlap (resumable, rollback-able).
+    /// Rotate a CA or the service-account key across the fleet, with an
+    /// overlap (resumable, rollback-able).
     #[command(subcommand)]
     Rotate(RotateCommand),
     /// Host keys and locks.
@@ -387,6 +388,10 @@ pub enum RotateCommand {
     /// Replace a CA: trust old + new everywhere, reissue its leaves under the
     /// new one, drop the old one; each step rolled out and journaled.
     Ca(RotateCaArgs),
+    /// Replace the service-account signing key: verify with old + new
+    /// everywhere, sign with the new one, drop the old one once every token
+    /// it signed has expired (security.serviceAccountTokenMaxHours).
+    ServiceAccountKey(RotateRunArgs),
 }
 
 /// Which CA `rotate ca` replaces.
@@ -403,6 +408,13 @@ pub struct RotateCaArgs {
     /// The CA to replace.
     #[arg(long, value_enum)]
     pub ca: CaArg,
+    #[command(flatten)]
+    pub run: RotateRunArgs,
+}
+
+/// What every rotation takes: the cluster, which run, how to roll out.
+#[derive(Debug, Args)]
+pub struct RotateRunArgs {
     #[command(flatten)]
     pub state: StateArgs,
     /// Continue rotation ID from what the hosts' journals and the state dir record.

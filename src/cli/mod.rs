@@ -95,6 +95,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Certs(args::CertsCommand::Check(a)) => verify_cmds::certs_check(&a, cli.verbose),
         Command::Certs(args::CertsCommand::Renew(a)) => rotate_cmds::certs_renew(&a, verbose),
         Command::Rotate(args::RotateCommand::Ca(a)) => rotate_cmds::rotate_ca(&a, verbose),
+        Command::Rotate(args::RotateCommand::ServiceAccountKey(a)) => rotate_cmds::rotate(
+            rampart::pki::rotation::Rotated::ServiceAccountKey,
+            &a,
+            verbose,
+        ),
         Command::Users(args::UsersCommand::Kubeconfig { name, state, out }) => {
             pki_cmds::user_kubeconfig(&name, &state, out.as_deref())
         }

@@ -1,4 +1,4 @@
-//! `rotate ca` and `certs renew`: build the request, plan, print the plan,
+//! `rotate ca`, `rotate service-account-key` and `certs renew`: build the request, plan, print the plan,
 //! execute (asking unless `--yes`), print what happened. Exit codes: 11 when
 //! not confirmed, 2 for a wrong id or CA, else apply's (docs/rotation.md).
 
@@ -9,14 +9,15 @@ use rampart::actions::apply::ApplyOptions;
 use rampart::actions::rotate::renew::{self, RenewPlan, RenewRequest};
 use rampart::actions::rotate::{self, Mode, RotateError, RotateRequest, RotateRun};
 use rampart::inventory::Inventory;
-use rampart::pki::rotation::{Authority, Selection};
+use rampart::pki::renew::Selection;
+use rampart::pki::rotation::Rotated;
 use rampart::pki::StateDir;
 use rampart::remote::ssh::ConnectOptions;
 use rampart::rotate::{Direction, RotationPlan};
 use rampart::words::count;
 use time::OffsetDateTime;
 
-use super::args::{CaArg, Output, RenewArgs, RolloutArgs, RotateCaArgs, StateArgs};
+use super::args::{CaArg, Output, RenewArgs, RolloutArgs, RotateCaArgs, RotateRunArgs, StateArgs};
 use super::report::Progress;
 use super::session::{on_ctrl_c, on_terminate, owner, runtime, Ask, Ssh};
 use super::{load_inventory, state_dir, unlock};
@@ -58,16 +59,21 @@ fn connector(r: &RolloutArgs) -> Ssh {
 }
 
 pub fn rotate_ca(a: &RotateCaArgs, verbose: bool) -> Result<ExitCode> {
+    let what = match a.ca {
+        CaArg::Kubernetes => Rotated::Kubernetes,
+        CaArg::Etcd => Rotated::Etcd,
+        CaArg::FrontProxy => Rotated::FrontProxy,
+    };
+    rotate(what, &a.run, verbose)
+}
+
+/// `rotate ca` and `rotate service-account-key`.
+pub fn rotate(what: Rotated, a: &RotateRunArgs, verbose: bool) -> Result<ExitCode> {
     let (inv, dir) = open(&a.state)?;
     let unlock = unlock::resolve(&a.state, &dir)?;
     let now = OffsetDateTime::now_utc();
-    let ca = match a.ca {
-        CaArg::Kubernetes => Authority::Kubernetes,
-        CaArg::Etcd => Authority::Etcd,
-        CaArg::FrontProxy => Authority::FrontProxy,
-    };
     let req = RotateRequest {
-        ca,
+        what,
         mode: match (&a.resume, &a.rollback) {
             (Some(id), _) => Mode::Resume(id.clone()),
             (_, Some(id)) => Mode::Rollback(id.clone()),
@@ -75,7 +81,7 @@ pub fn rotate_ca(a: &RotateCaArgs, verbose: bool) -> Result<ExitCode> {
         },
         dir,
         unlock: &unlock,
-        apply: options(&a.rollout, "rotate ca", now),
+        apply: options(&a.rollout, rampart::rotate::kind(what), now),
         dry_run: a.rollout.dry_run,
         now,
     };
@@ -152,8 +158,8 @@ fn print_rotation(p: &RotationPlan, output: Output) -> Result<()> {
         Direction::Rollback => "roll back",
     };
     println!(
-        "{what} the {} CA: rotation {} on {}",
-        p.ca.as_str(),
+        "{what} {}: rotation {} on {}",
+        p.rotates.describe(),
         p.id,
         count(p.hosts.len(), "host")
     );
@@ -164,16 +170,18 @@ fn print_rotation(p: &RotationPlan, output: Output) -> Result<()> {
             s.as_str()
         ))
     );
-    println!(
-        "leaves it signs: {} ({})",
-        p.leaves.len(),
-        p.leaves.join(", ")
-    );
+    if p.rotates.ca_name().is_some() {
+        println!(
+            "leaves it signs: {} ({})",
+            p.leaves.len(),
+            p.leaves.join(", ")
+        );
+    }
     for (i, s) in p.steps.iter().enumerate() {
-        let mark = if s.done {
-            "done on every host"
-        } else {
-            "to do"
+        let mark = match (&s.not_before, s.done) {
+            (_, true) => "done on every host".to_string(),
+            (Some(t), false) => format!("to do, not before {t}"),
+            (None, false) => "to do".to_string(),
         };
         println!("  {}. {:<12} {} [{mark}]", i + 1, s.step.name(), s.effect);
     }
@@ -205,14 +213,14 @@ fn rotation_summary(run: &RotateRun, r: &Result<(), RotateError>, output: Output
             if r.is_ok() {
                 match p.direction {
                     Direction::Rotate => println!(
-                        "rotation {} done: every host trusts and uses the new {} CA only",
+                        "rotation {} done: every host uses the new {} alone",
                         p.id,
-                        p.ca.as_str()
+                        p.rotates.describe().trim_start_matches("the ")
                     ),
                     Direction::Rollback => println!(
-                        "rotation {} rolled back: every host trusts and uses the old {} CA only",
+                        "rotation {} rolled back: every host uses the old {} alone",
                         p.id,
-                        p.ca.as_str()
+                        p.rotates.describe().trim_start_matches("the ")
                     ),
                 }
             }

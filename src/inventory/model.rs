@@ -240,6 +240,10 @@ pub struct Security {
     pub key_algorithm: KeyAlgorithm,
     pub ca_validity_days: u32,
     pub leaf_validity_days: u32,
+    /// The longest a service-account token the apiserver issues lives
+    /// (`--service-account-max-token-expiration`): how long a rotated-out
+    /// signing key must still verify.
+    pub service_account_token_max_hours: u32,
     pub encryption_provider: EncryptionProvider,
     pub audit_log: AuditLog,
     pub tls: Tls,

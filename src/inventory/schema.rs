@@ -128,6 +128,7 @@ pub struct RawSecurity {
     pub key_algorithm: Option<KeyAlgorithm>,
     pub ca_validity_days: Option<u32>,
     pub leaf_validity_days: Option<u32>,
+    pub service_account_token_max_hours: Option<u32>,
     pub encryption_provider: Option<EncryptionProvider>,
     pub audit_log: Option<RawAuditLog>,
     pub tls: Option<RawTls>,

@@ -77,8 +77,8 @@ pub enum PkiError {
     Corrupt { path: PathBuf, reason: String },
     #[error("cannot write kubeconfig for {user}: {reason}")]
     Kubeconfig { user: String, reason: String },
-    #[error("rotate ca --ca {ca}: {reason}")]
-    Rotation { ca: &'static str, reason: String },
+    #[error("rotating {what}: {reason}")]
+    Rotation { what: &'static str, reason: String },
     #[error("certs renew: {reason}")]
     Renew { reason: String },
     #[error("user `{user}` is not a member of any tenant in the inventory; add it under tenants[].members[].user")]

@@ -17,7 +17,6 @@ use super::report::Issuance;
 use super::store::{Pending, StateDir, StateKey};
 use super::{names, Pki, PkiError, PushKey};
 
-/// Reuses the service-account key pair; rotating it would invalidate every token.
 /// What `init` may do about material that is not in the state dir.
 pub(super) enum Missing<'a> {
     /// Issue it and queue its files (a new cluster, or `--replace-lost`).
@@ -27,6 +26,9 @@ pub(super) enum Missing<'a> {
     Refuse(&'static str),
 }
 
+/// Reuses the service-account key pair (a new one would invalidate every
+/// token; `rampart rotate service-account-key` replaces it with an overlap),
+/// as the rotation's stage has the apiservers use it.
 pub(super) fn service_account(
     dir: &StateDir,
     key: &StateKey,
@@ -44,6 +46,9 @@ pub(super) fn service_account(
                     reason: "sa.pub is not the public half of sa.key".into(),
                 });
             }
+            // Mid-rotation the apiservers sign with one key and verify with both.
+            let (private, public) =
+                super::rotation::service_account_view(dir, key, (private, public))?;
             Ok((private, public, Issuance::Reused))
         }
         (None, None) => {

@@ -20,6 +20,7 @@ pub mod kubeconfig;
 mod list;
 mod material;
 pub mod names;
+pub mod renew;
 mod report;
 pub mod rotation;
 pub mod store;

@@ -1,30 +1,36 @@
-//! CA rotation and leaf renewal in the state dir.
+//! Rotating a CA or the service-account signing key in the state dir.
 //!
-//! A CA is replaced with an overlap, in stages a rotation runbook moves the
+//! Either is replaced with an overlap, in stages a rotation runbook moves the
 //! state dir through, one rollout to the hosts after each:
 //!
-//! | stage       | signs leaves | hosts trust  |
-//! | ----------- | ------------ | ------------ |
-//! | (none)      | old          | old          |
-//! | `add-new`   | old          | old + new    |
-//! | `reissue`   | new          | new + old    |
-//! | `drop-old`  | new          | new          |
-//! | `done`      | new (moved over the old files) | new |
+//! | stage       | signs (leaves, tokens) | hosts trust (bundle, `sa.pub`) |
+//! | ----------- | ---------------------- | ------------------------------ |
+//! | (none)      | old                    | old                            |
+//! | `add-new`   | old                    | old + new                      |
+//! | `reissue`   | new                    | new + old                      |
+//! | `drop-old`  | new                    | new                            |
+//! | `done`      | new (moved over the old files) | new                    |
 //!
-//! The new CA lives beside the old one (`<ca>.next.crt`, `<ca>.next.key.age`)
-//! and the stage in `<ca>.rotation.json` until `done`, so the state dir keeps
-//! the old CA until the last stage, and a rollback can walk back one stage at
-//! a time: `reissue` → `add-new` reissues the leaves under the old CA again,
+//! For a CA, `reissue` also reissues every leaf it signs; for the
+//! service-account key it only switches the signer (tokens are not stored,
+//! they age out: see `crate::actions::rotate::tokens`).
+//!
+//! The new CA or key lives beside the old one (`<ca>.next.crt` and
+//! `<ca>.next.key.age`; `sa.next.key.age` and `sa.next.pub`) and the stage
+//! in `<name>.rotation.json` until `done`, so the state dir keeps the old one
+//! until the last stage, and a rollback can walk back one stage at a time:
+//! `reissue` → `add-new` reissues the leaves under the old CA again,
 //! `add-new` → `rolled-back` forgets the new one. Every transition is one
 //! [`StateDir::write_all`] transaction (the leaves and the stage together),
 //! so a crash leaves the state dir at one stage or the next, never between.
 
-use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::inventory::Inventory;
+use crate::secret::Secret;
 
 use super::catalogue::{catalogue, CertSpec};
 use super::inspect::CertFacts;
@@ -32,38 +38,59 @@ use super::issue::{self, Policy, Signer};
 use super::store::{Pending, StateDir, StateKey, Unlock};
 use super::{names, Issued, PkiError};
 
-/// The three CAs rampart keeps, by what they are for.
+/// What a rotation replaces: one of the three CAs, or the service-account
+/// signing key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Authority {
+pub enum Rotated {
     /// The cluster CA: apiserver, kubelets, controllers, admins.
     Kubernetes,
     /// etcd's CA: members, peers and their clients.
     Etcd,
     /// The aggregation layer's CA.
     FrontProxy,
+    /// The key that signs service-account tokens (`sa.key`, `sa.pub`).
+    ServiceAccountKey,
 }
 
-impl Authority {
-    /// Its catalogue name (see [`names`]).
-    pub fn cert_name(self) -> &'static str {
+/// The service-account key pair's state-dir name (`sa.key.age`, `sa.pub`).
+pub const SERVICE_ACCOUNT: &str = "sa";
+
+impl Rotated {
+    /// The CA's catalogue name (see [`names`]); None for the service-account key.
+    pub fn ca_name(self) -> Option<&'static str> {
         match self {
-            Authority::Kubernetes => names::CA,
-            Authority::Etcd => names::ETCD_CA,
-            Authority::FrontProxy => names::FRONT_PROXY_CA,
+            Rotated::Kubernetes => Some(names::CA),
+            Rotated::Etcd => Some(names::ETCD_CA),
+            Rotated::FrontProxy => Some(names::FRONT_PROXY_CA),
+            Rotated::ServiceAccountKey => None,
         }
     }
-    /// How `--ca` names it.
+    /// Its state-dir name: the rotation's record is `pki/<name>.rotation.json`.
+    pub fn state_name(self) -> &'static str {
+        self.ca_name().unwrap_or(SERVICE_ACCOUNT)
+    }
+    /// How `--ca` names a CA (`service-account-key` for the key).
     pub fn as_str(self) -> &'static str {
         match self {
-            Authority::Kubernetes => "kubernetes",
-            Authority::Etcd => "etcd",
-            Authority::FrontProxy => "front-proxy",
+            Rotated::Kubernetes => "kubernetes",
+            Rotated::Etcd => "etcd",
+            Rotated::FrontProxy => "front-proxy",
+            Rotated::ServiceAccountKey => "service-account-key",
+        }
+    }
+    /// For messages: "the etcd CA", "the service-account key".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Rotated::Kubernetes => "the kubernetes CA",
+            Rotated::Etcd => "the etcd CA",
+            Rotated::FrontProxy => "the front-proxy CA",
+            Rotated::ServiceAccountKey => "the service-account key",
         }
     }
 }
 
-/// Where a CA rotation stands in the state dir (see the module doc).
+/// Where a rotation stands in the state dir (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Stage {
@@ -90,13 +117,47 @@ impl Stage {
     }
 }
 
-/// `<ca>.rotation.json`: which rotation, its stage, and the furthest
+/// `<name>.rotation.json`: which rotation, its stage, and the furthest
 /// forward stage it reached (what a rollback has to undo).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rotation {
     pub id: String,
     pub stage: Stage,
     pub furthest: Stage,
+    /// When every host carried this stage (unix seconds, the admin
+    /// machine's clock); None until its rollout finished. How long the old
+    /// service-account key has not signed is counted from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled_at: Option<i64>,
+}
+
+/// Which of the two a stage uses for a role.
+#[derive(Clone, Copy)]
+enum Which {
+    Current,
+    Next,
+}
+
+/// What signs at `stage`, and what else hosts trust (the module doc's table).
+fn roles(stage: Option<Stage>) -> (Which, Option<Which>) {
+    match stage {
+        Some(Stage::AddNew) => (Which::Current, Some(Which::Next)),
+        Some(Stage::Reissue) => (Which::Next, Some(Which::Current)),
+        Some(Stage::DropOld) => (Which::Next, None),
+        _ => (Which::Current, None),
+    }
+}
+
+/// `first` then `second`, as one PEM bundle.
+fn bundle(first: &str, second: Option<&str>) -> String {
+    let mut pem = first.to_string();
+    if let Some(second) = second {
+        if !pem.ends_with('\n') {
+            pem.push('\n');
+        }
+        pem.push_str(second);
+    }
+    pem
 }
 
 /// A CA as the rest of the PKI sees it during (or outside) a rotation.
@@ -110,20 +171,14 @@ pub(super) struct CaView {
 impl CaView {
     /// The trust bundle hosts get: the signing CA first, then the other.
     pub fn trust(&self) -> String {
-        let mut pem = self.signer.cert_pem.clone();
-        if let Some(other) = &self.other {
-            if !pem.ends_with('\n') {
-                pem.push('\n');
-            }
-            pem.push_str(other);
-        }
-        pem
+        bundle(&self.signer.cert_pem, self.other.as_deref())
     }
 }
 
-/// The rotation of CA `ca` recorded in the state dir, if any.
-pub fn rotation(dir: &StateDir, ca: &str) -> Result<Option<Rotation>, PkiError> {
-    let path = dir.rotation_path(ca);
+/// The rotation recorded in the state dir under `name` (a CA's catalogue
+/// name, or [`SERVICE_ACCOUNT`]), if any.
+pub fn rotation(dir: &StateDir, name: &str) -> Result<Option<Rotation>, PkiError> {
+    let path = dir.rotation_path(name);
     let Some(bytes) = dir.read_public(&path)? else {
         return Ok(None);
     };
@@ -135,6 +190,25 @@ pub fn rotation(dir: &StateDir, ca: &str) -> Result<Option<Rotation>, PkiError> 
         })
 }
 
+/// Records that every host carries rotation `id`'s current stage as of
+/// `now` (see [`Rotation::settled_at`]); a no-op for another run's record.
+pub fn settle(
+    dir: &StateDir,
+    what: Rotated,
+    id: &str,
+    now: OffsetDateTime,
+) -> Result<(), PkiError> {
+    let name = what.state_name();
+    let Some(mut r) = rotation(dir, name)?.filter(|r| r.id == id) else {
+        return Ok(());
+    };
+    r.settled_at = Some(now.unix_timestamp());
+    dir.write_all(vec![Pending {
+        path: dir.rotation_path(name),
+        bytes: serde_json::to_vec_pretty(&r).expect("a rotation serializes"),
+    }])
+}
+
 /// The CA `ca` as it signs and is trusted at its rotation's stage;
 /// `current` is what `<ca>.crt`/`.key.age` hold.
 pub(super) fn view(
@@ -143,26 +217,41 @@ pub(super) fn view(
     ca: &str,
     current: Issued,
 ) -> Result<CaView, PkiError> {
-    let stage = rotation(dir, ca)?.map(|r| r.stage);
-    let next = || read_next(dir, key, ca);
-    Ok(match stage {
-        Some(Stage::AddNew) => CaView {
-            other: Some(next()?.cert_pem),
-            signer: current,
-        },
-        Some(Stage::Reissue) => CaView {
-            signer: next()?,
-            other: Some(current.cert_pem),
-        },
-        Some(Stage::DropOld) => CaView {
-            signer: next()?,
-            other: None,
-        },
-        _ => CaView {
-            signer: current,
-            other: None,
-        },
+    let (signer, other) = roles(rotation(dir, ca)?.map(|r| r.stage));
+    let next = match (signer, other) {
+        (Which::Next, _) | (_, Some(Which::Next)) => Some(read_next(dir, key, ca)?),
+        _ => None,
+    };
+    let pick = |w: Which| match w {
+        Which::Current => current.clone(),
+        Which::Next => next.clone().expect("read above"),
+    };
+    Ok(CaView {
+        signer: pick(signer),
+        other: other.map(|w| pick(w).cert_pem),
     })
+}
+
+/// The service-account key pair as the apiservers use it at its rotation's
+/// stage: the signing key, and every public key that verifies tokens
+/// (signer's first). `current` is what `sa.key.age`/`sa.pub` hold.
+pub(super) fn service_account_view(
+    dir: &StateDir,
+    key: &StateKey,
+    current: (Secret, String),
+) -> Result<(Secret, String), PkiError> {
+    let (signer, other) = roles(rotation(dir, SERVICE_ACCOUNT)?.map(|r| r.stage));
+    let next = match (signer, other) {
+        (Which::Next, _) | (_, Some(Which::Next)) => Some(read_next_service_account(dir, key)?),
+        _ => None,
+    };
+    let pick = |w: Which| match w {
+        Which::Current => current.clone(),
+        Which::Next => next.clone().expect("read above"),
+    };
+    let (private, public) = pick(signer);
+    let verify = bundle(&public, other.map(|w| pick(w).1).as_deref());
+    Ok((private, verify))
 }
 
 fn read_next(dir: &StateDir, key: &StateKey, ca: &str) -> Result<Issued, PkiError> {
@@ -172,12 +261,28 @@ fn read_next(dir: &StateDir, key: &StateKey, ca: &str) -> Result<Issued, PkiErro
         dir.read_sealed(&dir.key_path(&name), key)?,
     ) {
         (Some(cert_pem), Some(key_pem)) => Ok(Issued { cert_pem, key_pem }),
-        _ => Err(PkiError::Corrupt {
-            path: dir.cert_path(&name),
-            reason: format!(
-                "the rotation of {ca} needs its new CA, which is missing; roll the rotation back (`rampart rotate ca --rollback ID`)"
-            ),
-        }),
+        _ => Err(missing_next(dir.cert_path(&name), "CA", "ca --ca CA")),
+    }
+}
+
+fn read_next_service_account(dir: &StateDir, key: &StateKey) -> Result<(Secret, String), PkiError> {
+    let name = next_name(SERVICE_ACCOUNT);
+    let public = dir.public_key_path(&name);
+    match (
+        dir.read_sealed(&dir.key_path(&name), key)?,
+        dir.read_public(&public)?,
+    ) {
+        (Some(private), Some(pem)) => Ok((private, String::from_utf8_lossy(&pem).into_owned())),
+        _ => Err(missing_next(public, "key", "service-account-key")),
+    }
+}
+
+fn missing_next(path: PathBuf, what: &str, command: &str) -> PkiError {
+    PkiError::Corrupt {
+        path,
+        reason: format!(
+            "the rotation needs its new {what}, which is missing; roll the rotation back (`rampart rotate {command} --rollback ID`)"
+        ),
     }
 }
 
@@ -205,9 +310,33 @@ pub fn signer_cert(dir: &StateDir, ca: &str) -> Result<Option<String>, PkiError>
     }
 }
 
-/// The state-dir name of the new CA during a rotation of `ca`.
-pub fn next_name(ca: &str) -> String {
-    format!("{ca}.next")
+/// The public halves of the service-account keys a rotation's dropping
+/// step removes from `sa.pub`: the old key at `drop-old`, the new one at
+/// `rolled-back`. (No unlock needed.)
+pub fn service_account_public(dir: &StateDir, next: bool) -> Result<Option<String>, PkiError> {
+    let path = if next {
+        dir.public_key_path(&next_name(SERVICE_ACCOUNT))
+    } else {
+        dir.sa_pub_path()
+    };
+    Ok(dir
+        .read_public(&path)?
+        .map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
+/// The state-dir name of the new CA or key during a rotation of `name`.
+pub fn next_name(name: &str) -> String {
+    format!("{name}.next")
+}
+
+/// The new CA's or key's files, removed once a rotation ends.
+fn next_files(dir: &StateDir, what: Rotated) -> [PathBuf; 2] {
+    let next = next_name(what.state_name());
+    let public = match what.ca_name() {
+        Some(_) => dir.cert_path(&next),
+        None => dir.public_key_path(&next),
+    };
+    [public, dir.key_path(&next)]
 }
 
 /// What a stage transition did: the leaves it reissued.
@@ -218,24 +347,24 @@ pub struct Transition {
     pub reissued: Vec<String>,
 }
 
-/// Moves the rotation `id` of `authority` to stage `to`: one step forward
-/// or back (see the module doc); already there is a no-op. Refuses a jump,
-/// and any move while another rotation of the same CA is under way.
+/// Moves the rotation `id` of `what` to stage `to`: one step forward or
+/// back (see the module doc); already there is a no-op. Refuses a jump,
+/// and any move while another rotation of the same CA or key is under way.
 pub fn advance(
     inv: &Inventory,
     dir: &StateDir,
     unlock: &Unlock,
-    authority: Authority,
+    what: Rotated,
     id: &str,
     to: Stage,
     now: OffsetDateTime,
 ) -> Result<Transition, PkiError> {
-    let ca = authority.cert_name();
+    let name = what.state_name();
     let key = dir.unlock(unlock)?;
-    let have = rotation(dir, ca)?;
+    let have = rotation(dir, name)?;
     let from = have.as_ref().map(|r| r.stage);
     let refuse = |reason: String| PkiError::Rotation {
-        ca: authority.as_str(),
+        what: what.describe(),
         reason,
     };
     if let Some(r) = &have {
@@ -263,55 +392,54 @@ pub fn advance(
         _ => to,
     };
     let marker = |stage: Stage| Pending {
-        path: dir.rotation_path(ca),
+        path: dir.rotation_path(name),
         bytes: serde_json::to_vec_pretty(&Rotation {
             id: id.to_string(),
             stage,
             furthest: if stage.in_progress() { furthest } else { stage },
+            settled_at: None,
         })
         .expect("a rotation serializes"),
     };
     let policy = Policy::of(inv, now);
-    let current = || read_ca(dir, &key, ca);
     let this_run = |stage: Stage| same && from == Some(stage);
     let mut pending = Vec::new();
-    match to {
-        // Forward from nothing (a fresh rotation), or back from `reissue`.
-        Stage::AddNew if !have.as_ref().is_some_and(|r| r.stage.in_progress()) => {
-            let spec = catalogue(inv)
-                .into_iter()
-                .find(|s| s.name == ca)
-                .expect("every CA is in the catalogue");
-            let issued = issue::self_signed_ca(&spec, &policy)?;
-            pending.extend(dir.issued_files(&key, &next_name(ca), &issued)?);
+    match (to, what.ca_name()) {
+        // Forward from nothing (a fresh rotation): the new CA or key.
+        (Stage::AddNew, ca) if !have.as_ref().is_some_and(|r| r.stage.in_progress()) => {
+            generate(inv, dir, &key, ca, &policy, &mut pending)?
         }
-        Stage::AddNew if this_run(Stage::Reissue) => {
-            t.reissued = reissue(inv, dir, &key, ca, &current()?, &policy, &mut pending)?;
+        // Back from `reissue`: the leaves again under the old CA.
+        (Stage::AddNew, Some(ca)) if this_run(Stage::Reissue) => {
+            let current = read_ca(dir, &key, ca)?;
+            t.reissued = reissue(inv, dir, &key, ca, &current, &policy, &mut pending)?;
         }
-        Stage::Reissue if this_run(Stage::AddNew) => {
+        (Stage::Reissue, Some(ca)) if this_run(Stage::AddNew) => {
             let next = read_next(dir, &key, ca)?;
             t.reissued = reissue(inv, dir, &key, ca, &next, &policy, &mut pending)?;
         }
-        Stage::Reissue if this_run(Stage::DropOld) => {}
-        Stage::DropOld if this_run(Stage::Reissue) => {}
-        Stage::Done if this_run(Stage::DropOld) => {
-            // The new CA takes the old one's files; the sealed key moves as is.
-            let next = next_name(ca);
-            let sealed = dir
-                .read_public(&dir.key_path(&next))?
-                .ok_or_else(|| refuse("the new CA's key is missing".into()))?;
-            pending.push(Pending {
-                path: dir.key_path(ca),
-                bytes: sealed,
-            });
-            pending.push(Pending {
-                path: dir.cert_path(ca),
-                bytes: read_next(dir, &key, ca)?.cert_pem.into_bytes(),
-            });
+        // The service-account key only switches signers (see `roles`).
+        (Stage::AddNew, None) if this_run(Stage::Reissue) => {}
+        (Stage::Reissue, None) if this_run(Stage::AddNew) => {}
+        (Stage::Reissue, _) if this_run(Stage::DropOld) => {}
+        (Stage::DropOld, _) if this_run(Stage::Reissue) => {}
+        (Stage::Done, _) if this_run(Stage::DropOld) => {
+            // The new CA or key takes the old one's files; sealed keys move as is.
+            let [public, sealed] = next_files(dir, what);
+            let (old_public, old_sealed) = match what.ca_name() {
+                Some(ca) => (dir.cert_path(ca), dir.key_path(ca)),
+                None => (dir.sa_pub_path(), dir.sa_key_path()),
+            };
+            for (from, to) in [(sealed, old_sealed), (public, old_public)] {
+                let bytes = dir
+                    .read_public(&from)?
+                    .ok_or_else(|| refuse(format!("{} is missing", from.display())))?;
+                pending.push(Pending { path: to, bytes });
+            }
         }
-        Stage::RolledBack if this_run(Stage::AddNew) => {}
+        (Stage::RolledBack, _) if this_run(Stage::AddNew) => {}
         // A rollback of a run that never got as far as its first stage.
-        Stage::RolledBack if !same => return Ok(t),
+        (Stage::RolledBack, _) if !same => return Ok(t),
         _ => {
             return Err(refuse(format!(
                 "cannot go from {} to {} in rotation {id}",
@@ -324,12 +452,46 @@ pub fn advance(
     dir.write_all(pending)?;
     if matches!(to, Stage::Done | Stage::RolledBack) {
         // No longer read (the stage says so); removed so no stale key lies about.
-        let next = next_name(ca);
-        for path in [dir.cert_path(&next), dir.key_path(&next)] {
+        for path in next_files(dir, what) {
             let _ = std::fs::remove_file(path);
         }
     }
     Ok(t)
+}
+
+/// The new CA (`ca`) or service-account key pair (None), into `pending`.
+fn generate(
+    inv: &Inventory,
+    dir: &StateDir,
+    key: &StateKey,
+    ca: Option<&str>,
+    policy: &Policy,
+    pending: &mut Vec<Pending>,
+) -> Result<(), PkiError> {
+    match ca {
+        Some(ca) => {
+            let spec = catalogue(inv)
+                .into_iter()
+                .find(|s| s.name == ca)
+                .expect("every CA is in the catalogue");
+            let issued = issue::self_signed_ca(&spec, policy)?;
+            pending.extend(dir.issued_files(key, &next_name(ca), &issued)?);
+        }
+        None => {
+            let next = next_name(SERVICE_ACCOUNT);
+            let (private, public) = issue::service_account_key(policy.key_algorithm)?;
+            let sealed = dir.key_path(&next);
+            pending.push(Pending {
+                bytes: key.seal(private.expose(), &sealed)?,
+                path: sealed,
+            });
+            pending.push(Pending {
+                path: dir.public_key_path(&next),
+                bytes: public.into_bytes(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Reissues, under `signer`, every leaf of CA `ca` it did not sign (fresh
@@ -361,7 +523,7 @@ fn reissue(
 }
 
 /// Signs `leaves` with `signer` (fresh keys), into `pending`; their names.
-fn sign_into(
+pub(super) fn sign_into(
     dir: &StateDir,
     key: &StateKey,
     ca: &str,
@@ -379,98 +541,4 @@ fn sign_into(
         pending.extend(files?);
     }
     Ok(leaves.iter().map(|s| s.name.clone()).collect())
-}
-
-/// Which leaves `certs renew` reissues.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Selection {
-    /// These catalogue names.
-    Names(Vec<String>),
-    /// Every leaf that expires within this many days of now.
-    ExpiringWithin(u32),
-    /// Every leaf.
-    All,
-}
-
-/// The leaves `selection` picks, in catalogue order, with each one's
-/// current expiry; unknown names and CAs are refused.
-pub fn select(
-    inv: &Inventory,
-    dir: &StateDir,
-    selection: &Selection,
-    now: OffsetDateTime,
-) -> Result<Vec<(String, Option<OffsetDateTime>)>, PkiError> {
-    let specs = catalogue(inv);
-    if let Selection::Names(names) = selection {
-        for n in names {
-            match specs.iter().find(|s| &s.name == n) {
-                None => {
-                    return Err(PkiError::Renew {
-                        reason: format!("no certificate named `{n}` (see `rampart certs list`)"),
-                    })
-                }
-                Some(s) if s.is_ca() => {
-                    return Err(PkiError::Renew {
-                        reason: format!("`{n}` is a CA; rotate it with `rampart rotate ca`"),
-                    })
-                }
-                Some(_) => {}
-            }
-        }
-    }
-    let mut out = Vec::new();
-    for s in specs.iter().filter(|s| !s.is_ca()) {
-        let not_after = dir
-            .read_cert(&s.name)?
-            .and_then(|pem| CertFacts::parse(&s.name, &pem).ok())
-            .map(|f| f.not_after);
-        let pick = match selection {
-            Selection::Names(names) => names.contains(&s.name),
-            Selection::All => true,
-            Selection::ExpiringWithin(days) => {
-                not_after.is_none_or(|t| t <= now + time::Duration::days(i64::from(*days)))
-            }
-        };
-        if pick {
-            out.push((s.name.clone(), not_after));
-        }
-    }
-    Ok(out)
-}
-
-/// Reissues the named leaves with fresh keys under the CA that signs now
-/// (mid-rotation: the new one), in one state-dir transaction. The caller
-/// rolls them out.
-pub fn renew(
-    inv: &Inventory,
-    dir: &StateDir,
-    unlock: &Unlock,
-    leaves: &[String],
-    now: OffsetDateTime,
-) -> Result<Vec<String>, PkiError> {
-    let key = dir.unlock(unlock)?;
-    let policy = Policy::of(inv, now);
-    let specs = catalogue(inv);
-    let mut by_ca: BTreeMap<&str, Vec<CertSpec>> = BTreeMap::new();
-    for s in specs.iter().filter(|s| leaves.contains(&s.name)) {
-        if let Some(ca) = s.ca.as_deref() {
-            by_ca.entry(ca).or_default().push(s.clone());
-        }
-    }
-    let mut pending = Vec::new();
-    let mut done = Vec::new();
-    for (ca, specs) in by_ca {
-        let signer = view(dir, &key, ca, read_ca(dir, &key, ca)?)?.signer;
-        done.extend(sign_into(
-            dir,
-            &key,
-            ca,
-            &signer,
-            &specs,
-            &policy,
-            &mut pending,
-        )?);
-    }
-    dir.write_all(pending)?;
-    Ok(done)
 }

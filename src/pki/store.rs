@@ -113,7 +113,11 @@ impl StateDir {
         self.root.join("pki/sa.key.age")
     }
     pub fn sa_pub_path(&self) -> PathBuf {
-        self.root.join("pki/sa.pub")
+        self.public_key_path("sa")
+    }
+    /// `pki/<name>.pub`: a public key (the service-account key's halves).
+    pub fn public_key_path(&self, name: &str) -> PathBuf {
+        self.root.join("pki").join(format!("{name}.pub"))
     }
     pub fn encryption_key_path(&self) -> PathBuf {
         self.root.join("pki/encryption-key.age")

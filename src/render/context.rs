@@ -106,6 +106,7 @@ pub struct ApiserverUnit<'a> {
     pub audit_max_backup: u32,
     pub audit_max_size: u32,
     pub service_account_issuer: String,
+    pub token_max_age: String,
     pub service_cidr: String,
     pub tls_min_version: &'static str,
     pub cipher_suites: String,
@@ -133,6 +134,7 @@ impl<'a> ApiserverUnit<'a> {
                 "https://kubernetes.default.svc.{}",
                 inv.cluster.domain
             ),
+            token_max_age: format!("{}h", inv.security.service_account_token_max_hours),
             service_cidr: inv.cluster.service_cidr.to_string(),
             tls_min_version: inv.security.tls.min_version.kube_name(),
             cipher_suites: tls::kube(&inv.security.tls.cipher_suites),

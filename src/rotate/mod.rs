@@ -1,5 +1,6 @@
-//! CA rotation as data: the runbook's journal steps, its plan, and the
-//! scripts it runs on hosts. Pure; `crate::actions::rotate` runs it.
+//! CA and service-account key rotation as data: the runbook's journal
+//! steps, its plan, and the scripts it runs on hosts. Pure;
+//! `crate::actions::rotate` runs it.
 //!
 //! A rotation moves the state dir through the stages of
 //! [`crate::pki::rotation`] and rolls each stage out to every host with
@@ -11,12 +12,26 @@
 use serde::{Deserialize, Serialize};
 
 use crate::engine::runbook::{journal_path, journal_prelude, JournalStep};
-use crate::pki::rotation::{Authority, Stage};
+use crate::pki::rotation::{Rotated, Stage};
 use crate::remote::script::at;
 
-/// Names the journals (`/var/lib/rampart/rotate-ca/<id>.journal`) and the
-/// saved plans (`<state dir>/rotate-cas/<id>.json`).
-pub const KIND: &str = "rotate-ca";
+/// Names the journals (`/var/lib/rampart/<kind>/<id>.journal`) and the
+/// saved plans (`<state dir>/<kind>s/<id>.json`): `rotate-ca` for the CAs,
+/// `rotate-sa-key` for the service-account key.
+pub fn kind(what: Rotated) -> &'static str {
+    match what {
+        Rotated::ServiceAccountKey => "rotate-sa-key",
+        _ => "rotate-ca",
+    }
+}
+
+/// The command that rotates `what`, for messages.
+pub fn command(what: Rotated) -> String {
+    match what {
+        Rotated::ServiceAccountKey => "rampart rotate service-account-key".into(),
+        ca => format!("rampart rotate ca --ca {}", ca.as_str()),
+    }
+}
 
 /// A step every host records once the fleet carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -63,8 +78,19 @@ impl Step {
     }
 
     /// What hosts trust and what signs once the step is done, for the plan.
-    pub fn effect(self, ca: Authority) -> String {
-        let ca = ca.as_str();
+    pub fn effect(self, what: Rotated) -> String {
+        if what == Rotated::ServiceAccountKey {
+            return match self {
+                Step::AddNew => "generate a new service-account key; every apiserver verifies with old + new".into(),
+                Step::Reissue => "sign tokens with the new key (both still verify)".into(),
+                Step::DropOld => "drop the old key once every token it signed has expired".into(),
+                Step::Finish => "keep the new key alone in the state dir".into(),
+                Step::RestoreOld => "verify with old + new again".into(),
+                Step::ReissueOld => "sign tokens with the old key again".into(),
+                Step::ForgetNew => "drop the new key (once the tokens it signed have expired) from every apiserver and the state dir".into(),
+            };
+        }
+        let ca = what.as_str();
         match self {
             Step::AddNew => format!("generate a new {ca} CA; every bundle trusts old + new"),
             Step::Reissue => format!("reissue every {ca} leaf under the new CA (new keys)"),
@@ -74,6 +100,13 @@ impl Step {
             Step::ReissueOld => format!("reissue every {ca} leaf under the old CA"),
             Step::ForgetNew => "drop the new CA from every bundle and the state dir".into(),
         }
+    }
+
+    /// Whether this step takes the old or the new CA or key out of what
+    /// hosts trust: what must no longer be in use first (the gates in
+    /// `crate::actions::rotate::tokens` and `kubelets`).
+    pub fn narrows_trust(self) -> bool {
+        matches!(self, Step::DropOld | Step::ForgetNew)
     }
 }
 
@@ -103,7 +136,10 @@ pub const BACKWARD: [Step; 3] = [Step::RestoreOld, Step::ReissueOld, Step::Forge
 #[serde(rename_all = "camelCase")]
 pub struct RotationPlan {
     pub id: String,
-    pub ca: Authority,
+    /// What it rotates (`ca` in plans saved before the service-account key
+    /// could be rotated).
+    #[serde(alias = "ca")]
+    pub rotates: Rotated,
     /// `rotate` (a new or resumed run) or `rollback`.
     pub direction: Direction,
     /// Where the state dir stands now (None: no rotation recorded).
@@ -130,16 +166,20 @@ pub struct PlannedStep {
     pub effect: String,
     /// Every host recorded it already: the run skips it.
     pub done: bool,
+    /// The earliest it may run (RFC 3339, UTC), when it waits for tokens
+    /// to expire; None when it need not wait or its wait starts later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
 }
 
-/// Prints each host's journal of run `id` (empty when there is none).
-pub fn read_journal(id: &str) -> String {
-    format!("cat {} 2>/dev/null || true\n", at(&journal_path(KIND, id)))
+/// Prints each host's journal of run `id` of `kind` (empty when there is none).
+pub fn read_journal(kind: &str, id: &str) -> String {
+    format!("cat {} 2>/dev/null || true\n", at(&journal_path(kind, id)))
 }
 
-/// Records `step` in the journal of run `id`.
-pub fn note(id: &str, step: Step) -> String {
-    let mut s = journal_prelude(KIND, id);
+/// Records `step` in the journal of run `id` of `kind`.
+pub fn note(kind: &str, id: &str, step: Step) -> String {
+    let mut s = journal_prelude(kind, id);
     s.push_str(&format!("note {}\n", step.name()));
     s
 }
@@ -167,7 +207,7 @@ mod tests {
 
     #[test]
     fn the_note_script_appends_one_line_to_this_runs_journal() {
-        let s = note("20261202T100000Z", Step::Reissue);
+        let s = note("rotate-ca", "20261202T100000Z", Step::Reissue);
         assert!(s.contains("/var/lib/rampart/rotate-ca/20261202T100000Z.journal"));
         assert!(s.trim_end().ends_with("note reissue"), "{s}");
     }

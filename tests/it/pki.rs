@@ -763,7 +763,7 @@ fn an_interrupted_commit_is_finished_by_the_next_open() {
 /// or a second rotation refused, and a rollback that ends where it began.
 #[test]
 fn ca_rotation_stages_overlap_trust_and_roll_back() {
-    use rampart::pki::rotation::{advance, Authority, Stage};
+    use rampart::pki::rotation::{advance, Rotated, Stage};
     let f = fixture();
     let inv = inventory(HA);
     pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
@@ -772,7 +772,7 @@ fn ca_rotation_stages_overlap_trust_and_roll_back() {
         .get("etcd-ca")
         .cert_pem
         .clone();
-    let go = |id: &str, to: Stage| advance(&inv, &f.dir, &f.unlock, Authority::Etcd, id, to, now());
+    let go = |id: &str, to: Stage| advance(&inv, &f.dir, &f.unlock, Rotated::Etcd, id, to, now());
     let pems = |s: &str| s.matches("BEGIN CERTIFICATE").count();
     let id = "20261202T100000Z";
 
@@ -878,7 +878,7 @@ fn ca_rotation_stages_overlap_trust_and_roll_back() {
     // Renewal: new keys for the named leaves only.
     let before = pki::load(&inv, &f.dir, &f.unlock).unwrap();
     let renewed =
-        pki::rotation::renew(&inv, &f.dir, &f.unlock, &["etcd-peer-cp1".into()], now()).unwrap();
+        pki::renew::renew(&inv, &f.dir, &f.unlock, &["etcd-peer-cp1".into()], now()).unwrap();
     assert_eq!(renewed, ["etcd-peer-cp1"]);
     let after = pki::load(&inv, &f.dir, &f.unlock).unwrap();
     assert_ne!(
@@ -894,4 +894,107 @@ fn ca_rotation_stages_overlap_trust_and_roll_back() {
         before.get("etcd-peer-cp2").cert_pem,
         after.get("etcd-peer-cp2").cert_pem
     );
+}
+
+/// The service-account key's rotation in a real state dir: at each stage
+/// the apiservers sign with one key and verify with the public halves
+/// `sa.pub` lists (the signer's first); a rollback after the new key
+/// signed ends with the old key alone; a full rotation moves the new key
+/// over the old files and `init` reuses it.
+#[test]
+fn service_account_key_rotation_signs_with_one_and_verifies_with_both() {
+    use rampart::pki::rotation::{advance, Rotated, Stage};
+    let f = fixture();
+    let inv = inventory(HA);
+    pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
+    let go = |id: &str, to: Stage| {
+        advance(
+            &inv,
+            &f.dir,
+            &f.unlock,
+            Rotated::ServiceAccountKey,
+            id,
+            to,
+            now(),
+        )
+    };
+    let public_of = |private: &rampart::secret::Secret| {
+        rcgen::KeyPair::from_pem(private.expose_str())
+            .unwrap()
+            .public_key_pem()
+    };
+    let keys = |p: &pki::Pki| -> (String, Vec<String>) {
+        let verify = p
+            .service_account_pub()
+            .split_inclusive("-----END PUBLIC KEY-----\n")
+            .map(str::to_string)
+            .collect();
+        (public_of(p.service_account_key()), verify)
+    };
+    let (old, verify) = keys(&pki::load(&inv, &f.dir, &f.unlock).unwrap());
+    assert_eq!(verify, std::slice::from_ref(&old));
+    let id = "20261202T100000Z";
+
+    let t = go(id, Stage::AddNew).unwrap();
+    assert!(t.reissued.is_empty(), "no certificate changes: {t:?}");
+    let (signer, verify) = keys(&pki::load(&inv, &f.dir, &f.unlock).unwrap());
+    assert_eq!(signer, old, "add-new: the old key still signs");
+    assert_eq!(verify.len(), 2);
+    assert_eq!(verify[0], old);
+    let new = verify[1].clone();
+    assert_ne!(new, old);
+
+    go(id, Stage::Reissue).unwrap();
+    let p = pki::load(&inv, &f.dir, &f.unlock).unwrap();
+    assert_eq!(keys(&p), (new.clone(), vec![new.clone(), old.clone()]));
+    assert_eq!(
+        p.get("etcd-ca").cert_pem,
+        fs::read_to_string(f.dir.cert_path("etcd-ca")).unwrap(),
+        "no CA moves"
+    );
+
+    go(id, Stage::DropOld).unwrap();
+    let p = pki::load(&inv, &f.dir, &f.unlock).unwrap();
+    assert_eq!(keys(&p), (new.clone(), vec![new.clone()]));
+    assert_eq!(
+        fs::read_to_string(f.dir.sa_pub_path()).unwrap(),
+        old,
+        "the state dir keeps the old key until the rotation is done"
+    );
+
+    // Back to the old key alone.
+    for stage in [Stage::Reissue, Stage::AddNew, Stage::RolledBack] {
+        go(id, stage).unwrap();
+    }
+    let p = pki::load(&inv, &f.dir, &f.unlock).unwrap();
+    assert_eq!(keys(&p), (old.clone(), vec![old.clone()]));
+    assert!(!f.dir.public_key_path("sa.next").exists());
+    assert!(!f.dir.key_path("sa.next").exists());
+
+    // A full rotation: the new key takes sa.key.age and sa.pub.
+    let id2 = "20261202T120000Z";
+    for stage in [Stage::AddNew, Stage::Reissue, Stage::DropOld, Stage::Done] {
+        go(id2, stage).unwrap();
+    }
+    let p = pki::load(&inv, &f.dir, &f.unlock).unwrap();
+    let (signer, verify) = keys(&p);
+    assert_ne!(signer, old);
+    assert_eq!(verify, std::slice::from_ref(&signer));
+    assert_eq!(fs::read_to_string(f.dir.sa_pub_path()).unwrap(), signer);
+    let (_, report) = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
+    assert!(
+        report.entries.iter().all(|(_, a)| *a == Issuance::Reused),
+        "{report:?}"
+    );
+    // The CA rotations are separate: the etcd CA can rotate meanwhile.
+    advance(
+        &inv,
+        &f.dir,
+        &f.unlock,
+        Rotated::Etcd,
+        id2,
+        Stage::AddNew,
+        now(),
+    )
+    .unwrap();
 }

@@ -1,15 +1,19 @@
-//! `rampart rotate ca` (and `--resume ID`, `--rollback ID`): a runbook over
-//! the stages of [`crate::pki::rotation`]. [`prepare`] connects to and
+//! `rampart rotate ca` and `rampart rotate service-account-key` (and
+//! `--resume ID`, `--rollback ID`): a runbook over the stages of
+//! [`crate::pki::rotation`]. [`prepare`] connects to and
 //! locks every host, reads this run's journals and plans; the CLI shows the
 //! plan; [`execute`] asks, saves the plan, and runs the runbook forward or
 //! backward. Each step moves the state dir one stage and rolls it out with
 //! `apply`'s own phases (so etcd members restart one at a time behind the
 //! cluster's health, control planes behind `/readyz`), then every host
-//! journals it.
+//! journals it. A step that drops a service-account key first waits for
+//! the tokens it signed to expire ([`tokens`]).
 
+pub mod kubelets;
 pub mod phases;
 pub mod renew;
 pub mod runbook;
+pub mod tokens;
 
 use std::collections::BTreeMap;
 
@@ -21,12 +25,13 @@ use crate::engine::{
     Reaches, Reporter,
 };
 use crate::inventory::Inventory;
-use crate::pki::rotation::{self, Authority, Rotation, Stage};
+use crate::pki::rotation::{self, Rotated, Rotation, Stage};
 use crate::pki::{catalogue, PkiError, StateDir, Unlock};
 use crate::plan::LOCK;
-use crate::rotate::{Direction, PlannedStep, RotationPlan, Step, BACKWARD, FORWARD, KIND};
+use crate::render::Service;
+use crate::rotate::{kind, Direction, PlannedStep, RotationPlan, Step, BACKWARD, FORWARD};
 
-use super::apply::{ApplyError, ApplyOptions};
+use super::apply::{not_starting, ApplyError, ApplyOptions};
 
 /// Which run: a new rotation, or what to do with an earlier one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +43,7 @@ pub enum Mode {
 
 /// Everything a rotation is asked to do.
 pub struct RotateRequest<'r> {
-    pub ca: Authority,
+    pub what: Rotated,
     pub mode: Mode,
     pub dir: StateDir,
     pub unlock: &'r Unlock,
@@ -53,31 +58,39 @@ pub struct RotateRequest<'r> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RotateError {
-    #[error("`{0}` is not a rotation id; ids look like 20261202T150000Z (see `ls <state dir>/rotate-cas`)")]
+    #[error("`{0}` is not a rotation id; ids look like 20261202T150000Z (see `ls <state dir>/rotate-cas` or `rotate-sa-keys`)")]
     BadId(String),
-    #[error("rotation {id} of the {ca} CA is at stage {stage}; continue it with `--resume {id}` or undo it with `--rollback {id}`")]
+    #[error("rotation {id} of {what} is at stage {stage}; continue it with `--resume {id}` or undo it with `--rollback {id}`")]
     InProgress {
         id: String,
-        ca: &'static str,
+        what: &'static str,
         stage: &'static str,
     },
     #[error("no plan of rotation {id} in {path}; resume or roll back on the machine that started it (or pass its --state-dir)")]
     NoSavedPlan { id: String, path: String },
-    #[error("rotation {id} rotates the {saved} CA, not {asked}; pass --ca {saved}")]
+    #[error("rotation {id} rotates {saved}, not {asked}")]
     OtherCa {
         id: String,
         saved: &'static str,
         asked: &'static str,
     },
-    #[error("rotation {id} finished: the old CA is gone from every host and the state dir, so it cannot be rolled back; rotate again to replace the new CA")]
+    #[error("rotation {id} finished: the old one is gone from every host and the state dir, so it cannot be rolled back; rotate again to replace the new one")]
     Finished { id: String },
     #[error("rotation {id} is being rolled back (a host journaled {step}); finish that with `--rollback {id}`")]
     RollingBack { id: String, step: &'static str },
-    #[error("--skip-phases {phase}: rotating the {ca} CA needs it, or the hosts keep trusting only the old CA in memory while their files trust the new one")]
+    #[error("--skip-phases: rotating {what} needs {service} restarted, or it keeps the old one in memory while its files hold the new one")]
     NeedsPhase {
-        ca: &'static str,
-        phase: &'static str,
+        what: &'static str,
+        service: &'static str,
     },
+    /// A step that drops a service-account key, while tokens it signed
+    /// may be in use (see [`tokens`]).
+    #[error("{step} waits: {reason}")]
+    TokensLive { step: &'static str, reason: String },
+    /// A step that drops a CA while a kubelet's own client certificate
+    /// needs it (see [`kubelets`]).
+    #[error("{step} refused: {reason}")]
+    KubeletCerts { step: &'static str, reason: String },
     #[error(
         "the rotation was not confirmed; nothing was changed: review the plan above and pass --yes"
     )]
@@ -99,10 +112,11 @@ pub enum RotateError {
         cause: Box<RotateError>,
     },
     /// A run stopped part way: the cause, and how to go on.
-    #[error("{cause}\nrotation {id} stopped at step {step}; every host's journal (/var/lib/rampart/rotate-ca/{id}.journal) and the state dir say how far it got: continue with `rampart rotate ca --ca {ca} -i INVENTORY --resume {id}`, or undo it with `--rollback {id}`")]
+    #[error("{cause}\nrotation {id} stopped at step {step}; every host's journal (/var/lib/rampart/{kind}/{id}.journal) and the state dir say how far it got: continue with `{command} -i INVENTORY --resume {id}`, or undo it with `--rollback {id}`")]
     Stopped {
         id: String,
-        ca: &'static str,
+        kind: &'static str,
+        command: String,
         step: &'static str,
         cause: Box<RotateError>,
     },
@@ -128,11 +142,11 @@ pub struct Rollout<'r> {
 /// The state the rotation's phases work on.
 pub struct RotateRun<'r> {
     pub reach: Reach<'r>,
-    pub ca: Authority,
+    pub what: Rotated,
     pub id: String,
     /// Each host's journal of this run, read by `facts`, kept up to date.
     pub journals: BTreeMap<String, Vec<Step>>,
-    /// The state dir's record of this CA's rotation, kept up to date.
+    /// The state dir's record of this rotation, kept up to date.
     pub marker: Option<Rotation>,
     /// The plan, once made (after `facts`).
     pub plan: Option<RotationPlan>,
@@ -188,73 +202,73 @@ impl RotateRun<'_> {
 fn read_journals<'r>() -> ReadHosts<RotateRun<'r>, Vec<Step>> {
     ReadHosts {
         title: "read the rotation's journals",
-        script: |_, s| crate::rotate::read_journal(&s.id),
+        script: |_, s| crate::rotate::read_journal(kind(s.what), &s.id),
         parse: |text| Ok(parse_journal(text)),
         store: |s, journals| s.journals = journals,
     }
 }
 
-/// The start phases that restart what reads the CA's files: a rotation
-/// that skipped them would only look done.
-fn required_phases(ca: Authority) -> &'static [&'static str] {
-    match ca {
-        Authority::Etcd => &["start-etcd"],
-        Authority::Kubernetes => &["start-control-plane", "start-nodes"],
-        Authority::FrontProxy => &["start-control-plane"],
+/// The services that read what is rotated: a rotation whose rollouts do
+/// not restart them (`--skip-phases`) would only look done.
+fn readers(what: Rotated) -> &'static [Service] {
+    match what {
+        Rotated::Etcd => &[Service::Etcd],
+        Rotated::Kubernetes => &[Service::KubeApiserver, Service::Kubelet],
+        Rotated::FrontProxy => &[Service::KubeApiserver],
+        Rotated::ServiceAccountKey => &[Service::KubeApiserver, Service::KubeControllerManager],
     }
 }
 
-/// The run's id, after checking the request against the state dir and the
-/// saved plans.
-fn run_id(req: &RotateRequest) -> Result<String, RotateError> {
-    if let Some(phase) = required_phases(req.ca)
-        .iter()
-        .find(|p| req.apply.skip.iter().any(|s| s == *p))
+/// The run's id and the state dir's record of the rotation, after checking
+/// the request against both and the saved plans.
+fn run_id(req: &RotateRequest) -> Result<(String, Option<Rotation>), RotateError> {
+    if let Some(service) = not_starting(&req.apply.skip)
+        .into_iter()
+        .find(|s| readers(req.what).contains(s))
     {
         return Err(RotateError::NeedsPhase {
-            ca: req.ca.as_str(),
-            phase,
+            what: req.what.describe(),
+            service: service.name(),
         });
     }
-    let ca = req.ca.cert_name();
-    let marker = rotation::rotation(&req.dir, ca)?;
+    let marker = rotation::rotation(&req.dir, req.what.state_name())?;
     let id = match &req.mode {
         Mode::New => {
-            if let Some(m) = marker.filter(|m| m.stage.in_progress()) {
+            if let Some(m) = marker.as_ref().filter(|m| m.stage.in_progress()) {
                 return Err(RotateError::InProgress {
-                    id: m.id,
-                    ca: req.ca.as_str(),
+                    id: m.id.clone(),
+                    what: req.what.describe(),
                     stage: m.stage.as_str(),
                 });
             }
-            return Ok(new_id(req.now));
+            return Ok((new_id(req.now), marker));
         }
         Mode::Resume(id) | Mode::Rollback(id) => id.clone(),
     };
     if !valid_id(&id) {
         return Err(RotateError::BadId(id));
     }
-    let store = store(&req.dir);
+    let store = store(&req.dir, req.what);
     let Some(saved) = store.load::<RotationPlan>(&id)? else {
         return Err(RotateError::NoSavedPlan {
             path: store.path(&id).display().to_string(),
             id,
         });
     };
-    if saved.ca != req.ca {
+    if saved.rotates != req.what {
         return Err(RotateError::OtherCa {
             id,
-            saved: saved.ca.as_str(),
-            asked: req.ca.as_str(),
+            saved: saved.rotates.describe(),
+            asked: req.what.describe(),
         });
     }
-    Ok(id)
+    Ok((id, marker))
 }
 
-fn store(dir: &StateDir) -> PlanStore<'_> {
+fn store(dir: &StateDir, what: Rotated) -> PlanStore<'_> {
     PlanStore {
         state_dir: dir.root(),
-        kind: KIND,
+        kind: kind(what),
     }
 }
 
@@ -267,17 +281,17 @@ pub async fn prepare<'r>(
     reporter: &dyn Reporter,
     cancel: &Cancel,
 ) -> Result<RotateRun<'r>, RotateError> {
-    let id = run_id(&req)?;
+    let (id, marker) = run_id(&req)?;
     let mut reach = Reach::new(inv.hosts.clone(), connector);
     if !req.dry_run {
         reach.lock = Some((LOCK, req.apply.owner.clone()));
     }
     let mut run = RotateRun {
         reach,
-        ca: req.ca,
+        what: req.what,
         id,
         journals: BTreeMap::new(),
-        marker: rotation::rotation(&req.dir, req.ca.cert_name())?,
+        marker,
         plan: None,
         rollout: Rollout {
             dir: req.dir,
@@ -351,24 +365,30 @@ fn plan(inv: &Inventory, mode: &Mode, run: &RotateRun) -> Result<RotationPlan, R
         Direction::Rotate => &FORWARD[..],
         Direction::Rollback => &BACKWARD[..],
     };
-    let ca = run.ca.cert_name();
+    let hours = inv.security.service_account_token_max_hours;
     Ok(RotationPlan {
         id: id.clone(),
-        ca: run.ca,
+        rotates: run.what,
         direction,
         stage: marker.map(|m| m.stage),
         hosts: run.reach.hosts.iter().map(|h| h.name.clone()).collect(),
         leaves: catalogue(inv)
             .into_iter()
-            .filter(|s| s.ca.as_deref() == Some(ca))
+            .filter(|s| s.ca.is_some() && s.ca.as_deref() == run.what.ca_name())
             .map(|s| s.name)
             .collect(),
         steps: steps
             .iter()
             .map(|&step| PlannedStep {
                 step,
-                effect: step.effect(run.ca),
+                effect: step.effect(run.what),
                 done: !phases::needed(run, step),
+                not_before: match tokens::wait(step, marker, hours) {
+                    tokens::Wait::Until(t) if run.what == Rotated::ServiceAccountKey => {
+                        Some(tokens::rfc3339(t))
+                    }
+                    _ => None,
+                },
             })
             .collect(),
     })
@@ -386,8 +406,8 @@ pub async fn execute(
     let plan = run.plan().clone();
     let question = match plan.direction {
         Direction::Rotate => format!(
-            "rotate the {} CA on {} (every host restarts what uses it, one at a time where it matters)",
-            plan.ca.as_str(),
+            "rotate {} on {} (every host restarts what uses it, one at a time where it matters)",
+            plan.rotates.describe(),
             crate::words::count(plan.hosts.len(), "host")
         ),
         Direction::Rollback => format!("roll rotation {} back", plan.id),
@@ -396,7 +416,7 @@ pub async fn execute(
         return Err(RotateError::NotConfirmed);
     }
     if plan.direction == Direction::Rotate {
-        store(&run.rollout.dir).save(&plan.id, &plan)?;
+        store(&run.rollout.dir, plan.rotates).save(&plan.id, &plan)?;
     }
     let env = Env {
         inv,
@@ -404,7 +424,7 @@ pub async fn execute(
         cancel,
         concurrency: run.rollout.options.concurrency,
     };
-    let book = runbook::rotation();
+    let book = runbook::rotation(plan.rotates);
     let result = match plan.direction {
         Direction::Rotate => book.run(&env, run).await,
         Direction::Rollback => book.roll_back(&env, run).await,
@@ -414,7 +434,8 @@ pub async fn execute(
         let cause = run.fault.take().unwrap_or(RotateError::Hosts(e));
         RotateError::Stopped {
             id: plan.id.clone(),
-            ca: plan.ca.as_str(),
+            kind: kind(plan.rotates),
+            command: crate::rotate::command(plan.rotates),
             step,
             cause: Box::new(cause),
         }

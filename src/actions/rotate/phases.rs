@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use crate::actions::apply::{self, ApplyOptions};
 use crate::engine::runbook::new_id;
 use crate::engine::{each, step, Env, Phase, PhaseError};
-use crate::pki::rotation::{self, Rotation, Stage};
+use crate::pki::rotation::{self, Rotated, Rotation, Stage};
 use crate::remote::{BoxFuture, Input};
 use crate::rotate::Step;
 
@@ -40,14 +40,28 @@ fn needs(step: Step, pending: bool, marker: Option<&Rotation>) -> bool {
 }
 
 /// One step of the rotation (see the module doc).
-pub struct Carry(pub Step);
+pub struct Carry {
+    pub step: Step,
+    pub what: Rotated,
+}
 
 impl Phase<RotateRun<'_>> for Carry {
     fn name(&self) -> &'static str {
-        self.0.name()
+        self.step.name()
     }
     fn title(&self) -> &'static str {
-        match self.0 {
+        if self.what == Rotated::ServiceAccountKey {
+            return match self.step {
+                Step::AddNew => "verify tokens with the new key too",
+                Step::Reissue => "sign tokens with the new key",
+                Step::DropOld => "stop verifying with the old key",
+                Step::Finish => "keep the new key alone",
+                Step::RestoreOld => "verify with the old key again",
+                Step::ReissueOld => "sign tokens with the old key again",
+                Step::ForgetNew => "stop verifying with the new key",
+            };
+        }
+        match self.step {
             Step::AddNew => "trust the new CA beside the old one",
             Step::Reissue => "reissue the leaves under the new CA",
             Step::DropOld => "stop trusting the old CA",
@@ -61,7 +75,7 @@ impl Phase<RotateRun<'_>> for Carry {
         false
     }
     fn hosts(&self, s: &RotateRun) -> usize {
-        if needed(s, self.0) {
+        if needed(s, self.step) {
             s.reach.hosts.len()
         } else {
             0
@@ -73,7 +87,7 @@ impl Phase<RotateRun<'_>> for Carry {
         s: &'a mut RotateRun<'_>,
     ) -> BoxFuture<'a, Result<(), PhaseError>> {
         Box::pin(async move {
-            match carry(env, s, self.0).await {
+            match carry(env, s, self.step).await {
                 Ok(()) => Ok(()),
                 Err(RotateError::Hosts(e)) => Err(e),
                 Err(other) => {
@@ -81,7 +95,7 @@ impl Phase<RotateRun<'_>> for Carry {
                     // whole for `execute` to report.
                     s.fault = Some(other);
                     Err(PhaseError {
-                        phase: self.0.name(),
+                        phase: self.step.name(),
                         failures: Vec::new(),
                     })
                 }
@@ -92,8 +106,12 @@ impl Phase<RotateRun<'_>> for Carry {
 
 async fn carry(env: &Env<'_>, s: &mut RotateRun<'_>, the: Step) -> Result<(), RotateError> {
     let now = OffsetDateTime::now_utc();
+    if s.what == Rotated::ServiceAccountKey {
+        super::tokens::gate(env, s, the, now).await?;
+    }
+    super::kubelets::gate(env, s, the).await?;
     let r = &s.rollout;
-    let t = rotation::advance(env.inv, &r.dir, r.unlock, s.ca, &s.id, the.stage(), now)?;
+    let t = rotation::advance(env.inv, &r.dir, r.unlock, s.what, &s.id, the.stage(), now)?;
     if !t.reissued.is_empty() {
         env.reporter.line(
             "state dir",
@@ -103,13 +121,15 @@ async fn carry(env: &Env<'_>, s: &mut RotateRun<'_>, the: Step) -> Result<(), Ro
             ),
         );
     }
-    s.marker = rotation::rotation(&r.dir, s.ca.cert_name())?;
-    // `done` changes which files hold the CA, not what hosts get.
+    // `done` changes which files hold the CA or key, not what hosts get.
     if the != Step::Finish {
         let changed = roll_out(env, &s.rollout, now).await?;
         s.changed.push((the, changed));
+        // Every host carries the stage from now: a dropped signer's wait starts.
+        rotation::settle(&s.rollout.dir, s.what, &s.id, OffsetDateTime::now_utc())?;
     }
-    let text = &crate::rotate::note(&s.id, the);
+    s.marker = rotation::rotation(&s.rollout.dir, s.what.state_name())?;
+    let text = &crate::rotate::note(crate::rotate::kind(s.what), &s.id, the);
     each(
         env,
         the.name(),
@@ -156,6 +176,7 @@ mod tests {
             id: "20261202T100000Z".into(),
             stage,
             furthest,
+            settled_at: None,
         })
     }
 

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use crate::actions::apply::ApplyOptions;
 use crate::engine::{Cancel, Connector, Env, Prompt, Reporter};
 use crate::inventory::Inventory;
-use crate::pki::rotation::{self, Selection};
+use crate::pki::renew::{self, Selection};
 use crate::pki::{StateDir, Unlock};
 
 use super::phases::roll_out;
@@ -47,7 +47,7 @@ pub fn plan(
     now: OffsetDateTime,
 ) -> Result<RenewPlan, RotateError> {
     let rfc = &time::format_description::well_known::Rfc3339;
-    let leaves = rotation::select(inv, dir, selection, now)?
+    let leaves = renew::select(inv, dir, selection, now)?
         .into_iter()
         .map(|(name, t)| RenewLeaf {
             name,
@@ -102,7 +102,7 @@ pub async fn execute(
     if !prompt.confirm(&question) {
         return Err(RotateError::NotConfirmed);
     }
-    let renewed = rotation::renew(inv, &req.dir, req.unlock, &names, req.now)?;
+    let renewed = renew::renew(inv, &req.dir, req.unlock, &names, req.now)?;
     let env = Env {
         inv,
         reporter,

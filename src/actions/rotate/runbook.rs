@@ -1,21 +1,24 @@
-//! The CA rotation runbook: its steps and what undoes each.
+//! The rotation runbook (a CA or the service-account key): its steps and
+//! what undoes each.
 
 use crate::engine::runbook::{Runbook, RunbookStep};
-use crate::rotate::{Step, KIND};
+use crate::pki::rotation::Rotated;
+use crate::rotate::{kind, Step};
 
 use super::phases::Carry;
 use super::RotateRun;
 
 /// add-new, reissue, drop-old, finish; backward: restore-old, reissue-old,
 /// forget-new (finish has no undo: the old CA is gone by then).
-pub fn rotation<'p, 'r: 'p>() -> Runbook<'p, RotateRun<'r>> {
+pub fn rotation<'p, 'r: 'p>(what: Rotated) -> Runbook<'p, RotateRun<'r>> {
+    let carry = |step| Carry { step, what };
     Runbook {
-        kind: KIND,
+        kind: kind(what),
         steps: vec![
-            RunbookStep::new(Carry(Step::AddNew)).undone_by(Carry(Step::ForgetNew)),
-            RunbookStep::new(Carry(Step::Reissue)).undone_by(Carry(Step::ReissueOld)),
-            RunbookStep::new(Carry(Step::DropOld)).undone_by(Carry(Step::RestoreOld)),
-            RunbookStep::new(Carry(Step::Finish)),
+            RunbookStep::new(carry(Step::AddNew)).undone_by(carry(Step::ForgetNew)),
+            RunbookStep::new(carry(Step::Reissue)).undone_by(carry(Step::ReissueOld)),
+            RunbookStep::new(carry(Step::DropOld)).undone_by(carry(Step::RestoreOld)),
+            RunbookStep::new(carry(Step::Finish)),
         ],
     }
 }
@@ -26,7 +29,7 @@ mod tests {
 
     #[test]
     fn forward_and_backward_orders_match_the_plan() {
-        let book = super::rotation();
+        let book = super::rotation(crate::pki::rotation::Rotated::ServiceAccountKey);
         let names = |v: Vec<&dyn crate::engine::Phase<super::RotateRun>>| {
             v.iter().map(|p| p.name()).collect::<Vec<_>>()
         };

@@ -23,6 +23,17 @@ pub(super) fn security(s: &RawSecurity, p: &mut Problems) -> Security {
     let ca_validity_days = s.ca_validity_days.unwrap_or(3650);
     let leaf_validity_days = s.leaf_validity_days.unwrap_or(365);
     lifetimes(ca_validity_days, leaf_validity_days, p);
+    let service_account_token_max_hours = s
+        .service_account_token_max_hours
+        .unwrap_or(DEFAULT_TOKEN_MAX_HOURS);
+    if !(1..=MAX_TOKEN_MAX_HOURS).contains(&service_account_token_max_hours) {
+        p.error(
+            "security.serviceAccountTokenMaxHours",
+            format!(
+                "{service_account_token_max_hours} hours is not between 1 (the apiserver's minimum) and {MAX_TOKEN_MAX_HOURS} (a year: a service-account key rotation waits this long before it drops the old key)"
+            ),
+        );
+    }
     if s.encryption_provider == Some(EncryptionProvider::Aesgcm) {
         p.warning(
             "security.encryptionProvider",
@@ -52,12 +63,20 @@ pub(super) fn security(s: &RawSecurity, p: &mut Problems) -> Security {
         key_algorithm: s.key_algorithm.unwrap_or_default(),
         ca_validity_days,
         leaf_validity_days,
+        service_account_token_max_hours,
         encryption_provider: s.encryption_provider.unwrap_or_default(),
         audit_log,
         tls: tls(s.tls.clone().unwrap_or_default(), p),
         pod_security: pod_security(s.pod_security.clone().unwrap_or_default(), p),
     }
 }
+
+/// A day: kubelets refresh their pods' projected tokens hourly, and a
+/// service-account key rotation waits this long before dropping the old key.
+pub const DEFAULT_TOKEN_MAX_HOURS: u32 = 24;
+/// A year: beyond it a token is a long-lived credential, and a key rotation
+/// would have to wait that long.
+pub const MAX_TOKEN_MAX_HOURS: u32 = 8760;
 
 /// 100 years: the longest lifetime rampart issues. Far beyond any sane CA,
 /// and far from where a date stops being representable (X.509 ends in 9999).

@@ -296,6 +296,32 @@ fn lab_rotate_etcd_ca_and_renew_leaves_without_a_failed_write() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stage(&c).is_none());
+    // The service-account key's plan on the same hosts. Its rollouts
+    // restart kube-apiserver, which this lab does not run: skipping that
+    // is refused before anything changes.
+    let out = c.run(&["rotate", "service-account-key", "-i", &inv, "--dry-run"]);
+    assert_success(&out, "rotate service-account-key --dry-run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("rotate the service-account key")
+            && text.contains("1. add-new")
+            && text.contains("3. drop-old")
+            && !text.contains("leaves it signs"),
+        "{text}"
+    );
+    let out = c.run(&[
+        "rotate",
+        "service-account-key",
+        "-i",
+        &inv,
+        "--yes",
+        "--skip-phases",
+        SKIP,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("needs kube-apiserver restarted"), "{err}");
+    assert!(!c.state_dir.join("pki/sa.rotation.json").exists());
 
     // Killed inside each step's rollout, resumed each time.
     kill_during(&c, "add-new", &[]);
