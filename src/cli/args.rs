@@ -43,8 +43,8 @@ pub enum Command {
     /// Audit the live cluster over SSH, read-only: CIS checks on what runs, drift from the
     /// rendered files, health, backups and certificate expiry.
     Verify(VerifyArgs),
-    /// Rotate a CA or the service-account key across the fleet, with an
-    /// overlap (resumable, rollback-able).
+    /// Rotate a CA, the service-account key or the encryption-at-rest key
+    /// across the fleet, with an overlap (resumable, rollback-able).
     #[command(subcommand)]
     Rotate(RotateCommand),
     /// Host keys and locks.
@@ -392,6 +392,10 @@ pub enum RotateCommand {
     /// everywhere, sign with the new one, drop the old one once every token
     /// it signed has expired (security.serviceAccountTokenMaxHours).
     ServiceAccountKey(RotateRunArgs),
+    /// Replace the encryption-at-rest key: decrypt with old + new
+    /// everywhere, encrypt with the new one, rewrite every Secret the old
+    /// one encrypts (found by scanning etcd), drop it once a scan finds none.
+    EncryptionKey(RotateRunArgs),
 }
 
 /// Which CA `rotate ca` replaces.

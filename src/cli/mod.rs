@@ -100,6 +100,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             &a,
             verbose,
         ),
+        Command::Rotate(args::RotateCommand::EncryptionKey(a)) => {
+            rotate_cmds::rotate(rampart::pki::rotation::Rotated::EncryptionKey, &a, verbose)
+        }
         Command::Users(args::UsersCommand::Kubeconfig { name, state, out }) => {
             pki_cmds::user_kubeconfig(&name, &state, out.as_deref())
         }

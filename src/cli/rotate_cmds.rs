@@ -177,6 +177,23 @@ fn print_rotation(p: &RotationPlan, output: Output) -> Result<()> {
             p.leaves.join(", ")
         );
     }
+    if let Some(etcd) = &p.etcd {
+        let keys: Vec<String> = etcd
+            .encrypted
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        println!(
+            "etcd: {} values; encrypted, by provider:key: {}; Secrets not encrypted: {}",
+            etcd.values,
+            if keys.is_empty() {
+                "none".into()
+            } else {
+                keys.join(", ")
+            },
+            etcd.plain_secrets
+        );
+    }
     for (i, s) in p.steps.iter().enumerate() {
         let mark = match (&s.not_before, s.done) {
             (_, true) => "done on every host".to_string(),

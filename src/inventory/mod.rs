@@ -226,3 +226,20 @@ fn syntax_message(e: &serde_path_to_error::Error<serde_yaml::Error>) -> String {
         format!("{path}{loc}: {}{hint}", msg.trim())
     }
 }
+
+/// One etcd and control-plane host, for unit tests; `binaries` sets
+/// `binaries.dir` (where a test puts stand-in tools).
+#[cfg(test)]
+pub(crate) fn one_host(binaries: Option<&std::path::Path>) -> Inventory {
+    let dir = binaries.map_or(String::new(), |d| {
+        format!("binaries: {{dir: {}}}\n", d.display())
+    });
+    parse(
+        &format!(
+            "cluster: {{name: t, kubernetesVersion: \"1.34\"}}\n{dir}hosts:\n  - {{name: cp1, address: 10.0.0.1, roles: [etcd, control-plane]}}\n"
+        ),
+        std::path::Path::new("i.yaml"),
+    )
+    .unwrap()
+    .inventory
+}

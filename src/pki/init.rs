@@ -149,7 +149,7 @@ pub fn init_with(
     let (sa_key, sa_pub, sa_action) =
         service_account(dir, &key, missing(refuse, &policy, &mut pending))?;
     report.entries.push(("sa".into(), sa_action));
-    let (encryption_key, enc_action) =
+    let (encryption_keys, enc_action) =
         encryption_key(dir, &key, missing(refuse, &policy, &mut pending))?;
     report.entries.push(("encryption-key".into(), enc_action));
     let (push_keys, push_report) = push_keys(inv, dir, &key, Some(&mut pending))?;
@@ -160,7 +160,7 @@ pub fn init_with(
         trust,
         service_account_key: sa_key,
         service_account_pub: sa_pub,
-        encryption_key,
+        encryption_keys,
         push_keys,
     };
     super_admin_conf(inv, dir, &key, &pki, &mut pending)?;
@@ -220,14 +220,14 @@ pub fn load(inv: &Inventory, dir: &StateDir, unlock: &Unlock) -> Result<Pki, Pki
     // never shipped to a host.
     const REFUSE: Missing = Missing::Refuse("(`rampart init` has not created it)");
     let (sa_key, sa_pub, _) = service_account(dir, &key, REFUSE)?;
-    let (encryption_key, _) = encryption_key(dir, &key, REFUSE)?;
+    let (encryption_keys, _) = encryption_key(dir, &key, REFUSE)?;
     let (push_keys, _) = push_keys(inv, dir, &key, None)?;
     Ok(Pki {
         certs,
         trust,
         service_account_key: sa_key,
         service_account_pub: sa_pub,
-        encryption_key,
+        encryption_keys,
         push_keys,
     })
 }

@@ -15,7 +15,7 @@ use super::issue::{self, Policy};
 use super::kubeconfig::kubeconfig;
 use super::report::Issuance;
 use super::store::{Pending, StateDir, StateKey};
-use super::{names, Pki, PkiError, PushKey};
+use super::{names, EncryptionKey, Pki, PkiError, PushKey};
 
 /// What `init` may do about material that is not in the state dir.
 pub(super) enum Missing<'a> {
@@ -77,15 +77,20 @@ pub(super) fn service_account(
     }
 }
 
-/// Reuses the encryption-at-rest key: losing it would make every stored Secret unreadable.
+/// Reuses the encryption-at-rest key (losing it would make every stored
+/// Secret unreadable; `rampart rotate encryption-key` replaces it with an
+/// overlap), as the rotation's stage has the apiservers use it.
 pub(super) fn encryption_key(
     dir: &StateDir,
     key: &StateKey,
     missing: Missing<'_>,
-) -> Result<(Secret, Issuance), PkiError> {
+) -> Result<(Vec<EncryptionKey>, Issuance), PkiError> {
     let path = dir.encryption_key_path();
     match dir.read_sealed(&path, key)? {
-        Some(k) if k.expose().len() == 32 => Ok((k, Issuance::Reused)),
+        Some(k) if k.expose().len() == 32 => Ok((
+            super::rotation::encryption_view(dir, key, k)?,
+            Issuance::Reused,
+        )),
         Some(k) => Err(PkiError::Corrupt {
             path,
             reason: format!("{} bytes, expected 32", k.expose().len()),
@@ -103,7 +108,13 @@ pub(super) fn encryption_key(
                 bytes: key.seal(k.expose(), &path)?,
                 path,
             });
-            Ok((k, Issuance::Issued))
+            Ok((
+                vec![EncryptionKey {
+                    name: super::rotation::FIRST_KEY_NAME.into(),
+                    key: k,
+                }],
+                Issuance::Issued,
+            ))
         }
     }
 }

@@ -59,10 +59,19 @@ pub struct Pki {
     /// The service-account signing key (private, PEM) and its public half (PEM).
     pub service_account_key: Secret,
     pub service_account_pub: String,
-    /// 32 random bytes for the EncryptionConfiguration provider.
-    pub encryption_key: Secret,
+    /// The EncryptionConfiguration's keys: the first encrypts, all decrypt
+    /// (two during a rotation of the key, see [`rotation`]).
+    pub encryption_keys: Vec<EncryptionKey>,
     /// Per etcd member, when backups are copied to a target (else empty).
     pub push_keys: BTreeMap<String, PushKey>,
+}
+
+/// An encryption-at-rest key: 32 random bytes, and its name in the
+/// EncryptionConfiguration (every value it encrypts carries the name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptionKey {
+    pub name: String,
+    pub key: Secret,
 }
 
 /// An etcd member's SSH key for copying backups to the backup target.
@@ -101,9 +110,9 @@ impl Pki {
     pub fn service_account_pub(&self) -> &str {
         &self.service_account_pub
     }
-    /// The 32-byte key for the EncryptionConfiguration (raw bytes; base64 it for the file).
+    /// The 32-byte key that encrypts new writes (raw bytes; base64 it for the file).
     pub fn encryption_key(&self) -> &Secret {
-        &self.encryption_key
+        &self.encryption_keys[0].key
     }
     /// A kubeconfig authenticating as catalogue cert `cert` (user name: its CN, as
     /// kubeadm does), trusting the cluster CA, talking to `server_url`. Render uses

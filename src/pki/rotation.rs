@@ -36,7 +36,7 @@ use super::catalogue::{catalogue, CertSpec};
 use super::inspect::CertFacts;
 use super::issue::{self, Policy, Signer};
 use super::store::{Pending, StateDir, StateKey, Unlock};
-use super::{names, Issued, PkiError};
+use super::{names, EncryptionKey, Issued, PkiError};
 
 /// What a rotation replaces: one of the three CAs, or the service-account
 /// signing key.
@@ -51,10 +51,17 @@ pub enum Rotated {
     FrontProxy,
     /// The key that signs service-account tokens (`sa.key`, `sa.pub`).
     ServiceAccountKey,
+    /// The key that encrypts Secrets at rest (`encryption-key.age`).
+    EncryptionKey,
 }
 
 /// The service-account key pair's state-dir name (`sa.key.age`, `sa.pub`).
 pub const SERVICE_ACCOUNT: &str = "sa";
+/// The encryption-at-rest key's state-dir name (`encryption-key.age`, and
+/// `encryption-key.name` once a rotation named it).
+pub const ENCRYPTION_KEY: &str = "encryption-key";
+/// The name of the key `init` generates, in the EncryptionConfiguration.
+pub const FIRST_KEY_NAME: &str = "key1";
 
 impl Rotated {
     /// The CA's catalogue name (see [`names`]); None for the service-account key.
@@ -63,12 +70,16 @@ impl Rotated {
             Rotated::Kubernetes => Some(names::CA),
             Rotated::Etcd => Some(names::ETCD_CA),
             Rotated::FrontProxy => Some(names::FRONT_PROXY_CA),
-            Rotated::ServiceAccountKey => None,
+            Rotated::ServiceAccountKey | Rotated::EncryptionKey => None,
         }
     }
     /// Its state-dir name: the rotation's record is `pki/<name>.rotation.json`.
     pub fn state_name(self) -> &'static str {
-        self.ca_name().unwrap_or(SERVICE_ACCOUNT)
+        match self {
+            Rotated::ServiceAccountKey => SERVICE_ACCOUNT,
+            Rotated::EncryptionKey => ENCRYPTION_KEY,
+            ca => ca.ca_name().expect("a CA"),
+        }
     }
     /// How `--ca` names a CA (`service-account-key` for the key).
     pub fn as_str(self) -> &'static str {
@@ -77,6 +88,7 @@ impl Rotated {
             Rotated::Etcd => "etcd",
             Rotated::FrontProxy => "front-proxy",
             Rotated::ServiceAccountKey => "service-account-key",
+            Rotated::EncryptionKey => "encryption-key",
         }
     }
     /// For messages: "the etcd CA", "the service-account key".
@@ -86,6 +98,7 @@ impl Rotated {
             Rotated::Etcd => "the etcd CA",
             Rotated::FrontProxy => "the front-proxy CA",
             Rotated::ServiceAccountKey => "the service-account key",
+            Rotated::EncryptionKey => "the encryption-at-rest key",
         }
     }
 }
@@ -254,6 +267,57 @@ pub(super) fn service_account_view(
     Ok((private, verify))
 }
 
+/// The names of the encryption-at-rest keys in the EncryptionConfiguration
+/// at the key's rotation's stage: the one that encrypts first, then the one
+/// that only decrypts (no unlock needed: names are not secret).
+pub fn encryption_names(dir: &StateDir) -> Result<Vec<String>, PkiError> {
+    let (writer, other) = roles(rotation(dir, ENCRYPTION_KEY)?.map(|r| r.stage));
+    std::iter::once(writer)
+        .chain(other)
+        .map(|w| encryption_name(dir, matches!(w, Which::Next)))
+        .collect()
+}
+
+/// The name of the current (or, with `next`, the new) encryption key.
+fn encryption_name(dir: &StateDir, next: bool) -> Result<String, PkiError> {
+    let [path, _] = files(dir, Rotated::EncryptionKey, next);
+    match dir.read_public(&path)? {
+        Some(b) => Ok(String::from_utf8_lossy(&b).trim().to_string()),
+        None if !next => Ok(FIRST_KEY_NAME.to_string()),
+        None => Err(missing_next(path, "key", "encryption-key")),
+    }
+}
+
+/// The encryption-at-rest keys as the apiservers use them at the key's
+/// rotation's stage, named as [`encryption_names`] lists them. `current`
+/// is what `encryption-key.age` holds.
+pub(super) fn encryption_view(
+    dir: &StateDir,
+    key: &StateKey,
+    current: Secret,
+) -> Result<Vec<EncryptionKey>, PkiError> {
+    let (writer, other) = roles(rotation(dir, ENCRYPTION_KEY)?.map(|r| r.stage));
+    let names = encryption_names(dir)?;
+    let next = || -> Result<Secret, PkiError> {
+        let [public, sealed] = files(dir, Rotated::EncryptionKey, true);
+        dir.read_sealed(&sealed, key)?
+            .ok_or_else(|| missing_next(public, "key", "encryption-key"))
+    };
+    std::iter::once(writer)
+        .chain(other)
+        .zip(names)
+        .map(|(w, name)| {
+            Ok(EncryptionKey {
+                name,
+                key: match w {
+                    Which::Current => current.clone(),
+                    Which::Next => next()?,
+                },
+            })
+        })
+        .collect()
+}
+
 fn read_next(dir: &StateDir, key: &StateKey, ca: &str) -> Result<Issued, PkiError> {
     let name = next_name(ca);
     match (
@@ -324,19 +388,30 @@ pub fn service_account_public(dir: &StateDir, next: bool) -> Result<Option<Strin
         .map(|b| String::from_utf8_lossy(&b).into_owned()))
 }
 
+/// The state-dir name of an encryption key a rotation retired
+/// (`pki/encryption-key.retired.<key name>.age`).
+pub fn retired_name(key_name: &str) -> String {
+    format!("{ENCRYPTION_KEY}.retired.{key_name}")
+}
+
 /// The state-dir name of the new CA or key during a rotation of `name`.
 pub fn next_name(name: &str) -> String {
     format!("{name}.next")
 }
 
-/// The new CA's or key's files, removed once a rotation ends.
-fn next_files(dir: &StateDir, what: Rotated) -> [PathBuf; 2] {
-    let next = next_name(what.state_name());
-    let public = match what.ca_name() {
-        Some(_) => dir.cert_path(&next),
-        None => dir.public_key_path(&next),
+/// The files of `what`'s current (or, with `next`, new) CA or key: the
+/// public half (certificate, public key, or the encryption key's name)
+/// and the sealed private half.
+fn files(dir: &StateDir, what: Rotated, next: bool) -> [PathBuf; 2] {
+    let name = match next {
+        true => next_name(what.state_name()),
+        false => what.state_name().to_string(),
     };
-    [public, dir.key_path(&next)]
+    match what {
+        Rotated::ServiceAccountKey => [dir.public_key_path(&name), dir.key_path(&name)],
+        Rotated::EncryptionKey => [dir.name_path(&name), dir.sealed_path(&name)],
+        _ => [dir.cert_path(&name), dir.key_path(&name)],
+    }
 }
 
 /// What a stage transition did: the leaves it reissued.
@@ -406,8 +481,8 @@ pub fn advance(
     let mut pending = Vec::new();
     match (to, what.ca_name()) {
         // Forward from nothing (a fresh rotation): the new CA or key.
-        (Stage::AddNew, ca) if !have.as_ref().is_some_and(|r| r.stage.in_progress()) => {
-            generate(inv, dir, &key, ca, &policy, &mut pending)?
+        (Stage::AddNew, _) if !have.as_ref().is_some_and(|r| r.stage.in_progress()) => {
+            generate(inv, dir, &key, what, id, &policy, &mut pending)?
         }
         // Back from `reissue`: the leaves again under the old CA.
         (Stage::AddNew, Some(ca)) if this_run(Stage::Reissue) => {
@@ -418,18 +493,27 @@ pub fn advance(
             let next = read_next(dir, &key, ca)?;
             t.reissued = reissue(inv, dir, &key, ca, &next, &policy, &mut pending)?;
         }
-        // The service-account key only switches signers (see `roles`).
+        // The service-account and encryption keys only switch signers (see `roles`).
         (Stage::AddNew, None) if this_run(Stage::Reissue) => {}
         (Stage::Reissue, None) if this_run(Stage::AddNew) => {}
         (Stage::Reissue, _) if this_run(Stage::DropOld) => {}
         (Stage::DropOld, _) if this_run(Stage::Reissue) => {}
         (Stage::Done, _) if this_run(Stage::DropOld) => {
             // The new CA or key takes the old one's files; sealed keys move as is.
-            let [public, sealed] = next_files(dir, what);
-            let (old_public, old_sealed) = match what.ca_name() {
-                Some(ca) => (dir.cert_path(ca), dir.key_path(ca)),
-                None => (dir.sa_pub_path(), dir.sa_key_path()),
-            };
+            let [public, sealed] = files(dir, what, true);
+            let [old_public, old_sealed] = files(dir, what, false);
+            if what == Rotated::EncryptionKey {
+                // Backups taken before the rotation hold values only the old
+                // key decrypts: it is kept, sealed, under its name.
+                let name = encryption_name(dir, false)?;
+                let bytes = dir
+                    .read_public(&old_sealed)?
+                    .ok_or_else(|| refuse("the old encryption key is missing".into()))?;
+                pending.push(Pending {
+                    path: dir.sealed_path(&retired_name(&name)),
+                    bytes,
+                });
+            }
             for (from, to) in [(sealed, old_sealed), (public, old_public)] {
                 let bytes = dir
                     .read_public(&from)?
@@ -452,45 +536,48 @@ pub fn advance(
     dir.write_all(pending)?;
     if matches!(to, Stage::Done | Stage::RolledBack) {
         // No longer read (the stage says so); removed so no stale key lies about.
-        for path in next_files(dir, what) {
+        for path in files(dir, what, true) {
             let _ = std::fs::remove_file(path);
         }
     }
     Ok(t)
 }
 
-/// The new CA (`ca`) or service-account key pair (None), into `pending`.
+/// The new CA or key of rotation `id`, into `pending`.
 fn generate(
     inv: &Inventory,
     dir: &StateDir,
     key: &StateKey,
-    ca: Option<&str>,
+    what: Rotated,
+    id: &str,
     policy: &Policy,
     pending: &mut Vec<Pending>,
 ) -> Result<(), PkiError> {
-    match ca {
+    let [public, sealed] = files(dir, what, true);
+    let (private, public_bytes) = match what.ca_name() {
         Some(ca) => {
             let spec = catalogue(inv)
                 .into_iter()
                 .find(|s| s.name == ca)
                 .expect("every CA is in the catalogue");
             let issued = issue::self_signed_ca(&spec, policy)?;
-            pending.extend(dir.issued_files(key, &next_name(ca), &issued)?);
+            (issued.key_pem, issued.cert_pem.into_bytes())
         }
-        None => {
-            let next = next_name(SERVICE_ACCOUNT);
+        None if what == Rotated::ServiceAccountKey => {
             let (private, public) = issue::service_account_key(policy.key_algorithm)?;
-            let sealed = dir.key_path(&next);
-            pending.push(Pending {
-                bytes: key.seal(private.expose(), &sealed)?,
-                path: sealed,
-            });
-            pending.push(Pending {
-                path: dir.public_key_path(&next),
-                bytes: public.into_bytes(),
-            });
+            (private, public.into_bytes())
         }
-    }
+        // A name no earlier key had: values carry it in their prefix.
+        None => (issue::encryption_key(), format!("key-{id}").into_bytes()),
+    };
+    pending.push(Pending {
+        bytes: key.seal(private.expose(), &sealed)?,
+        path: sealed,
+    });
+    pending.push(Pending {
+        path: public,
+        bytes: public_bytes,
+    });
     Ok(())
 }
 

@@ -120,7 +120,16 @@ impl StateDir {
         self.root.join("pki").join(format!("{name}.pub"))
     }
     pub fn encryption_key_path(&self) -> PathBuf {
-        self.root.join("pki/encryption-key.age")
+        self.sealed_path(super::rotation::ENCRYPTION_KEY)
+    }
+    /// `pki/<name>.age`: sealed material that is not a certificate's key.
+    pub fn sealed_path(&self, name: &str) -> PathBuf {
+        self.root.join("pki").join(format!("{name}.age"))
+    }
+    /// `pki/<name>.name`: the name an encryption key has in the
+    /// EncryptionConfiguration (and in every value it encrypts).
+    pub fn name_path(&self, name: &str) -> PathBuf {
+        self.root.join("pki").join(format!("{name}.name"))
     }
     /// An etcd member's backup push key (`backups.target`), sealed.
     pub fn push_key_path(&self, member: &str) -> PathBuf {

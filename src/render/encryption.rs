@@ -9,6 +9,7 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::inventory::EncryptionProvider;
+use crate::pki::EncryptionKey;
 use crate::secret::Secret;
 
 #[derive(Serialize)]
@@ -41,7 +42,7 @@ struct Provider<'a> {
 
 #[derive(Serialize)]
 struct Keys<'a> {
-    keys: [Key<'a>; 1],
+    keys: Vec<Key<'a>>,
 }
 
 #[derive(Serialize)]
@@ -49,22 +50,31 @@ struct Empty {}
 
 #[derive(Serialize)]
 struct Key<'a> {
-    name: &'static str,
+    name: &'a str,
     secret: &'a str,
 }
 
-/// `encryption-config.yaml`: the chosen provider first (it encrypts new writes),
-/// `identity` last so Secrets written before encryption was enabled stay readable.
+/// `encryption-config.yaml`: the chosen provider first with `keys` in
+/// order (the first encrypts new writes, every one decrypts: a key
+/// rotation's overlap), `identity` last so Secrets written before
+/// encryption was enabled stay readable.
 pub fn encryption_config(
     provider: EncryptionProvider,
-    key: &Secret,
+    keys: &[EncryptionKey],
 ) -> Result<Secret, serde_yaml::Error> {
-    let secret = Zeroizing::new(STANDARD.encode(key.expose()));
+    let secrets: Vec<Zeroizing<String>> = keys
+        .iter()
+        .map(|k| Zeroizing::new(STANDARD.encode(k.key.expose())))
+        .collect();
     let keys = Some(Keys {
-        keys: [Key {
-            name: "key1",
-            secret: &secret,
-        }],
+        keys: keys
+            .iter()
+            .zip(&secrets)
+            .map(|(k, secret)| Key {
+                name: &k.name,
+                secret,
+            })
+            .collect(),
     });
     let first = match provider {
         EncryptionProvider::Secretbox => Provider {
@@ -99,10 +109,16 @@ pub fn encryption_config(
 mod tests {
     use super::*;
 
+    fn key(name: &str, byte: u8) -> EncryptionKey {
+        EncryptionKey {
+            name: name.into(),
+            key: Secret::new(vec![byte; 32]),
+        }
+    }
+
     #[test]
     fn provider_first_identity_last_key_base64() {
-        let key = Secret::new(vec![7u8; 32]);
-        let out = encryption_config(EncryptionProvider::Aescbc, &key).unwrap();
+        let out = encryption_config(EncryptionProvider::Aescbc, &[key("key1", 7)]).unwrap();
         let v: serde_yaml::Value = serde_yaml::from_slice(out.expose()).unwrap();
         let providers = &v["resources"][0]["providers"];
         assert_eq!(v["kind"], "EncryptionConfiguration");
@@ -116,5 +132,18 @@ mod tests {
             serde_yaml::Value::Mapping(serde_yaml::Mapping::new())
         );
         assert_eq!(providers.as_sequence().unwrap().len(), 2);
+        assert_eq!(providers[0]["aescbc"]["keys"][0]["name"], "key1");
+    }
+
+    /// During a rotation both keys decrypt; the first one encrypts.
+    #[test]
+    fn every_key_in_order_the_writer_first() {
+        let keys = [key("key-20261202T100000Z", 1), key("key1", 2)];
+        let out = encryption_config(EncryptionProvider::Secretbox, &keys).unwrap();
+        let v: serde_yaml::Value = serde_yaml::from_slice(out.expose()).unwrap();
+        let listed = &v["resources"][0]["providers"][0]["secretbox"]["keys"];
+        assert_eq!(listed[0]["name"], "key-20261202T100000Z");
+        assert_eq!(listed[1]["name"], "key1");
+        assert_eq!(listed[1]["secret"], STANDARD.encode([2u8; 32]));
     }
 }

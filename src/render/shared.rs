@@ -80,7 +80,7 @@ impl Shared {
             event_rate_limit: render(templates::EVENT_RATE_LIMIT, &NoVars {})?,
             encryption_config: encryption_config(
                 inv.security.encryption_provider,
-                &pki.encryption_key,
+                &pki.encryption_keys,
             )
             .map_err(yaml_err("/etc/kubernetes/encryption-config.yaml"))?,
             admin_conf: kubeconfig(

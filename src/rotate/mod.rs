@@ -9,6 +9,9 @@
 //! rollout that carries it succeeded on every host, so `--resume` starts
 //! again at the first step some host has not recorded.
 
+pub mod etcd_scan;
+pub mod rewrite;
+
 use serde::{Deserialize, Serialize};
 
 use crate::engine::runbook::{journal_path, journal_prelude, JournalStep};
@@ -21,6 +24,7 @@ use crate::remote::script::at;
 pub fn kind(what: Rotated) -> &'static str {
     match what {
         Rotated::ServiceAccountKey => "rotate-sa-key",
+        Rotated::EncryptionKey => "rotate-encryption-key",
         _ => "rotate-ca",
     }
 }
@@ -29,6 +33,7 @@ pub fn kind(what: Rotated) -> &'static str {
 pub fn command(what: Rotated) -> String {
     match what {
         Rotated::ServiceAccountKey => "rampart rotate service-account-key".into(),
+        Rotated::EncryptionKey => "rampart rotate encryption-key".into(),
         ca => format!("rampart rotate ca --ca {}", ca.as_str()),
     }
 }
@@ -41,6 +46,9 @@ pub enum Step {
     AddNew,
     /// Every leaf of the CA is reissued under the new one.
     Reissue,
+    /// Every value the old encryption key encrypts is rewritten under the
+    /// new one (encryption key only).
+    Rewrite,
     /// The old CA is gone from every bundle.
     DropOld,
     /// The state dir keeps the new CA alone; the rotation is over.
@@ -49,6 +57,9 @@ pub enum Step {
     RestoreOld,
     /// Rollback: the leaves are reissued under the old CA.
     ReissueOld,
+    /// Rollback: every value the new encryption key encrypts is rewritten
+    /// under the old one.
+    RewriteOld,
     /// Rollback: the new CA is gone from every bundle; the rotation is over.
     ForgetNew,
 }
@@ -58,19 +69,21 @@ impl Step {
         match self {
             Step::AddNew => "add-new",
             Step::Reissue => "reissue",
+            Step::Rewrite => "rewrite",
             Step::DropOld => "drop-old",
             Step::Finish => "finish",
             Step::RestoreOld => "restore-old",
             Step::ReissueOld => "reissue-old",
+            Step::RewriteOld => "rewrite-old",
             Step::ForgetNew => "forget-new",
         }
     }
 
-    /// The state-dir stage this step rolls out.
+    /// The state-dir stage this step rolls out (a rewrite works within one).
     pub fn stage(self) -> Stage {
         match self {
-            Step::AddNew | Step::ReissueOld => Stage::AddNew,
-            Step::Reissue | Step::RestoreOld => Stage::Reissue,
+            Step::AddNew | Step::ReissueOld | Step::RewriteOld => Stage::AddNew,
+            Step::Reissue | Step::RestoreOld | Step::Rewrite => Stage::Reissue,
             Step::DropOld => Stage::DropOld,
             Step::Finish => Stage::Done,
             Step::ForgetNew => Stage::RolledBack,
@@ -79,6 +92,19 @@ impl Step {
 
     /// What hosts trust and what signs once the step is done, for the plan.
     pub fn effect(self, what: Rotated) -> String {
+        if what == Rotated::EncryptionKey {
+            return match self {
+                Step::AddNew => "generate a new encryption key; every apiserver decrypts with old + new".into(),
+                Step::Reissue => "encrypt new writes with the new key".into(),
+                Step::Rewrite => "rewrite every Secret the etcd scan finds under the old key, until it finds none".into(),
+                Step::DropOld => "drop the old key once a scan of etcd finds no value it encrypts".into(),
+                Step::Finish => "keep the new key alone in the state dir".into(),
+                Step::RestoreOld => "decrypt with old + new again".into(),
+                Step::ReissueOld => "encrypt new writes with the old key again".into(),
+                Step::RewriteOld => "rewrite every Secret the new key encrypts under the old one".into(),
+                Step::ForgetNew => "drop the new key once a scan of etcd finds no value it encrypts".into(),
+            };
+        }
         if what == Rotated::ServiceAccountKey {
             return match self {
                 Step::AddNew => "generate a new service-account key; every apiserver verifies with old + new".into(),
@@ -88,6 +114,7 @@ impl Step {
                 Step::RestoreOld => "verify with old + new again".into(),
                 Step::ReissueOld => "sign tokens with the old key again".into(),
                 Step::ForgetNew => "drop the new key (once the tokens it signed have expired) from every apiserver and the state dir".into(),
+                Step::Rewrite | Step::RewriteOld => "(only for the encryption key)".into(),
             };
         }
         let ca = what.as_str();
@@ -99,6 +126,7 @@ impl Step {
             Step::RestoreOld => "every bundle trusts old + new again".into(),
             Step::ReissueOld => format!("reissue every {ca} leaf under the old CA"),
             Step::ForgetNew => "drop the new CA from every bundle and the state dir".into(),
+            Step::Rewrite | Step::RewriteOld => "(only for the encryption key)".into(),
         }
     }
 
@@ -114,10 +142,12 @@ impl JournalStep for Step {
     const ALL: &'static [Step] = &[
         Step::AddNew,
         Step::Reissue,
+        Step::Rewrite,
         Step::DropOld,
         Step::Finish,
         Step::RestoreOld,
         Step::ReissueOld,
+        Step::RewriteOld,
         Step::ForgetNew,
     ];
     fn name(self) -> &'static str {
@@ -125,10 +155,32 @@ impl JournalStep for Step {
     }
 }
 
-/// The forward steps, in order.
-pub const FORWARD: [Step; 4] = [Step::AddNew, Step::Reissue, Step::DropOld, Step::Finish];
+/// The forward steps of rotating `what`, in order.
+pub fn forward(what: Rotated) -> &'static [Step] {
+    match what {
+        Rotated::EncryptionKey => &[
+            Step::AddNew,
+            Step::Reissue,
+            Step::Rewrite,
+            Step::DropOld,
+            Step::Finish,
+        ],
+        _ => &[Step::AddNew, Step::Reissue, Step::DropOld, Step::Finish],
+    }
+}
+
 /// The rollback's steps, in order (each undoes one forward step, last first).
-pub const BACKWARD: [Step; 3] = [Step::RestoreOld, Step::ReissueOld, Step::ForgetNew];
+pub fn backward(what: Rotated) -> &'static [Step] {
+    match what {
+        Rotated::EncryptionKey => &[
+            Step::RestoreOld,
+            Step::ReissueOld,
+            Step::RewriteOld,
+            Step::ForgetNew,
+        ],
+        _ => &[Step::RestoreOld, Step::ReissueOld, Step::ForgetNew],
+    }
+}
 
 /// What a rotation run does, as data: shown by `--dry-run`, saved before
 /// the first host changes.
@@ -148,6 +200,9 @@ pub struct RotationPlan {
     pub hosts: Vec<String>,
     /// The leaves the CA signs (reissued by `reissue` and `reissue-old`).
     pub leaves: Vec<String>,
+    /// The encryption key: what a scan of etcd found when the plan was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<etcd_scan::Scan>,
     pub steps: Vec<PlannedStep>,
 }
 
@@ -191,12 +246,12 @@ mod tests {
 
     #[test]
     fn each_step_rolls_out_its_stage_and_the_journal_names_round_trip() {
-        let stages: Vec<Stage> = FORWARD.iter().map(|s| s.stage()).collect();
+        let stages: Vec<Stage> = forward(Rotated::Etcd).iter().map(|s| s.stage()).collect();
         assert_eq!(
             stages,
             [Stage::AddNew, Stage::Reissue, Stage::DropOld, Stage::Done]
         );
-        let back: Vec<Stage> = BACKWARD.iter().map(|s| s.stage()).collect();
+        let back: Vec<Stage> = backward(Rotated::Etcd).iter().map(|s| s.stage()).collect();
         assert_eq!(back, [Stage::Reissue, Stage::AddNew, Stage::RolledBack]);
         let text: String = Step::ALL
             .iter()

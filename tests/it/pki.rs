@@ -127,7 +127,7 @@ fn second_init_reuses_everything_and_load_agrees() {
         first.get("apiserver").key_pem,
         second.get("apiserver").key_pem
     );
-    assert_eq!(first.encryption_key, second.encryption_key);
+    assert_eq!(first.encryption_keys, second.encryption_keys);
     let loaded = pki::load(&inv, &f.dir, &f.unlock).unwrap();
     assert_eq!(loaded.certs.len(), first.certs.len());
     assert_eq!(loaded.service_account_pub, first.service_account_pub);
@@ -997,4 +997,92 @@ fn service_account_key_rotation_signs_with_one_and_verifies_with_both() {
         now(),
     )
     .unwrap();
+}
+
+/// The encryption key's rotation in a real state dir: the apiservers'
+/// EncryptionConfiguration lists the key that encrypts first and the one
+/// that still decrypts after it, each under its own name (the name every
+/// value carries); a full rotation leaves the new key alone under its name,
+/// and `init` reuses it.
+#[test]
+fn encryption_key_rotation_keeps_both_keys_named_until_the_old_one_goes() {
+    use rampart::pki::rotation::{advance, encryption_names, Rotated, Stage};
+    let f = fixture();
+    let inv = inventory(HA);
+    pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
+    let go = |id: &str, to: Stage| {
+        advance(
+            &inv,
+            &f.dir,
+            &f.unlock,
+            Rotated::EncryptionKey,
+            id,
+            to,
+            now(),
+        )
+    };
+    let keys = || -> Vec<(String, Vec<u8>)> {
+        pki::load(&inv, &f.dir, &f.unlock)
+            .unwrap()
+            .encryption_keys
+            .iter()
+            .map(|k| (k.name.clone(), k.key.expose().to_vec()))
+            .collect()
+    };
+    let first = keys();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].0, "key1", "the name init always gave");
+    let old = first[0].clone();
+    let id = "20261202T100000Z";
+
+    go(id, Stage::AddNew).unwrap();
+    let k = keys();
+    assert_eq!(k[0], old, "add-new: the old key still encrypts");
+    assert_eq!(k[1].0, "key-20261202T100000Z");
+    assert_eq!(k[1].1.len(), 32);
+    assert_ne!(k[1].1, old.1);
+    let new = k[1].clone();
+    assert_eq!(
+        encryption_names(&f.dir).unwrap(),
+        ["key1", "key-20261202T100000Z"]
+    );
+
+    go(id, Stage::Reissue).unwrap();
+    assert_eq!(
+        keys(),
+        [new.clone(), old.clone()],
+        "reissue: the new key encrypts"
+    );
+    go(id, Stage::DropOld).unwrap();
+    assert_eq!(keys(), std::slice::from_ref(&new));
+
+    // Back to the old key alone, still called key1.
+    for stage in [Stage::Reissue, Stage::AddNew, Stage::RolledBack] {
+        go(id, stage).unwrap();
+    }
+    assert_eq!(keys(), std::slice::from_ref(&old));
+
+    // A full rotation: the new key takes encryption-key.age and its name.
+    let id2 = "20261202T120000Z";
+    for stage in [Stage::AddNew, Stage::Reissue, Stage::DropOld, Stage::Done] {
+        go(id2, stage).unwrap();
+    }
+    let k = keys();
+    assert_eq!(k.len(), 1);
+    assert_eq!(k[0].0, "key-20261202T120000Z");
+    assert_ne!(k[0].1, old.1);
+    assert!(!f.dir.sealed_path("encryption-key.next").exists());
+    // The old key stays, sealed, for backups taken before the rotation.
+    let retired = f.dir.sealed_path("encryption-key.retired.key1");
+    assert!(retired.exists());
+    assert_eq!(
+        fs::metadata(&retired).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (_, report) = pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();
+    assert!(
+        report.entries.iter().all(|(_, a)| *a == Issuance::Reused),
+        "{report:?}"
+    );
+    assert_eq!(keys(), k, "init keeps the rotated key and its name");
 }

@@ -127,7 +127,10 @@ pub fn fake_pki(inv: &Inventory) -> Pki {
         ),
         service_account_pub: "-----BEGIN PUBLIC KEY-----\nFAKE sa\n-----END PUBLIC KEY-----\n"
             .into(),
-        encryption_key: Secret::new(vec![0x42; 32]),
+        encryption_keys: vec![rampart::pki::EncryptionKey {
+            name: "key1".into(),
+            key: Secret::new(vec![0x42; 32]),
+        }],
         push_keys: push_keys(inv),
     }
 }

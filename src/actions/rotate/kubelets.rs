@@ -99,12 +99,7 @@ mod tests {
 
     #[test]
     fn a_kubelet_certificate_from_the_dropped_ca_is_named() {
-        let inv = crate::inventory::parse(
-            "cluster: {name: t, kubernetesVersion: \"1.34\"}\nhosts:\n  - {name: cp1, address: 10.0.0.1, roles: [etcd, control-plane]}\n",
-            std::path::Path::new("i.yaml"),
-        )
-        .unwrap()
-        .inventory;
+        let inv = crate::inventory::one_host(None);
         let policy = Policy::of(&inv, time::OffsetDateTime::now_utc());
         let specs = crate::pki::catalogue(&inv);
         let spec = |n: &str| -> CertSpec { specs.iter().find(|s| s.name == n).unwrap().clone() };

@@ -9,6 +9,7 @@
 //! journals it. A step that drops a service-account key first waits for
 //! the tokens it signed to expire ([`tokens`]).
 
+pub mod encryption;
 pub mod kubelets;
 pub mod phases;
 pub mod renew;
@@ -29,7 +30,7 @@ use crate::pki::rotation::{self, Rotated, Rotation, Stage};
 use crate::pki::{catalogue, PkiError, StateDir, Unlock};
 use crate::plan::LOCK;
 use crate::render::Service;
-use crate::rotate::{kind, Direction, PlannedStep, RotationPlan, Step, BACKWARD, FORWARD};
+use crate::rotate::{backward, forward, kind, Direction, PlannedStep, RotationPlan, Step};
 
 use super::apply::{not_starting, ApplyError, ApplyOptions};
 
@@ -91,6 +92,11 @@ pub enum RotateError {
     /// needs it (see [`kubelets`]).
     #[error("{step} refused: {reason}")]
     KubeletCerts { step: &'static str, reason: String },
+    /// Rewriting Secrets under the encryption key that encrypts now, or a
+    /// step that would drop a key a value in etcd still needs (see
+    /// [`encryption`]).
+    #[error("{step}: {reason}")]
+    Rewrite { step: &'static str, reason: String },
     #[error(
         "the rotation was not confirmed; nothing was changed: review the plan above and pass --yes"
     )]
@@ -192,6 +198,19 @@ impl RotateRun<'_> {
         self.plan.as_ref().expect("a prepared rotation is planned")
     }
 
+    /// The first connected host with a role (`|r| r.etcd`,
+    /// `|r| r.control_plane`): where a cluster-wide read or rewrite runs.
+    pub fn first_with(
+        &self,
+        role: fn(&crate::inventory::Roles) -> bool,
+    ) -> Option<&crate::engine::ConnectedHost> {
+        self.reach
+            .fleet
+            .members()
+            .iter()
+            .find(|m| role(&m.host.roles))
+    }
+
     /// Ends the lock scripts on every host.
     pub async fn release(&mut self) {
         self.reach.fleet.release().await;
@@ -216,6 +235,7 @@ fn readers(what: Rotated) -> &'static [Service] {
         Rotated::Kubernetes => &[Service::KubeApiserver, Service::Kubelet],
         Rotated::FrontProxy => &[Service::KubeApiserver],
         Rotated::ServiceAccountKey => &[Service::KubeApiserver, Service::KubeControllerManager],
+        Rotated::EncryptionKey => &[Service::KubeApiserver],
     }
 }
 
@@ -315,7 +335,10 @@ pub async fn prepare<'r>(
         concurrency: run.rollout.options.concurrency,
     };
     let planned = match run_in_order(&env, &mut run, &first, &[]).await {
-        Ok(()) => plan(inv, &req.mode, &run),
+        Ok(()) => match encryption::census(&env, &run).await {
+            Ok(etcd) => plan(inv, &req.mode, &run).map(|p| RotationPlan { etcd, ..p }),
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e.into()),
     };
     match planned {
@@ -340,7 +363,7 @@ fn plan(inv: &Inventory, mode: &Mode, run: &RotateRun) -> Result<RotationPlan, R
         .journals
         .values()
         .flatten()
-        .find(|s| BACKWARD.contains(s))
+        .find(|s| backward(run.what).contains(s))
         .copied();
     let direction = match mode {
         Mode::Rollback(_) if finished => return Err(RotateError::Finished { id: id.clone() }),
@@ -362,8 +385,8 @@ fn plan(inv: &Inventory, mode: &Mode, run: &RotateRun) -> Result<RotationPlan, R
         Mode::New => Direction::Rotate,
     };
     let steps = match direction {
-        Direction::Rotate => &FORWARD[..],
-        Direction::Rollback => &BACKWARD[..],
+        Direction::Rotate => forward(run.what),
+        Direction::Rollback => backward(run.what),
     };
     let hours = inv.security.service_account_token_max_hours;
     Ok(RotationPlan {
@@ -372,6 +395,7 @@ fn plan(inv: &Inventory, mode: &Mode, run: &RotateRun) -> Result<RotationPlan, R
         direction,
         stage: marker.map(|m| m.stage),
         hosts: run.reach.hosts.iter().map(|h| h.name.clone()).collect(),
+        etcd: None,
         leaves: catalogue(inv)
             .into_iter()
             .filter(|s| s.ca.is_some() && s.ca.as_deref() == run.what.ca_name())

@@ -26,12 +26,15 @@ pub(super) fn needed(run: &RotateRun, step: Step) -> bool {
 /// undo (never moving the state dir forward), and only if the rotation got
 /// as far as the step they undo.
 fn needs(step: Step, pending: bool, marker: Option<&Rotation>) -> bool {
-    if !pending {
-        return false;
-    }
     let at = |stages: &[Stage]| marker.is_some_and(|m| stages.contains(&m.stage));
     let reached = |stage: Stage| marker.is_some_and(|m| m.furthest >= stage);
     match step {
+        // A rewrite runs again whenever its stage holds (journaled or not):
+        // it is one etcd scan when nothing is left, and the gate of the
+        // step after it sends a resumed run back through it.
+        Step::Rewrite => at(&[Stage::Reissue]),
+        Step::RewriteOld => at(&[Stage::AddNew]) && reached(Stage::Reissue),
+        _ if !pending => false,
         Step::AddNew | Step::Reissue | Step::DropOld | Step::Finish => true,
         Step::RestoreOld => at(&[Stage::DropOld, Stage::Reissue]) && reached(Stage::DropOld),
         Step::ReissueOld => at(&[Stage::Reissue, Stage::AddNew]) && reached(Stage::Reissue),
@@ -50,6 +53,18 @@ impl Phase<RotateRun<'_>> for Carry {
         self.step.name()
     }
     fn title(&self) -> &'static str {
+        if self.what == Rotated::EncryptionKey {
+            return match self.step {
+                Step::AddNew => "decrypt with the new key too",
+                Step::Reissue => "encrypt with the new key",
+                Step::DropOld => "stop decrypting with the old key",
+                Step::Finish => "keep the new key alone",
+                Step::RestoreOld => "decrypt with the old key again",
+                Step::ReissueOld => "encrypt with the old key again",
+                Step::ForgetNew => "stop decrypting with the new key",
+                Step::Rewrite | Step::RewriteOld => "rewrite Secrets",
+            };
+        }
         if self.what == Rotated::ServiceAccountKey {
             return match self.step {
                 Step::AddNew => "verify tokens with the new key too",
@@ -59,6 +74,7 @@ impl Phase<RotateRun<'_>> for Carry {
                 Step::RestoreOld => "verify with the old key again",
                 Step::ReissueOld => "sign tokens with the old key again",
                 Step::ForgetNew => "stop verifying with the new key",
+                Step::Rewrite | Step::RewriteOld => "rewrite Secrets",
             };
         }
         match self.step {
@@ -69,6 +85,7 @@ impl Phase<RotateRun<'_>> for Carry {
             Step::RestoreOld => "trust the old CA again",
             Step::ReissueOld => "reissue the leaves under the old CA",
             Step::ForgetNew => "stop trusting the new CA",
+            Step::Rewrite | Step::RewriteOld => "rewrite Secrets",
         }
     }
     fn skippable(&self) -> bool {
@@ -87,29 +104,39 @@ impl Phase<RotateRun<'_>> for Carry {
         s: &'a mut RotateRun<'_>,
     ) -> BoxFuture<'a, Result<(), PhaseError>> {
         Box::pin(async move {
-            match carry(env, s, self.step).await {
-                Ok(()) => Ok(()),
-                Err(RotateError::Hosts(e)) => Err(e),
-                Err(other) => {
-                    // Not a host's failure (the state dir, render): kept
-                    // whole for `execute` to report.
-                    s.fault = Some(other);
-                    Err(PhaseError {
-                        phase: self.step.name(),
-                        failures: Vec::new(),
-                    })
-                }
-            }
+            let r = carry(env, s, self.step).await;
+            to_phase_error(s, self.step, r)
         })
+    }
+}
+
+/// A step's result as the engine takes it: a host's failure as is; one on
+/// this machine (the state dir, render, a gate) kept whole in `s.fault`
+/// for `execute` to report, behind a failed phase with no host.
+pub(super) fn to_phase_error(
+    s: &mut RotateRun<'_>,
+    the: Step,
+    r: Result<(), RotateError>,
+) -> Result<(), PhaseError> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(RotateError::Hosts(e)) => Err(e),
+        Err(other) => {
+            s.fault = Some(other);
+            Err(PhaseError {
+                phase: the.name(),
+                failures: Vec::new(),
+            })
+        }
     }
 }
 
 async fn carry(env: &Env<'_>, s: &mut RotateRun<'_>, the: Step) -> Result<(), RotateError> {
     let now = OffsetDateTime::now_utc();
-    if s.what == Rotated::ServiceAccountKey {
-        super::tokens::gate(env, s, the, now).await?;
-    }
+    // Before a step narrows trust: nothing may still need what it drops.
+    super::tokens::gate(env, s, the, now).await?;
     super::kubelets::gate(env, s, the).await?;
+    super::encryption::gate(env, s, the).await?;
     let r = &s.rollout;
     let t = rotation::advance(env.inv, &r.dir, r.unlock, s.what, &s.id, the.stage(), now)?;
     if !t.reissued.is_empty() {
@@ -129,6 +156,15 @@ async fn carry(env: &Env<'_>, s: &mut RotateRun<'_>, the: Step) -> Result<(), Ro
         rotation::settle(&s.rollout.dir, s.what, &s.id, OffsetDateTime::now_utc())?;
     }
     s.marker = rotation::rotation(&s.rollout.dir, s.what.state_name())?;
+    journal(env, s, the).await
+}
+
+/// Records `the` step in this run's journal on every host.
+pub(super) async fn journal(
+    env: &Env<'_>,
+    s: &mut RotateRun<'_>,
+    the: Step,
+) -> Result<(), RotateError> {
     let text = &crate::rotate::note(crate::rotate::kind(s.what), &s.id, the);
     each(
         env,
@@ -205,6 +241,12 @@ mod tests {
         assert_eq!(rollback(at(RolledBack, RolledBack)), [ForgetNew]);
         assert_eq!(rollback(at(Done, Done)), []);
         assert!(!needs(Step::AddNew, false, at(AddNew, AddNew).as_ref()));
+        // A rewrite runs again while its stage holds, journaled or not (one
+        // scan when nothing is left), and never outside it.
+        assert!(needs(Step::Rewrite, false, at(Reissue, Reissue).as_ref()));
+        assert!(!needs(Step::Rewrite, true, at(DropOld, DropOld).as_ref()));
+        assert!(needs(Step::RewriteOld, false, at(AddNew, DropOld).as_ref()));
+        assert!(!needs(Step::RewriteOld, true, at(AddNew, AddNew).as_ref()));
         assert!(needs(Step::Reissue, true, at(AddNew, AddNew).as_ref()));
     }
 }

@@ -25,9 +25,9 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
-use crate::engine::{step, Env, Reachable};
+use crate::engine::{step, Env};
 use crate::inventory::Inventory;
-use crate::pki::rotation::{self, Rotation, Stage};
+use crate::pki::rotation::{self, Rotated, Rotation, Stage};
 use crate::remote::script::quote;
 use crate::remote::Input;
 use crate::rotate::Step;
@@ -135,6 +135,9 @@ pub(super) async fn gate(
     the: Step,
     now: OffsetDateTime,
 ) -> Result<(), RotateError> {
+    if s.what != Rotated::ServiceAccountKey {
+        return Ok(());
+    }
     let hours = env.inv.security.service_account_token_max_hours;
     let reason = match wait(the, s.own_marker(), hours) {
         Wait::Nothing => return Ok(()),
@@ -157,11 +160,7 @@ pub(super) async fn gate(
         return Ok(());
     };
     let host = s
-        .reach
-        .fleet
-        .members()
-        .iter()
-        .find(|m| m.host().roles.control_plane)
+        .first_with(|r| r.control_plane)
         .ok_or_else(|| RotateError::TokensLive {
             step: the.name(),
             reason: "no control-plane host is reachable to list legacy token Secrets".into(),
@@ -247,15 +246,7 @@ mod tests {
     fn the_listing_keeps_tokens_on_the_host() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let inv = crate::inventory::parse(
-            &format!(
-                "cluster: {{name: t, kubernetesVersion: \"1.34\"}}\nbinaries: {{dir: {}}}\nhosts:\n  - {{name: cp1, address: 10.0.0.1, roles: [etcd, control-plane]}}\n",
-                dir.path().display()
-            ),
-            std::path::Path::new("i.yaml"),
-        )
-        .unwrap()
-        .inventory;
+        let inv = crate::inventory::one_host(Some(dir.path()));
         let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","kid":"k1"}"#);
         let jwt = format!("{header}.eyJzdWIiOiJzZWNyZXQifQ.c2lnbmF0dXJl");
         let run = |body: &str| {

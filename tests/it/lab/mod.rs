@@ -22,6 +22,7 @@ mod apply;
 mod backup;
 mod backup_target;
 mod certs;
+mod encryption;
 mod hostile;
 mod kubernetes;
 mod oci;

@@ -1,0 +1,216 @@
+//! Which key encrypts each value in etcd: the proof an encryption-at-rest
+//! key can be dropped. Pure; the script runs on an etcd member.
+//!
+//! The apiserver prefixes every value it encrypts with
+//! `k8s:enc:<provider>:v1:<key name>:` (`v2` for KMS v2). The scan pages
+//! through the whole `/registry/` keyspace with etcdctl (`-w fields` quotes
+//! each value on one line, so awk reads the prefix without decoding
+//! anything), 1,000 keys a page, and reports on this machine only counts
+//! per provider and key name, the Secrets stored in plain text, and the
+//! etcd keys of the values a watched key name encrypts (what the rewrite
+//! still has to do). No value leaves the host.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::actions::gates::etcdctl;
+use crate::inventory::{Host, Inventory};
+use crate::remote::script::quote;
+
+/// Keys per etcdctl page.
+pub const PAGE: usize = 1000;
+
+/// What a scan found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Scan {
+    /// `<provider>:<key name>` → values encrypted with it.
+    pub encrypted: BTreeMap<String, u64>,
+    /// Secrets stored without encryption (written before it was enabled).
+    pub plain_secrets: u64,
+    /// Every value read.
+    pub values: u64,
+    /// The etcd keys of the values the watched key name encrypts (not in
+    /// plans: only the counts are).
+    #[serde(skip)]
+    pub watched: Vec<String>,
+}
+
+impl Scan {
+    /// Values the key `name` (any provider) still encrypts.
+    pub fn under(&self, name: &str) -> u64 {
+        self.encrypted
+            .iter()
+            .filter(|(k, _)| k.split_once(':').is_some_and(|(_, n)| n == name))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// Pages through `/registry/` on `host`'s member, watching key name `watch`.
+pub fn script(inv: &Inventory, host: &Host, watch: &str) -> String {
+    script_with(&etcdctl(inv, host, 60), watch, PAGE)
+}
+
+/// The scan with the etcdctl command `etcdctl` and `page` keys a page.
+pub fn script_with(etcdctl: &str, watch: &str, page: usize) -> String {
+    format!(
+        r#"E() {{ {etcdctl} "$@"; }}
+W={watch}
+start=/registry/; last=
+while :; do
+  page=$(E get "$start" /registry0 --limit {page} -w fields) || exit 1
+  printf '%s\n' "$page" | awk -v skip="$last" -v watch="$W" '
+    /^"Key" : "/ {{ k = substr($0, 10, length($0) - 10); next }}
+    /^"Value" : "/ {{
+      if (k == skip) next
+      v = substr($0, 12)
+      if (v ~ /^k8s:enc:/) {{
+        split(v, a, ":")
+        print "enc\t" a[3] ":" a[5]
+        if (a[5] == watch) print "watched\t" k
+      }} else if (k ~ /^\/registry\/secrets\//) print "plain"
+      else print "value"
+    }}
+    '
+  more=$(printf '%s\n' "$page" | grep -c '^"More" : true')
+  [ "$more" -gt 0 ] || break
+  last=$(printf '%s\n' "$page" | grep '^"Key" : "' | tail -n 1)
+  last=${{last#'"Key" : "'}}; last=${{last%'"'}}
+  start=$last
+done
+"#,
+        watch = quote(watch),
+    )
+}
+
+/// Reads the scan's lines.
+pub fn parse(text: &str) -> Scan {
+    let mut s = Scan::default();
+    for line in text.lines() {
+        let mut f = line.splitn(2, '\t');
+        match (f.next(), f.next()) {
+            (Some("enc"), Some(label)) => {
+                *s.encrypted.entry(label.to_string()).or_default() += 1;
+                s.values += 1;
+            }
+            (Some("watched"), Some(key)) => s.watched.push(key.to_string()),
+            (Some("plain"), None) => {
+                s.plain_secrets += 1;
+                s.values += 1;
+            }
+            (Some("value"), None) => s.values += 1,
+            _ => {}
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The script under sh against a real etcd (Debian's etcd-server, on
+    /// loopback without TLS), 3 keys a page so paging is exercised.
+    #[test]
+    fn the_script_pages_through_a_real_etcd() {
+        use std::process::Command;
+        let Ok(etcd) = which("etcd") else {
+            eprintln!("skipped: no etcd binary (apt-get install etcd-server)");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let port = 23000 + (std::process::id() % 1000) as u16;
+        let url = format!("http://127.0.0.1:{port}");
+        let mut child = Command::new(etcd)
+            .args(["--data-dir", dir.path().join("d").to_str().unwrap()])
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{}", port + 1000),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let ctl = format!("env ETCDCTL_API=3 etcdctl --endpoints={url}");
+        let sh = |script: &str| Command::new("sh").arg("-c").arg(script).output().unwrap();
+        let mut up = false;
+        for _ in 0..50 {
+            if sh(&format!("{ctl} endpoint health")).status.success() {
+                up = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(up, "etcd did not start");
+        let mut puts = String::new();
+        for i in 0..7 {
+            puts.push_str(&format!(
+                "printf 'k8s:enc:secretbox:v1:old:\\000\\377\\\\\\n\\042x' | {ctl} put /registry/secrets/ns/old-{i}\n"
+            ));
+        }
+        for i in 0..4 {
+            puts.push_str(&format!(
+                "printf 'k8s:enc:secretbox:v1:new:zz' | {ctl} put /registry/secrets/ns/new-{i}\n"
+            ));
+        }
+        puts.push_str(&format!(
+            "printf 'plain' | {ctl} put /registry/secrets/ns/plain\n"
+        ));
+        puts.push_str(&format!(
+            "printf 'k8s\\000pb' | {ctl} put /registry/pods/ns/p\n"
+        ));
+        puts.push_str(&format!("printf 'x' | {ctl} put /other/k\n"));
+        assert!(sh(&puts).status.success());
+        let out = sh(&script_with(&ctl, "old", 3));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = parse(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(s.under("old"), 7);
+        assert_eq!(s.under("new"), 4);
+        assert_eq!(s.plain_secrets, 1);
+        assert_eq!(
+            s.values, 13,
+            "each value once, across pages; nothing outside /registry/"
+        );
+        assert_eq!(s.watched.len(), 7);
+        assert!(s
+            .watched
+            .contains(&"/registry/secrets/ns/old-6".to_string()));
+    }
+
+    fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+        std::env::var_os("PATH")
+            .and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join(name))
+                    .find(|f| f.is_file())
+            })
+            .ok_or(())
+    }
+
+    #[test]
+    fn counts_are_per_provider_and_key_name() {
+        let s = parse(
+            "enc\tsecretbox:key1\nwatched\t/registry/secrets/a/b\nenc\tsecretbox:key1\nenc\taescbc:k2\nplain\nvalue\nmore\nnoise\n",
+        );
+        assert_eq!(s.encrypted["secretbox:key1"], 2);
+        assert_eq!(s.under("key1"), 2);
+        assert_eq!(s.under("k2"), 1);
+        assert_eq!(s.under("key"), 0);
+        assert_eq!((s.plain_secrets, s.values), (1, 5));
+        assert_eq!(s.watched, ["/registry/secrets/a/b"]);
+    }
+}
