@@ -38,20 +38,6 @@ pub(crate) async fn etcd_healthy<T: Reachable + ?Sized>(
     Ok(())
 }
 
-/// etcdctl (v3 API) talking to the local member over mTLS with the
-/// health-check client certificate, each command bounded by `timeout_secs`.
-pub fn etcdctl(inv: &Inventory, host: &Host, timeout_secs: u32) -> String {
-    let etcdctl = format!("{}/etcdctl", inv.binaries.etcd_dir.trim_end_matches('/'));
-    let local = match host.address {
-        std::net::IpAddr::V4(_) => "https://127.0.0.1:2379",
-        std::net::IpAddr::V6(_) => "https://[::1]:2379",
-    };
-    format!(
-        "env ETCDCTL_API=3 {} --endpoints={local} --cacert={PKI}/etcd/ca.crt --cert={PKI}/etcd/healthcheck-client.crt --key={PKI}/etcd/healthcheck-client.key --command-timeout={timeout_secs}s",
-        quote(&etcdctl)
-    )
-}
-
 /// `etcdctl endpoint health --cluster` against the local member.
 pub fn etcd_health_cmd(inv: &Inventory, host: &Host) -> String {
     let members = inv.etcd_members().count();
@@ -59,7 +45,7 @@ pub fn etcd_health_cmd(inv: &Inventory, host: &Host) -> String {
     // is not listed yet, so the exit status alone could pass at 2 of 3.
     format!(
         "{{ o=$({} endpoint health --cluster 2>&1); s=$?; printf '%s\\n' \"$o\"; [ $s -eq 0 ] && [ \"$(printf '%s\\n' \"$o\" | grep -c 'is healthy')\" -ge {members} ]; }}",
-        etcdctl(inv, host, 5)
+        script::member_etcdctl(&inv.binaries.etcd_dir, script::etcd_loopback(host.address), 5)
     )
 }
 

@@ -48,7 +48,7 @@ pub(super) fn service_account(
             }
             // Mid-rotation the apiservers sign with one key and verify with both.
             let (private, public) =
-                super::rotation::service_account_view(dir, key, (private, public))?;
+                super::key_views::service_account_view(dir, key, (private, public))?;
             Ok((private, public, Issuance::Reused))
         }
         (None, None) => {
@@ -88,7 +88,7 @@ pub(super) fn encryption_key(
     let path = dir.encryption_key_path();
     match dir.read_sealed(&path, key)? {
         Some(k) if k.expose().len() == 32 => Ok((
-            super::rotation::encryption_view(dir, key, k)?,
+            super::key_views::encryption_view(dir, key, k)?,
             Issuance::Reused,
         )),
         Some(k) => Err(PkiError::Corrupt {

@@ -16,6 +16,7 @@ mod error;
 mod init;
 pub mod inspect;
 pub mod issue;
+pub mod key_views;
 pub mod kubeconfig;
 mod list;
 mod material;

@@ -12,8 +12,9 @@
 //! | `done`      | new (moved over the old files) | new                    |
 //!
 //! For a CA, `reissue` also reissues every leaf it signs; for the
-//! service-account key it only switches the signer (tokens are not stored,
-//! they age out: see `crate::actions::rotate::tokens`).
+//! service-account and encryption keys it only switches the signer (see
+//! [`super::key_views`]: tokens age out, Secrets are rewritten by the
+//! runbook).
 //!
 //! The new CA or key lives beside the old one (`<ca>.next.crt` and
 //! `<ca>.next.key.age`; `sa.next.key.age` and `sa.next.pub`) and the stage
@@ -30,13 +31,12 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::inventory::Inventory;
-use crate::secret::Secret;
 
 use super::catalogue::{catalogue, CertSpec};
 use super::inspect::CertFacts;
 use super::issue::{self, Policy, Signer};
 use super::store::{Pending, StateDir, StateKey, Unlock};
-use super::{names, EncryptionKey, Issued, PkiError};
+use super::{names, Issued, PkiError};
 
 /// What a rotation replaces: one of the three CAs, or the service-account
 /// signing key.
@@ -57,9 +57,7 @@ pub enum Rotated {
 
 /// The service-account key pair's state-dir name (`sa.key.age`, `sa.pub`).
 pub const SERVICE_ACCOUNT: &str = "sa";
-/// The encryption-at-rest key's state-dir name (`encryption-key.age`, and
-/// `encryption-key.name` once a rotation named it).
-pub const ENCRYPTION_KEY: &str = "encryption-key";
+pub use super::store::ENCRYPTION_KEY;
 /// The name of the key `init` generates, in the EncryptionConfiguration.
 pub const FIRST_KEY_NAME: &str = "key1";
 
@@ -146,13 +144,13 @@ pub struct Rotation {
 
 /// Which of the two a stage uses for a role.
 #[derive(Clone, Copy)]
-enum Which {
+pub(super) enum Which {
     Current,
     Next,
 }
 
 /// What signs at `stage`, and what else hosts trust (the module doc's table).
-fn roles(stage: Option<Stage>) -> (Which, Option<Which>) {
+pub(super) fn roles(stage: Option<Stage>) -> (Which, Option<Which>) {
     match stage {
         Some(Stage::AddNew) => (Which::Current, Some(Which::Next)),
         Some(Stage::Reissue) => (Which::Next, Some(Which::Current)),
@@ -162,7 +160,7 @@ fn roles(stage: Option<Stage>) -> (Which, Option<Which>) {
 }
 
 /// `first` then `second`, as one PEM bundle.
-fn bundle(first: &str, second: Option<&str>) -> String {
+pub(super) fn bundle(first: &str, second: Option<&str>) -> String {
     let mut pem = first.to_string();
     if let Some(second) = second {
         if !pem.ends_with('\n') {
@@ -245,79 +243,6 @@ pub(super) fn view(
     })
 }
 
-/// The service-account key pair as the apiservers use it at its rotation's
-/// stage: the signing key, and every public key that verifies tokens
-/// (signer's first). `current` is what `sa.key.age`/`sa.pub` hold.
-pub(super) fn service_account_view(
-    dir: &StateDir,
-    key: &StateKey,
-    current: (Secret, String),
-) -> Result<(Secret, String), PkiError> {
-    let (signer, other) = roles(rotation(dir, SERVICE_ACCOUNT)?.map(|r| r.stage));
-    let next = match (signer, other) {
-        (Which::Next, _) | (_, Some(Which::Next)) => Some(read_next_service_account(dir, key)?),
-        _ => None,
-    };
-    let pick = |w: Which| match w {
-        Which::Current => current.clone(),
-        Which::Next => next.clone().expect("read above"),
-    };
-    let (private, public) = pick(signer);
-    let verify = bundle(&public, other.map(|w| pick(w).1).as_deref());
-    Ok((private, verify))
-}
-
-/// The names of the encryption-at-rest keys in the EncryptionConfiguration
-/// at the key's rotation's stage: the one that encrypts first, then the one
-/// that only decrypts (no unlock needed: names are not secret).
-pub fn encryption_names(dir: &StateDir) -> Result<Vec<String>, PkiError> {
-    let (writer, other) = roles(rotation(dir, ENCRYPTION_KEY)?.map(|r| r.stage));
-    std::iter::once(writer)
-        .chain(other)
-        .map(|w| encryption_name(dir, matches!(w, Which::Next)))
-        .collect()
-}
-
-/// The name of the current (or, with `next`, the new) encryption key.
-fn encryption_name(dir: &StateDir, next: bool) -> Result<String, PkiError> {
-    let [path, _] = files(dir, Rotated::EncryptionKey, next);
-    match dir.read_public(&path)? {
-        Some(b) => Ok(String::from_utf8_lossy(&b).trim().to_string()),
-        None if !next => Ok(FIRST_KEY_NAME.to_string()),
-        None => Err(missing_next(path, "key", "encryption-key")),
-    }
-}
-
-/// The encryption-at-rest keys as the apiservers use them at the key's
-/// rotation's stage, named as [`encryption_names`] lists them. `current`
-/// is what `encryption-key.age` holds.
-pub(super) fn encryption_view(
-    dir: &StateDir,
-    key: &StateKey,
-    current: Secret,
-) -> Result<Vec<EncryptionKey>, PkiError> {
-    let (writer, other) = roles(rotation(dir, ENCRYPTION_KEY)?.map(|r| r.stage));
-    let names = encryption_names(dir)?;
-    let next = || -> Result<Secret, PkiError> {
-        let [public, sealed] = files(dir, Rotated::EncryptionKey, true);
-        dir.read_sealed(&sealed, key)?
-            .ok_or_else(|| missing_next(public, "key", "encryption-key"))
-    };
-    std::iter::once(writer)
-        .chain(other)
-        .zip(names)
-        .map(|(w, name)| {
-            Ok(EncryptionKey {
-                name,
-                key: match w {
-                    Which::Current => current.clone(),
-                    Which::Next => next()?,
-                },
-            })
-        })
-        .collect()
-}
-
 fn read_next(dir: &StateDir, key: &StateKey, ca: &str) -> Result<Issued, PkiError> {
     let name = next_name(ca);
     match (
@@ -329,19 +254,7 @@ fn read_next(dir: &StateDir, key: &StateKey, ca: &str) -> Result<Issued, PkiErro
     }
 }
 
-fn read_next_service_account(dir: &StateDir, key: &StateKey) -> Result<(Secret, String), PkiError> {
-    let name = next_name(SERVICE_ACCOUNT);
-    let public = dir.public_key_path(&name);
-    match (
-        dir.read_sealed(&dir.key_path(&name), key)?,
-        dir.read_public(&public)?,
-    ) {
-        (Some(private), Some(pem)) => Ok((private, String::from_utf8_lossy(&pem).into_owned())),
-        _ => Err(missing_next(public, "key", "service-account-key")),
-    }
-}
-
-fn missing_next(path: PathBuf, what: &str, command: &str) -> PkiError {
+pub(super) fn missing_next(path: PathBuf, what: &str, command: &str) -> PkiError {
     PkiError::Corrupt {
         path,
         reason: format!(
@@ -374,18 +287,14 @@ pub fn signer_cert(dir: &StateDir, ca: &str) -> Result<Option<String>, PkiError>
     }
 }
 
-/// The public halves of the service-account keys a rotation's dropping
-/// step removes from `sa.pub`: the old key at `drop-old`, the new one at
-/// `rolled-back`. (No unlock needed.)
-pub fn service_account_public(dir: &StateDir, next: bool) -> Result<Option<String>, PkiError> {
-    let path = if next {
-        dir.public_key_path(&next_name(SERVICE_ACCOUNT))
-    } else {
-        dir.sa_pub_path()
-    };
-    Ok(dir
-        .read_public(&path)?
-        .map(|b| String::from_utf8_lossy(&b).into_owned()))
+/// The name of the current (or, with `next`, the new) encryption key.
+pub(super) fn encryption_name(dir: &StateDir, next: bool) -> Result<String, PkiError> {
+    let [path, _] = files(dir, Rotated::EncryptionKey, next);
+    match dir.read_public(&path)? {
+        Some(b) => Ok(String::from_utf8_lossy(&b).trim().to_string()),
+        None if !next => Ok(FIRST_KEY_NAME.to_string()),
+        None => Err(missing_next(path, "key", "encryption-key")),
+    }
 }
 
 /// The state-dir name of an encryption key a rotation retired
@@ -402,7 +311,7 @@ pub fn next_name(name: &str) -> String {
 /// The files of `what`'s current (or, with `next`, new) CA or key: the
 /// public half (certificate, public key, or the encryption key's name)
 /// and the sealed private half.
-fn files(dir: &StateDir, what: Rotated, next: bool) -> [PathBuf; 2] {
+pub(super) fn files(dir: &StateDir, what: Rotated, next: bool) -> [PathBuf; 2] {
     let name = match next {
         true => next_name(what.state_name()),
         false => what.state_name().to_string(),

@@ -29,6 +29,10 @@ use crate::secret::Secret;
 
 use super::{par_map, PkiError};
 
+/// The encryption-at-rest key's state-dir name (`encryption-key.age`, and
+/// `encryption-key.name` once a rotation named it).
+pub const ENCRYPTION_KEY: &str = "encryption-key";
+
 /// How the admin unlocks the state key. The CLI builds this (prompting on a tty);
 /// the library never prompts.
 pub enum Unlock {
@@ -120,7 +124,7 @@ impl StateDir {
         self.root.join("pki").join(format!("{name}.pub"))
     }
     pub fn encryption_key_path(&self) -> PathBuf {
-        self.sealed_path(super::rotation::ENCRYPTION_KEY)
+        self.sealed_path(ENCRYPTION_KEY)
     }
     /// `pki/<name>.age`: sealed material that is not a certificate's key.
     pub fn sealed_path(&self, name: &str) -> PathBuf {

@@ -402,6 +402,28 @@ pub fn poll(cmd: &str, seconds: u32) -> String {
     s
 }
 
+/// The client URL of the etcd member on the host at `address`, over its
+/// own loopback.
+pub fn etcd_loopback(address: std::net::IpAddr) -> &'static str {
+    match address {
+        std::net::IpAddr::V4(_) => "https://127.0.0.1:2379",
+        std::net::IpAddr::V6(_) => "https://[::1]:2379",
+    }
+}
+
+/// etcdctl (v3 API) from `etcd_dir` on an etcd member, talking to
+/// `endpoint` over mTLS with the health-check client certificate rampart
+/// installs there, each command bounded by `timeout_secs`. Every script
+/// that asks a member something uses it.
+pub fn member_etcdctl(etcd_dir: &str, endpoint: &str, timeout_secs: u32) -> String {
+    const PKI: &str = "/etc/kubernetes/pki/etcd";
+    let etcdctl = format!("{}/etcdctl", etcd_dir.trim_end_matches('/'));
+    format!(
+        "env ETCDCTL_API=3 {} --endpoints={endpoint} --cacert={PKI}/ca.crt --cert={PKI}/healthcheck-client.crt --key={PKI}/healthcheck-client.key --command-timeout={timeout_secs}s",
+        quote(&etcdctl)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,9 +13,7 @@ use super::journal::Step;
 use super::plan::{MemberPlan, Tool};
 use super::{journal_path, pre_restore_dir, rolled_back_dir, upload_path, DATA_DIR};
 use crate::layout::HOLD_DIR;
-use crate::remote::script::{at, quote, staged_path, PRELUDE};
-
-const PKI: &str = "/etc/kubernetes/pki/etcd";
+use crate::remote::script::{at, member_etcdctl, quote, staged_path, PRELUDE};
 
 /// Prelude plus `note STEP`: appends `STEP\t<UTC time>` to the journal of
 /// restore `id` (see [`crate::engine::runbook::journal_prelude`]).
@@ -233,13 +231,12 @@ pub fn roll_back(id: &str, stamp: &str) -> String {
 /// that is stopping too: a 7 s stall, seen in most restores on the lab. So
 /// followers stop first and the leader last.
 pub fn is_leader(etcd_dir: &str, loopback: &str) -> String {
-    let etcdctl = format!("{}/etcdctl", etcd_dir.trim_end_matches('/'));
     let mut s = String::from(PRELUDE);
     s.push_str("set +e\n");
     let _ = writeln!(
         s,
-        "out=$(env ETCDCTL_API=3 {} --endpoints={loopback} --cacert={PKI}/ca.crt --cert={PKI}/healthcheck-client.crt --key={PKI}/healthcheck-client.key --command-timeout=3s endpoint status -w json 2>/dev/null)",
-        quote(&etcdctl)
+        "out=$({} endpoint status -w json 2>/dev/null)",
+        member_etcdctl(etcd_dir, loopback, 3)
     );
     s.push_str("me=$(printf '%s' \"$out\" | sed -n 's/.*\"member_id\":\\([0-9]*\\).*/\\1/p')\n");
     s.push_str("lead=$(printf '%s' \"$out\" | sed -n 's/.*\"leader\":\\([0-9]*\\).*/\\1/p')\n");
@@ -251,12 +248,11 @@ pub fn is_leader(etcd_dir: &str, loopback: &str) -> String {
 /// healthcheck client: `status\t<endpoint status JSON>` and
 /// `count\t<get JSON>` (its `count` is every live key; one is returned).
 pub fn check(etcd_dir: &str, loopback: &str) -> String {
-    let etcdctl = format!("{}/etcdctl", etcd_dir.trim_end_matches('/'));
     let mut s = String::from(PRELUDE);
     let _ = writeln!(
         s,
-        "c() {{ env ETCDCTL_API=3 {} --endpoints={loopback} --cacert={PKI}/ca.crt --cert={PKI}/healthcheck-client.crt --key={PKI}/healthcheck-client.key --command-timeout=15s \"$@\"; }}",
-        quote(&etcdctl)
+        "c() {{ {} \"$@\"; }}",
+        member_etcdctl(etcd_dir, loopback, 15)
     );
     s.push_str(
         "st=$(c endpoint status -w json)\nn=$(c get '' --prefix --keys-only --limit=1 -w json)\n",

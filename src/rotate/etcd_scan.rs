@@ -14,9 +14,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::actions::gates::etcdctl;
 use crate::inventory::{Host, Inventory};
-use crate::remote::script::quote;
+use crate::remote::script::{etcd_loopback, member_etcdctl, quote};
 
 /// Keys per etcdctl page.
 pub const PAGE: usize = 1000;
@@ -50,7 +49,8 @@ impl Scan {
 
 /// Pages through `/registry/` on `host`'s member, watching key name `watch`.
 pub fn script(inv: &Inventory, host: &Host, watch: &str) -> String {
-    script_with(&etcdctl(inv, host, 60), watch, PAGE)
+    let etcdctl = member_etcdctl(&inv.binaries.etcd_dir, etcd_loopback(host.address), 60);
+    script_with(&etcdctl, watch, PAGE)
 }
 
 /// The scan with the etcdctl command `etcdctl` and `page` keys a page.

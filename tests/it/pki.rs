@@ -1006,7 +1006,8 @@ fn service_account_key_rotation_signs_with_one_and_verifies_with_both() {
 /// and `init` reuses it.
 #[test]
 fn encryption_key_rotation_keeps_both_keys_named_until_the_old_one_goes() {
-    use rampart::pki::rotation::{advance, encryption_names, Rotated, Stage};
+    use rampart::pki::key_views::encryption_names;
+    use rampart::pki::rotation::{advance, Rotated, Stage};
     let f = fixture();
     let inv = inventory(HA);
     pki::init(&inv, &f.dir, &f.unlock, now()).unwrap();

@@ -323,10 +323,7 @@ impl Phase<RestoreRun<'_>> for Fence {
 
 /// The local member's client URL.
 fn loopback(m: &ConnectedHost) -> &'static str {
-    match m.host.address {
-        std::net::IpAddr::V4(_) => "https://127.0.0.1:2379",
-        std::net::IpAddr::V6(_) => "https://[::1]:2379",
-    }
+    crate::remote::script::etcd_loopback(m.host.address)
 }
 
 /// Upload (0600, checked against the plaintext's sha256) and restore, on

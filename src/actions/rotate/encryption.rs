@@ -12,13 +12,13 @@
 //! first and refuse while one value remains, whatever the journals say.
 
 use crate::engine::{step, Env, Phase, PhaseError, Reachable};
-use crate::pki::rotation::{self, Rotated};
+use crate::pki::rotation::Rotated;
 use crate::remote::{BoxFuture, Input};
 use crate::rotate::etcd_scan::{self, Scan};
 use crate::rotate::rewrite;
 use crate::rotate::Step;
 
-use super::phases::{journal, needed};
+use super::progress::{journal, needed};
 use super::{RotateError, RotateRun};
 
 /// Scan, rewrite, scan again: at most this many rounds. Each round only
@@ -62,7 +62,7 @@ impl Phase<RotateRun<'_>> for Rewrite {
                 Ok(()) => journal(env, s, self.0).await,
                 Err(e) => Err(e),
             };
-            super::phases::to_phase_error(s, self.0, r)
+            super::progress::to_phase_error(s, self.0, r)
         })
     }
 }
@@ -70,7 +70,7 @@ impl Phase<RotateRun<'_>> for Rewrite {
 /// The name of the key that only decrypts at the current stage: the one
 /// a rewrite moves values off and the next step drops.
 fn leaving(s: &RotateRun) -> Result<String, RotateError> {
-    let names = rotation::encryption_names(&s.rollout.dir)?;
+    let names = crate::pki::key_views::encryption_names(&s.rollout.dir)?;
     names.get(1).cloned().ok_or_else(|| RotateError::Rewrite {
         step: "rewrite",
         reason: "the state dir holds one encryption key only: no rotation is under way".into(),
@@ -177,7 +177,7 @@ pub(super) async fn census(env: &Env<'_>, s: &RotateRun<'_>) -> Result<Option<Sc
     if s.what != Rotated::EncryptionKey {
         return Ok(None);
     }
-    let names = rotation::encryption_names(&s.rollout.dir)?;
+    let names = crate::pki::key_views::encryption_names(&s.rollout.dir)?;
     let watch = names.last().cloned().unwrap_or_default();
     scan(env, s, &watch).await.map(Some)
 }

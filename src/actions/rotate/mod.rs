@@ -12,6 +12,7 @@
 pub mod encryption;
 pub mod kubelets;
 pub mod phases;
+pub mod progress;
 pub mod renew;
 pub mod runbook;
 pub mod tokens;
@@ -406,7 +407,7 @@ fn plan(inv: &Inventory, mode: &Mode, run: &RotateRun) -> Result<RotationPlan, R
             .map(|&step| PlannedStep {
                 step,
                 effect: step.effect(run.what),
-                done: !phases::needed(run, step),
+                done: !progress::needed(run, step),
                 not_before: match tokens::wait(step, marker, hours) {
                     tokens::Wait::Until(t) if run.what == Rotated::ServiceAccountKey => {
                         Some(tokens::rfc3339(t))

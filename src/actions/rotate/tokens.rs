@@ -27,7 +27,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::engine::{step, Env};
 use crate::inventory::Inventory;
-use crate::pki::rotation::{self, Rotated, Rotation, Stage};
+use crate::pki::rotation::{Rotated, Rotation, Stage};
 use crate::remote::script::quote;
 use crate::remote::Input;
 use crate::rotate::Step;
@@ -155,7 +155,8 @@ pub(super) async fn gate(
             reason,
         });
     }
-    let public = rotation::service_account_public(&s.rollout.dir, the == Step::ForgetNew)?;
+    let public =
+        crate::pki::key_views::service_account_public(&s.rollout.dir, the == Step::ForgetNew)?;
     let Some(kid) = public.as_deref().and_then(key_id) else {
         return Ok(());
     };

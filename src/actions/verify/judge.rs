@@ -156,33 +156,25 @@ fn unrendered_certs(rendered: &HostBundle) -> Vec<String> {
     }
 }
 
-/// One host's verdict.
+/// One host's verdict: everything, or (`certs check`) the certificates and
+/// the drift of PKI files only.
 pub fn host(i: &HostInput, benchmark: &Benchmark, limits: &Limits, scope: Scope) -> HostVerdict {
     let mut checked = Checked::default();
-    if scope == Scope::Certificates {
-        let mut findings: Vec<Finding> = drift(i, &mut checked)
-            .into_iter()
-            .filter(|f| is_pki_path(&f.id))
-            .collect();
-        findings.extend(certificates(i, limits, &mut checked));
-        findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.area.cmp(&b.area)));
-        return HostVerdict {
-            host: i.host.name.clone(),
-            checked,
-            findings,
-        };
-    }
     let mut findings = drift(i, &mut checked);
-    findings.extend(services(i, &mut checked));
-    findings.extend(backups(i, limits));
+    if scope == Scope::Certificates {
+        findings.retain(|f| is_pki_path(&f.id));
+    } else {
+        findings.extend(services(i, &mut checked));
+        findings.extend(backups(i, limits));
+        let live_bundle = live::live_bundle(i.rendered, i.facts, i.probe);
+        let running = live::running(i.rendered, i.probe);
+        let (cis, automated, manual) =
+            live::cis_findings(benchmark, &i.host.name, i.rendered, &live_bundle, running);
+        checked.cis_automated = automated;
+        checked.cis_manual = manual;
+        findings.extend(cis);
+    }
     findings.extend(certificates(i, limits, &mut checked));
-    let live_bundle = live::live_bundle(i.rendered, i.facts, i.probe);
-    let running = live::running(i.rendered, i.probe);
-    let (cis, automated, manual) =
-        live::cis_findings(benchmark, &i.host.name, i.rendered, &live_bundle, running);
-    checked.cis_automated = automated;
-    checked.cis_manual = manual;
-    findings.extend(cis);
     findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.area.cmp(&b.area)));
     HostVerdict {
         host: i.host.name.clone(),
