@@ -107,23 +107,50 @@ pub fn parse(text: &str) -> Scan {
     s
 }
 
+/// A throwaway etcd on loopback (plain HTTP) for unit tests, stopped on
+/// drop; None (the test skips) without Debian's etcd-server.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod local_etcd {
+    use std::process::{Child, Command, Output};
 
-    /// The script under sh against a real etcd (Debian's etcd-server, on
-    /// loopback without TLS), 3 keys a page so paging is exercised.
-    #[test]
-    fn the_script_pages_through_a_real_etcd() {
-        use std::process::Command;
-        let Ok(etcd) = which("etcd") else {
+    pub struct LocalEtcd {
+        child: Child,
+        _dir: tempfile::TempDir,
+        /// `env ETCDCTL_API=3 etcdctl --endpoints=<url>`.
+        pub ctl: String,
+        pub url: String,
+    }
+
+    impl LocalEtcd {
+        /// Runs `script` under sh.
+        pub fn sh(&self, script: &str) -> Output {
+            Command::new("sh").arg("-c").arg(script).output().unwrap()
+        }
+    }
+
+    impl Drop for LocalEtcd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Started on a port of its own (`offset` apart from other tests'),
+    /// taking transactions of up to 1,000 operations.
+    pub fn start(offset: u16) -> Option<LocalEtcd> {
+        let etcd = std::env::var_os("PATH").and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("etcd"))
+                .find(|f| f.is_file())
+        });
+        let Some(etcd) = etcd else {
             eprintln!("skipped: no etcd binary (apt-get install etcd-server)");
-            return;
+            return None;
         };
         let dir = tempfile::tempdir().unwrap();
-        let port = 23000 + (std::process::id() % 1000) as u16;
+        let port = 21000 + (std::process::id() % 800) as u16 * 2 + offset * 1700;
         let url = format!("http://127.0.0.1:{port}");
-        let mut child = Command::new(etcd)
+        let child = Command::new(etcd)
             .args(["--data-dir", dir.path().join("d").to_str().unwrap()])
             .args([
                 "--listen-client-urls",
@@ -133,23 +160,41 @@ mod tests {
             ])
             .args([
                 "--listen-peer-urls",
-                &format!("http://127.0.0.1:{}", port + 1000),
+                &format!("http://127.0.0.1:{}", port + 1),
             ])
+            .args(["--max-txn-ops", "1000"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let ctl = format!("env ETCDCTL_API=3 etcdctl --endpoints={url}");
-        let sh = |script: &str| Command::new("sh").arg("-c").arg(script).output().unwrap();
-        let mut up = false;
-        for _ in 0..50 {
-            if sh(&format!("{ctl} endpoint health")).status.success() {
-                up = true;
-                break;
+        let e = LocalEtcd {
+            child,
+            _dir: dir,
+            ctl: format!("env ETCDCTL_API=3 etcdctl --endpoints={url}"),
+            url,
+        };
+        for _ in 0..100 {
+            if e.sh(&format!("{} endpoint health", e.ctl)).status.success() {
+                return Some(e);
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        assert!(up, "etcd did not start");
+        panic!("etcd did not start on {}", e.url);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The script under sh against a real etcd (Debian's etcd-server, on
+    /// loopback without TLS), 3 keys a page so paging is exercised.
+    #[test]
+    fn the_script_pages_through_a_real_etcd() {
+        let Some(etcd) = local_etcd::start(0) else {
+            return;
+        };
+        let ctl = &etcd.ctl;
         let mut puts = String::new();
         for i in 0..7 {
             puts.push_str(&format!(
@@ -168,10 +213,8 @@ mod tests {
             "printf 'k8s\\000pb' | {ctl} put /registry/pods/ns/p\n"
         ));
         puts.push_str(&format!("printf 'x' | {ctl} put /other/k\n"));
-        assert!(sh(&puts).status.success());
-        let out = sh(&script_with(&ctl, "old", 3));
-        let _ = child.kill();
-        let _ = child.wait();
+        assert!(etcd.sh(&puts).status.success());
+        let out = etcd.sh(&script_with(ctl, "old", 3));
         assert!(
             out.status.success(),
             "{}",
@@ -189,16 +232,6 @@ mod tests {
         assert!(s
             .watched
             .contains(&"/registry/secrets/ns/old-6".to_string()));
-    }
-
-    fn which(name: &str) -> Result<std::path::PathBuf, ()> {
-        std::env::var_os("PATH")
-            .and_then(|p| {
-                std::env::split_paths(&p)
-                    .map(|d| d.join(name))
-                    .find(|f| f.is_file())
-            })
-            .ok_or(())
     }
 
     #[test]

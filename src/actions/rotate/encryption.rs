@@ -203,3 +203,218 @@ pub(super) async fn gate(env: &Env<'_>, s: &RotateRun<'_>, the: Step) -> Result<
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The rewrite's loop and the gate, run for real on this machine: the
+    //! scan script against a real etcd (through a stand-in `etcdctl` that
+    //! drops the TLS flags for the local plain-HTTP member), the rewrite
+    //! script against a stand-in `kubectl` that stores each Secret it is
+    //! given under the writer key, as the apiserver does. Only the
+    //! apiserver is scripted; the lab runs the scan over SSH with mTLS.
+
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::actions::apply::ApplyOptions;
+    use crate::engine::{
+        run_in_order, BoxPhase, Cancel, Connect, ConnectError, Connector, Reach, Silent,
+    };
+    use crate::inventory::Host;
+    use crate::pki::{StateDir, Unlock};
+    use crate::remote::local::LocalRemote;
+    use crate::remote::Remote;
+    use crate::rotate::etcd_scan::local_etcd;
+
+    struct Local {
+        root: PathBuf,
+        bin: PathBuf,
+    }
+
+    impl Connector for Local {
+        fn connect<'a>(
+            &'a self,
+            host: &'a Host,
+        ) -> BoxFuture<'a, Result<Arc<dyn Remote>, ConnectError>> {
+            Box::pin(async move {
+                let r = LocalRemote::new(&host.name, self.root.clone())
+                    .with_path_prefix(self.bin.clone());
+                Ok(Arc::new(r) as Arc<dyn Remote>)
+            })
+        }
+    }
+
+    fn tool(bin: &Path, name: &str, body: &str) {
+        let path = bin.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn put(etcd: &local_etcd::LocalEtcd, ns: &str, n: usize, key: &str) {
+        let mut t = String::from("\n");
+        for i in 0..n {
+            t.push_str(&format!(
+                "put /registry/secrets/{ns}/s-{i} \"k8s:enc:secretbox:v1:{key}:x\"\n"
+            ));
+        }
+        t.push_str("\n\n");
+        let path = std::env::temp_dir().join(format!("txn-{}-{ns}-{key}", std::process::id()));
+        std::fs::write(&path, t).unwrap();
+        let out = etcd.sh(&format!("{} txn < {}", etcd.ctl, path.display()));
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn the_rewrite_moves_every_secret_off_the_leaving_key_and_the_gate_counts() {
+        let Some(etcd) = local_etcd::start(1) else {
+            return;
+        };
+        let work = tempfile::tempdir().unwrap();
+        let (root, bin) = (work.path().join("root"), work.path().join("bin"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&bin).unwrap();
+        let real = |name: &str| -> String {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {name}"))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let etcdctl = real("etcdctl");
+        tool(
+            &bin,
+            "etcdctl",
+            &format!(
+                "for a in \"$@\"; do shift; case \"$a\" in --endpoints=*|--cacert=*|--cert=*|--key=*) ;; *) set -- \"$@\" \"$a\" ;; esac; done\nexec {etcdctl} --endpoints={} \"$@\"",
+                etcd.url
+            ),
+        );
+        let d = work.path().display();
+        tool(
+            &bin,
+            "kubectl",
+            &format!(
+                "case \"$3\" in\n\
+                 get) ns=$6; shift 9; for n in \"$@\"; do echo \"$ns $n\"; done ;;\n\
+                 replace) [ -e {d}/stuck ] && {{ cat >/dev/null; exit 0; }}\n\
+                 \x20 {{ echo; while read -r ns n || [ -n \"$n\" ]; do echo \"put /registry/secrets/$ns/$n \\\"k8s:enc:secretbox:v1:key-new:y\\\"\"; done; echo; echo; }} | {etcdctl} --endpoints={} txn >/dev/null ;;\n\
+                 esac",
+                etcd.url
+            ),
+        );
+        put(&etcd, "big", 740, "key1");
+        put(&etcd, "small", 3, "key1");
+        put(&etcd, "done", 5, "key-new");
+
+        let inv = crate::inventory::parse(
+            &format!(
+                "cluster: {{name: t, kubernetesVersion: \"1.34\"}}\nbinaries: {{dir: {b}, etcdDir: {b}}}\nhosts:\n  - {{name: cp1, address: 10.0.0.1, roles: [etcd, control-plane]}}\n",
+                b = bin.display()
+            ),
+            Path::new("i.yaml"),
+        )
+        .unwrap()
+        .inventory;
+        // The state dir at `reissue`: key-new encrypts, key1 leaves.
+        let dir = StateDir::new(work.path().join("state"));
+        std::fs::create_dir_all(dir.root().join("pki")).unwrap();
+        let id = "20261202T100000Z";
+        std::fs::write(
+            dir.rotation_path("encryption-key"),
+            format!(r#"{{"id":"{id}","stage":"reissue","furthest":"reissue"}}"#),
+        )
+        .unwrap();
+        std::fs::write(dir.name_path("encryption-key.next"), "key-new").unwrap();
+
+        let connector = Local { root, bin };
+        let unlock = Unlock::Passphrase("unused".to_string().into());
+        let mut run = RotateRun {
+            reach: Reach::new(inv.hosts.clone(), &connector),
+            what: Rotated::EncryptionKey,
+            id: id.into(),
+            journals: Default::default(),
+            marker: crate::pki::rotation::rotation(&dir, "encryption-key").unwrap(),
+            plan: None,
+            rollout: super::super::Rollout {
+                dir,
+                unlock: &unlock,
+                connector: &connector,
+                options: ApplyOptions {
+                    hosts: None,
+                    skip: Vec::new(),
+                    concurrency: 1,
+                    lock: false,
+                    owner: "test".into(),
+                    admin_time: 0,
+                    stamp: id.into(),
+                    bootstrap: None,
+                },
+            },
+            changed: Vec::new(),
+            fault: None,
+        };
+        let cancel = Cancel::default();
+        let env = Env {
+            inv: &inv,
+            reporter: &Silent,
+            cancel: &cancel,
+            concurrency: 1,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let connect: Vec<BoxPhase<'_, RotateRun>> = vec![Box::new(Connect)];
+            run_in_order(&env, &mut run, &connect, &[]).await.unwrap();
+
+            // Refused while key1 holds values; the rewrite empties it.
+            let e = gate(&env, &run, Step::DropOld)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("743 values in etcd are still encrypted with key key1"),
+                "{e}"
+            );
+            assert!(needed(&run, Step::Rewrite));
+            if Rewrite(Step::Rewrite).run(&env, &mut run).await.is_err() {
+                panic!(
+                    "rewrite failed: {}",
+                    run.fault.take().map(|e| e.to_string()).unwrap_or_default()
+                );
+            }
+            let after = scan(&env, &run, "key1").await.unwrap();
+            assert_eq!(after.under("key1"), 0);
+            assert_eq!(after.under("key-new"), 748);
+            gate(&env, &run, Step::DropOld).await.unwrap();
+            let journal = connector
+                .root
+                .join("var/lib/rampart/rotate-encryption-key")
+                .join(format!("{id}.journal"));
+            let text = std::fs::read_to_string(&journal).unwrap();
+            assert!(text.starts_with("rewrite\t"), "{text}");
+
+            // Something still writing with key1 while the rewrite cannot
+            // move it: the run stops and says so, instead of looping.
+            put(&etcd, "late", 2, "key1");
+            std::fs::write(work.path().join("stuck"), "").unwrap();
+            let e = rewrite_all(&env, &run, Step::Rewrite)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("2 values are still under key key1 after a rewrite"),
+                "{e}"
+            );
+        });
+    }
+}
