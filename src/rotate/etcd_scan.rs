@@ -135,9 +135,15 @@ pub(crate) mod local_etcd {
         }
     }
 
-    /// Started on a port of its own (`offset` apart from other tests'),
-    /// taking transactions of up to 1,000 operations.
-    pub fn start(offset: u16) -> Option<LocalEtcd> {
+    /// A port nothing listens on now (the kernel's pick).
+    fn free_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    /// Started on ports of its own, taking transactions of up to 1,000
+    /// operations.
+    pub fn start() -> Option<LocalEtcd> {
         let etcd = std::env::var_os("PATH").and_then(|p| {
             std::env::split_paths(&p)
                 .map(|d| d.join("etcd"))
@@ -148,8 +154,7 @@ pub(crate) mod local_etcd {
             return None;
         };
         let dir = tempfile::tempdir().unwrap();
-        let port = 21000 + (std::process::id() % 800) as u16 * 2 + offset * 1700;
-        let url = format!("http://127.0.0.1:{port}");
+        let url = format!("http://127.0.0.1:{}", free_port());
         let child = Command::new(etcd)
             .args(["--data-dir", dir.path().join("d").to_str().unwrap()])
             .args([
@@ -160,7 +165,7 @@ pub(crate) mod local_etcd {
             ])
             .args([
                 "--listen-peer-urls",
-                &format!("http://127.0.0.1:{}", port + 1),
+                &format!("http://127.0.0.1:{}", free_port()),
             ])
             .args(["--max-txn-ops", "1000"])
             .stdout(std::process::Stdio::null())
@@ -191,7 +196,7 @@ mod tests {
     /// loopback without TLS), 3 keys a page so paging is exercised.
     #[test]
     fn the_script_pages_through_a_real_etcd() {
-        let Some(etcd) = local_etcd::start(0) else {
+        let Some(etcd) = local_etcd::start() else {
             return;
         };
         let ctl = &etcd.ctl;

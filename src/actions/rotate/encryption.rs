@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn the_rewrite_moves_every_secret_off_the_leaving_key_and_the_gate_counts() {
-        let Some(etcd) = local_etcd::start(1) else {
+        let Some(etcd) = local_etcd::start() else {
             return;
         };
         let work = tempfile::tempdir().unwrap();
