@@ -25,9 +25,10 @@ const PKI: &str = "/etc/kubernetes/pki/etcd";
 /// Kubernetes' certificate reloaders do), and the write goes out with it.
 /// `reload` lines count those. A write that reached a member while it
 /// restarted gets a transport error before etcd processed it (`transport:
-/// missing content-type field` while the member's gRPC server starts, or
-/// `Unavailable`); it is sent again, as etcd's own client does for requests
-/// that were never processed, and counted on a `retry` line. A TLS failure
+/// missing content-type field` while the member's gRPC server starts,
+/// `Unavailable`, or `server closed the stream without sending trailers`
+/// while it stops); it is sent again (each put writes the same value, so a
+/// second copy changes nothing) and counted on a `retry` line. A TLS failure
 /// (handshake, x509: what a rotation could break) is never retried. `fail`
 /// lines are writes the cluster refused or could not take in three tries.
 fn writer(endpoints: &str) -> String {
@@ -39,7 +40,7 @@ put() {{
     if out=$(once "$1" "$2"); then return 0; fi
     case "$out" in
       *handshake*|*x509*|*certificate*) break ;;
-      *'transport:'*|*'code = Unavailable'*) echo "retry $2 $out" | tr '\n' ' ' >> $W/log; echo >> $W/log; sleep 0.2 ;;
+      *'transport:'*|*'code = Unavailable'*|*'closed the stream without sending trailers'*) echo "retry $2 $out" | tr '\n' ' ' >> $W/log; echo >> $W/log; sleep 0.2 ;;
       *) break ;;
     esac
   done
