@@ -11,10 +11,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use rampart::pki::issue::{Policy, Signer};
+
 use super::oci::{Image, Registry};
 use super::{assert_success, lock, main_lab, Cluster, InventorySpec, Lab};
 
-const K: &str = "kubectl --kubeconfig /etc/kubernetes/admin.conf";
+pub(super) const K: &str = "kubectl --kubeconfig /etc/kubernetes/admin.conf";
 const BINARIES: [&str; 6] = [
     "kube-apiserver",
     "kube-controller-manager",
@@ -98,8 +100,65 @@ fn can_lower_oom_scores() -> bool {
     bounding & (1 << 24) != 0
 }
 
+/// Imports the pod sandbox image on every node, writes the inventory (the
+/// binaries' version, dual-stack ranges with IPv4 first, `extra` YAML
+/// appended), inits and runs the first `rampart apply` with nothing
+/// skipped: exit 0, the admins' binding bootstrapped, every node Ready, the
+/// super-admin credential on no host's disk.
+pub(super) fn up(lab: &Lab, bin: &Path, extra: &str) -> Cluster {
+    let busybox = lab.hosts[0].root.join("bin/busybox");
+    let pause = Image::build(
+        "rampart.lab/pause:1",
+        &busybox,
+        &["sleep"],
+        &["/bin/sleep", "2147483647"],
+    );
+    for (i, h) in lab.hosts.iter().enumerate() {
+        pause.layout_tar(&h.root.join("root/pause.oci.tar"));
+        lab.ssh_ok(
+            i,
+            "systemctl start containerd && ctr -n k8s.io images import /root/pause.oci.tar >/dev/null && rm /root/pause.oci.tar && systemctl stop containerd",
+        );
+    }
+    let spec = InventorySpec {
+        kubernetes_version: Some(minor_version(bin)),
+        extra: format!(
+            "binaries:\n  artifacts: {}\nruntime:\n  sandboxImage: rampart.lab/pause:1\n  restrictOomScoreAdj: {}\n{extra}",
+            bin.display(),
+            !can_lower_oom_scores()
+        ),
+        // Dual-stack, IPv4 first: the hosts keep their one IPv4 address.
+        ranges: Some((
+            "10.96.0.0/12,fd00:96::/108".into(),
+            "10.244.0.0/16,fd00:10:244::/56".into(),
+        )),
+        ..Default::default()
+    };
+    let c = Cluster::init(&lab.inventory(&spec));
+    let inv = c.inventory.to_str().unwrap().to_string();
+    let out = c.run(&["apply", "-i", &inv]);
+    assert_success(&out, "first apply with nothing skipped");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("kubeadm:cluster-admins bound with the super-admin credential"),
+        "{log}"
+    );
+    for h in &lab.hosts {
+        assert!(log.contains(&format!("{}: node Ready", h.name)), "{log}");
+    }
+    for (i, _) in lab.hosts.iter().enumerate() {
+        let found = lab.ssh_ok(
+            i,
+            "grep -rl kubernetes-super-admin /etc /var/lib /root /tmp 2>/dev/null | head -n1",
+        );
+        assert_eq!(found, "", "{}", lab.hosts[i].name);
+    }
+    assert_eq!(ready_nodes(lab), 4);
+    c
+}
+
 /// How many nodes the API lists as Ready.
-fn ready_nodes(lab: &Lab) -> usize {
+pub(super) fn ready_nodes(lab: &Lab) -> usize {
     let nodes = lab.ssh_ok(0, &format!("{K} get nodes --no-headers"));
     eprintln!("{nodes}");
     nodes
@@ -195,6 +254,70 @@ fn dual_stack_serves_both_families(lab: &Lab) {
     }
 }
 
+/// A kubelet renews its own client certificate (`rotateCertificates`):
+/// given one signed by the cluster CA for a day, with 3 minutes left (past
+/// the 70–90 % of its lifetime at which a kubelet renews), the worker's
+/// kubelet asks for a new one with a CSR, which the controller-manager
+/// approves (`selfnodeclient`) and signs, and uses that.
+fn kubelet_renews_its_client_certificate(lab: &Lab, c: &Cluster) {
+    let inv = rampart::inventory::load(&c.inventory).unwrap().inventory;
+    let dirs = rampart::pki::StateDir::new(&c.state_dir);
+    let unlock = rampart::pki::Unlock::Identity(c.identity.clone());
+    let pki = rampart::pki::load(&inv, &dirs, &unlock).unwrap();
+    let worker = &lab.hosts[3].name;
+    let spec = rampart::pki::catalogue(&inv)
+        .into_iter()
+        .find(|s| s.name == format!("kubelet-client-{worker}"))
+        .unwrap();
+    let signer = Signer::new("ca", pki.get("ca")).unwrap();
+    let policy = Policy {
+        key_algorithm: inv.security.key_algorithm,
+        ca_validity_days: 1,
+        leaf_validity_days: 1,
+        now: time::OffsetDateTime::now_utc() - time::Duration::days(1) + time::Duration::minutes(3),
+    };
+    let short = signer.sign(&spec, &policy).unwrap();
+    let store = lab.hosts[3].root.join("var/lib/kubelet/pki");
+    std::fs::write(
+        store.join("kubelet-client-2000-01-01-00-00-00.pem"),
+        format!("{}{}", short.cert_pem, short.key_pem.expose_str()),
+    )
+    .unwrap();
+    lab.ssh_ok(
+        3,
+        "cd /var/lib/kubelet/pki && chmod 600 kubelet-client-2000-01-01-00-00-00.pem && \
+         ln -sfn kubelet-client-2000-01-01-00-00-00.pem kubelet-client-current.pem && systemctl restart kubelet",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let csrs = lab.ssh_ok(0, &format!("{K} get csr --no-headers"));
+        let current = lab.ssh_ok(3, "cat /var/lib/kubelet/pki/kubelet-client-current.pem");
+        let renewed = !current.contains(short.cert_pem.trim())
+            && lab
+                .ssh(3, "openssl x509 -checkend 2592000 -noout -in /var/lib/kubelet/pki/kubelet-client-current.pem")
+                .status
+                .success();
+        if renewed {
+            let line = csrs
+                .lines()
+                .find(|l| l.contains(&format!("system:node:{worker}")))
+                .unwrap_or_else(|| panic!("no CSR from {worker}: {csrs}"));
+            assert!(line.contains("Approved,Issued"), "{line}");
+            eprintln!("kubelet on {worker} renewed: {line}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kubelet on {worker} did not renew: {csrs}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    lab.ssh_ok(
+        0,
+        &format!("{K} wait --for=condition=Ready node/{worker} --timeout=60s"),
+    );
+}
+
 /// Every unit's ActiveEnterTimestamp on every host: unchanged means nothing restarted.
 fn started_at(lab: &Lab) -> Vec<String> {
     (0..lab.hosts.len())
@@ -225,12 +348,6 @@ fn lab_kubernetes_apply_brings_up_a_hardened_cluster_that_restores_through_every
     // makes every pod pull).
     let busybox = lab.hosts[0].root.join("bin/busybox");
     let registry_addr = format!("{}:5000", lab.operator_ip);
-    let pause = Image::build(
-        "rampart.lab/pause:1",
-        &busybox,
-        &["sleep"],
-        &["/bin/sleep", "2147483647"],
-    );
     let web_ref = format!("{registry_addr}/rampart-lab/busybox:1");
     let web = Image::build(
         &web_ref,
@@ -239,23 +356,16 @@ fn lab_kubernetes_apply_brings_up_a_hardened_cluster_that_restores_through_every
         &["/bin/sh"],
     );
     let registry = Registry::serve(&registry_addr, vec![web]);
-    for (i, h) in lab.hosts.iter().enumerate() {
-        pause.layout_tar(&h.root.join("root/pause.oci.tar"));
-        let hosts_toml = h
-            .root
-            .join(format!("etc/containerd/certs.d/{registry_addr}/hosts.toml"));
+    let registry_dir = format!("etc/containerd/certs.d/{registry_addr}/hosts.toml");
+    for h in &lab.hosts {
+        let hosts_toml = h.root.join(&registry_dir);
         std::fs::create_dir_all(hosts_toml.parent().unwrap()).unwrap();
         std::fs::write(
             &hosts_toml,
             format!("server = \"http://{registry_addr}\"\n\n[host.\"http://{registry_addr}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
         )
         .unwrap();
-        lab.ssh_ok(
-            i,
-            "systemctl start containerd && ctr -n k8s.io images import /root/pause.oci.tar >/dev/null && rm /root/pause.oci.tar && systemctl stop containerd",
-        );
     }
-
     let backup_key = tempfile::tempdir().unwrap();
     let identity = backup_key.path().join("backup.txt");
     let keygen = std::process::Command::new("age-keygen")
@@ -269,45 +379,15 @@ fn lab_kubernetes_apply_brings_up_a_hardened_cluster_that_restores_through_every
         .last()
         .unwrap()
         .to_string();
-    let spec = InventorySpec {
-        kubernetes_version: Some(minor_version(&bin)),
-        extra: format!(
-            "binaries:\n  artifacts: {}\nruntime:\n  sandboxImage: rampart.lab/pause:1\n  restrictOomScoreAdj: {}\n\
-             tenants:\n  - namespace: team-a\n    members:\n      - {{user: alice@example.com, role: edit}}\n      - {{user: bob@example.com, role: view}}\n\
-             backups:\n  recipients: [{recipient}]\n",
-            bin.display(),
-            !can_lower_oom_scores()
+    let c = up(
+        &lab,
+        &bin,
+        &format!(
+            "tenants:\n  - namespace: team-a\n    members:\n      - {{user: alice@example.com, role: edit}}\n      - {{user: bob@example.com, role: view}}\n\
+             backups:\n  recipients: [{recipient}]\n"
         ),
-        // Dual-stack, IPv4 first: the hosts keep their one IPv4 address.
-        ranges: Some((
-            "10.96.0.0/12,fd00:96::/108".into(),
-            "10.244.0.0/16,fd00:10:244::/56".into(),
-        )),
-        ..Default::default()
-    };
-    let c = Cluster::init(&lab.inventory(&spec));
-    let inv = c.inventory.to_str().unwrap().to_string();
-
-    // The first apply: nothing skipped, exit 0, every node Ready.
-    let out = c.run(&["apply", "-i", &inv]);
-    assert_success(&out, "first apply with nothing skipped");
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        log.contains("kubeadm:cluster-admins bound with the super-admin credential"),
-        "{log}"
     );
-    for h in &lab.hosts {
-        assert!(log.contains(&format!("{}: node Ready", h.name)), "{log}");
-    }
-    // The super-admin credential never reached a host's disk.
-    for (i, _) in lab.hosts.iter().enumerate() {
-        let found = lab.ssh_ok(
-            i,
-            "grep -rl kubernetes-super-admin /etc /var/lib /root /tmp 2>/dev/null | head -n1",
-        );
-        assert_eq!(found, "", "{}", lab.hosts[i].name);
-    }
-    assert_eq!(ready_nodes(&lab), 4);
+    let inv = c.inventory.to_str().unwrap().to_string();
 
     // A restricted pod of a tenant runs from the registry's image.
     let pod = lab.hosts[0].root.join("root/web.yaml");
@@ -443,6 +523,8 @@ fn lab_kubernetes_apply_brings_up_a_hardened_cluster_that_restores_through_every
         before,
         "a no-op apply restarted something"
     );
+
+    kubelet_renews_its_client_certificate(&lab, &c);
 
     // Restore on the live control plane: afterwards every apiserver serves
     // the restored state, not what it had cached before.

@@ -25,6 +25,7 @@ mod certs;
 mod encryption;
 mod hostile;
 mod kubernetes;
+mod kubernetes_rotate;
 mod oci;
 mod restore;
 mod rotate;
