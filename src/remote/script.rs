@@ -394,7 +394,13 @@ pub fn verify_units(paths: &[String]) -> String {
 /// Runs `cmd` (already quoted) until it succeeds or `seconds` pass; prints its
 /// last output either way. Health gates poll on the host, not over many round trips.
 pub fn poll(cmd: &str, seconds: u32) -> String {
-    let mut s = String::from(PRELUDE);
+    poll_after("", cmd, seconds)
+}
+
+/// [`poll`] after `first` (script lines, each ending in a newline), which
+/// must succeed: an action and the wait for its effect in one round trip.
+pub fn poll_after(first: &str, cmd: &str, seconds: u32) -> String {
+    let mut s = format!("{PRELUDE}{first}");
     let _ = writeln!(
         s,
         "end=$(( $(date +%s) + {seconds} ))\nwhile :; do\n  if out=$({cmd} 2>&1); then printf '%s\\n' \"$out\"; exit 0; fi\n  if [ \"$(date +%s)\" -ge \"$end\" ]; then printf '%s\\n' \"$out\" >&2; exit 1; fi\n  sleep 1\ndone"

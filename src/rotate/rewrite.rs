@@ -47,8 +47,8 @@ pub fn secrets(keys: &[String]) -> (BTreeMap<String, Vec<String>>, Vec<String>) 
 
 /// One script that rewrites `batch` (namespace, names), every batch at
 /// once, and waits for them all. Prints `rewritten <n>` per batch (a line
-/// each, shorter than a pipe's atomic write), and `failed <namespace>` for a batch kubectl
-/// refused (a conflict with a concurrent writer, say: that writer stored
+/// each, shorter than a pipe's atomic write), and `failed <namespace>` for
+/// a batch kubectl refused (a conflict with a concurrent writer, say: that writer stored
 /// the Secret under the new key already, and the next scan tells).
 pub fn script(inv: &Inventory, batch: &[(String, Vec<String>)]) -> String {
     let kubectl = format!("{}/kubectl", inv.binaries.dir.trim_end_matches('/'));

@@ -22,7 +22,7 @@ use crate::actions::gates::local_healthz;
 use crate::engine::{each, step, ConnectedHost, Env, Reachable};
 use crate::pki::inspect::CertFacts;
 use crate::pki::rotation::{self, Rotated};
-use crate::remote::script::{at, poll, PRELUDE};
+use crate::remote::script::{at, poll, poll_after};
 use crate::remote::Input;
 use crate::rotate::Step;
 
@@ -129,14 +129,10 @@ pub(super) async fn gate(env: &Env<'_>, s: &RotateRun<'_>, the: Step) -> Result<
 /// the kubelet's `/healthz`.
 fn restart_script() -> String {
     let cert = at(KUBELET_ROTATED_CERT);
-    poll(
+    poll_after(
+        &format!("rm -f {cert}\nsystemctl restart kubelet\n"),
         &format!("{{ [ -s {cert} ] && {}; }}", local_healthz(10248, false)),
         KUBELET_SECS,
-    )
-    .replacen(
-        PRELUDE,
-        &format!("{PRELUDE}rm -f {cert}\nsystemctl restart kubelet\n"),
-        1,
     )
 }
 
