@@ -123,10 +123,7 @@ fn lab_certs_check_reports_drift_expiry_and_chain_with_distinct_codes() {
     assert_eq!(check(&c, &[]).0, 0);
 
     // Issued by the real etcd CA, a year and a day ago, for one day.
-    let inv = rampart::inventory::load(&c.inventory).unwrap().inventory;
-    let dirs = rampart::pki::StateDir::new(&c.state_dir);
-    let unlock = rampart::pki::Unlock::Identity(c.identity.clone());
-    let pki = rampart::pki::load(&inv, &dirs, &unlock).unwrap();
+    let (inv, pki) = c.pki();
     let name = format!("etcd-server-{host}");
     let spec = catalogue(&inv)
         .into_iter()

@@ -14,6 +14,8 @@ use std::process::Output;
 use rampart::pki::issue::{Policy, Signer};
 
 use super::oci::{Image, Registry};
+use std::sync::MutexGuard;
+
 use super::{assert_success, lock, main_lab, Cluster, InventorySpec, Lab};
 
 pub(super) const K: &str = "kubectl --kubeconfig /etc/kubernetes/admin.conf";
@@ -161,10 +163,45 @@ pub(super) fn up(lab: &Lab, bin: &Path, extra: &str) -> Cluster {
 pub(super) fn ready_nodes(lab: &Lab) -> usize {
     let nodes = lab.ssh_ok(0, &format!("{K} get nodes --no-headers"));
     eprintln!("{nodes}");
-    nodes
+    count_ready(&nodes)
+}
+
+/// The nodes `kubectl get nodes --no-headers` lists as Ready.
+pub(super) fn count_ready(listing: &str) -> usize {
+    listing
         .lines()
         .filter(|l| l.split_whitespace().nth(1) == Some("Ready"))
         .count()
+}
+
+/// Writes a tenant user's kubeconfig (`rampart users kubeconfig`) to
+/// `/root/<file>` on the first host.
+pub(super) fn user_kubeconfig(lab: &Lab, c: &Cluster, user: &str, file: &str) {
+    let dest = lab.hosts[0].root.join("root").join(file);
+    let out = c.run(&[
+        "users",
+        "kubeconfig",
+        user,
+        "-i",
+        c.inventory.to_str().unwrap(),
+        "--out",
+        dest.to_str().unwrap(),
+    ]);
+    assert_success(&out, "users kubeconfig");
+}
+
+/// The binaries and the main lab in kubelet mode, locked for this test and
+/// reset; None (having said why) to skip.
+pub(super) fn kubernetes_lab() -> Option<(PathBuf, Lab, MutexGuard<'static, ()>)> {
+    let bin = k8s_bin()?;
+    let lab = main_lab()?;
+    assert!(
+        lab.kubelet,
+        "RAMPART_K8S_BIN is set but the lab is not in kubelet mode: bring it up with TH_KUBELET=1 (tests/run.sh does)"
+    );
+    let guard = lock();
+    reset(&lab);
+    Some((bin, lab, guard))
 }
 
 /// A pod the `restricted` Pod Security level admits.
@@ -260,10 +297,7 @@ fn dual_stack_serves_both_families(lab: &Lab) {
 /// kubelet asks for a new one with a CSR, which the controller-manager
 /// approves (`selfnodeclient`) and signs, and uses that.
 fn kubelet_renews_its_client_certificate(lab: &Lab, c: &Cluster) {
-    let inv = rampart::inventory::load(&c.inventory).unwrap().inventory;
-    let dirs = rampart::pki::StateDir::new(&c.state_dir);
-    let unlock = rampart::pki::Unlock::Identity(c.identity.clone());
-    let pki = rampart::pki::load(&inv, &dirs, &unlock).unwrap();
+    let (inv, pki) = c.pki();
     let worker = &lab.hosts[3].name;
     let spec = rampart::pki::catalogue(&inv)
         .into_iter()
@@ -334,14 +368,9 @@ fn started_at(lab: &Lab) -> Vec<String> {
 /// The whole first run of an admin, then what the cluster must do and refuse.
 #[test]
 fn lab_kubernetes_apply_brings_up_a_hardened_cluster_that_restores_through_every_apiserver() {
-    let Some(bin) = k8s_bin() else { return };
-    let Some(lab) = main_lab() else { return };
-    assert!(
-        lab.kubelet,
-        "RAMPART_K8S_BIN is set but the lab is not in kubelet mode: bring it up with TH_KUBELET=1 (tests/run.sh does)"
-    );
-    let _guard = lock();
-    reset(&lab);
+    let Some((bin, lab, _guard)) = kubernetes_lab() else {
+        return;
+    };
 
     // Images: the pod sandbox, imported on every node (never pulled), and a
     // workload served by a registry on the lab network (AlwaysPullImages
@@ -452,22 +481,8 @@ fn lab_kubernetes_apply_brings_up_a_hardened_cluster_that_restores_through_every
     );
 
     // Tenant users can do exactly what their role allows.
-    for (user, file) in [
-        ("alice@example.com", "alice.conf"),
-        ("bob@example.com", "bob.conf"),
-    ] {
-        let dest = lab.hosts[0].root.join("root").join(file);
-        let out = c.run(&[
-            "users",
-            "kubeconfig",
-            user,
-            "-i",
-            &inv,
-            "--out",
-            dest.to_str().unwrap(),
-        ]);
-        assert_success(&out, "users kubeconfig");
-    }
+    user_kubeconfig(&lab, &c, "alice@example.com", "alice.conf");
+    user_kubeconfig(&lab, &c, "bob@example.com", "bob.conf");
     let can = |conf: &str, what: &str| {
         lab.ssh(
             0,

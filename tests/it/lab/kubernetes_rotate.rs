@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::kubernetes::{k8s_bin, ready_nodes, reset, up, K};
-use super::{assert_success, lock, main_lab, Cluster, Lab};
+use super::kubernetes::{count_ready, kubernetes_lab, ready_nodes, reset, up, user_kubeconfig, K};
+use super::{assert_success, Cluster, Lab};
 
 const SECRETS: usize = 10_000;
 
@@ -83,10 +83,7 @@ fn nodes_stay_ready<T>(lab: &Lab, body: impl FnOnce() -> T) -> T {
                 let out = lab.ssh(1, &format!("{K} get nodes --no-headers"));
                 if out.status.success() {
                     let text = String::from_utf8_lossy(&out.stdout);
-                    let ready = text
-                        .lines()
-                        .filter(|l| l.split_whitespace().nth(1) == Some("Ready"))
-                        .count();
+                    let ready = count_ready(&text);
                     polls.fetch_add(1, Ordering::SeqCst);
                     if ready < 4 {
                         eprintln!("fewer nodes Ready:\n{text}");
@@ -200,14 +197,9 @@ fn token_works(lab: &Lab, i: usize, token: &str) -> bool {
 
 #[test]
 fn lab_kubernetes_rotations_keep_secrets_readable_nodes_ready_and_tokens_valid() {
-    let Some(bin) = k8s_bin() else { return };
-    let Some(lab) = main_lab() else { return };
-    assert!(
-        lab.kubelet,
-        "RAMPART_K8S_BIN is set but the lab is not in kubelet mode"
-    );
-    let _guard = lock();
-    reset(&lab);
+    let Some((bin, lab, _guard)) = kubernetes_lab() else {
+        return;
+    };
     let c = up(
         &lab,
         &bin,
@@ -282,19 +274,7 @@ fn lab_kubernetes_rotations_keep_secrets_readable_nodes_ready_and_tokens_valid()
     );
 
     // ---- Kubernetes CA, every node Ready throughout.
-    let alice = |file: &str| {
-        let dest = lab.hosts[0].root.join("root").join(file);
-        let out = c.run(&[
-            "users",
-            "kubeconfig",
-            "alice@example.com",
-            "-i",
-            &inv,
-            "--out",
-            dest.to_str().unwrap(),
-        ]);
-        assert_success(&out, "users kubeconfig");
-    };
+    let alice = |file: &str| user_kubeconfig(&lab, &c, "alice@example.com", file);
     // The host's current bundle as the server's CA: this checks the client
     // certificate alone (a kubeconfig from before the rotation trusts only
     // the old CA, which stops signing the apiserver's certificate at step 2).

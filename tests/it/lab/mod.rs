@@ -444,6 +444,16 @@ impl Cluster {
         ]
     }
 
+    /// The inventory and the state dir's PKI, unlocked with the identity:
+    /// for tests that sign a certificate the way rampart does.
+    pub fn pki(&self) -> (rampart::inventory::Inventory, rampart::pki::Pki) {
+        let inv = rampart::inventory::load(&self.inventory).unwrap().inventory;
+        let dirs = rampart::pki::StateDir::new(&self.state_dir);
+        let unlock = rampart::pki::Unlock::Identity(self.identity.clone());
+        let pki = rampart::pki::load(&inv, &dirs, &unlock).unwrap();
+        (inv, pki)
+    }
+
     /// [`rampart`] with this cluster's [`Cluster::env`].
     pub fn run(&self, args: &[&str]) -> Output {
         rampart(args, &self.env())
